@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# requestflow's one entry point for people and CI. Each command sets up everything it needs first:
+#   ./dev.sh demo    the main job: classify the sample images, then a performance and an accuracy run of real
+#                    models on the shared ImageNet images (results in ./out/)
+#   ./dev.sh test    the whole test suite (what CI runs)
+#   ./dev.sh bench   the speed benchmarks (bench/), printing ratios against bare reference loops
+#   ./dev.sh shell   a shell inside the project's virtual environment
+# Set-up: a Python 3.11 virtual environment in .venv (or $REQUESTFLOW_VENV), installed from the pinned
+# constraints in requirements/, reinstalled only when those or pyproject.toml change.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+VENV=${REQUESTFLOW_VENV:-$ROOT/.venv}
+ARCH=$(uname -m)
+CONSTRAINTS=$ROOT/requirements/constraints-$ARCH.txt
+export REQUESTFLOW_DATA=${REQUESTFLOW_DATA:-$(cd "$ROOT/.." && pwd)/shared/data}
+export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
+
+log() { printf '\033[1m[dev.sh]\033[0m %s\n' "$*" >&2; }
+
+find_python() {
+    for candidate in python3.11 python3; do
+        if command -v "$candidate" >/dev/null 2>&1 &&
+            "$candidate" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' 2>/dev/null; then
+            echo "$candidate"; return
+        fi
+    done
+    log "Python 3.11 not found; installing Debian's python3 (the pins are made for 3.11)"
+    apt_install python3 python3-venv
+    echo python3
+}
+
+apt_install() {
+    local missing=()
+    for package in "$@"; do dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package"); done
+    [ ${#missing[@]} -eq 0 ] && return
+    local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    log "apt-get install ${missing[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+ensure_venv() {
+    local stamp_want
+    stamp_want=$(cat "$ROOT/pyproject.toml" "$CONSTRAINTS" 2>/dev/null | sha256sum | cut -c1-16)
+    if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.requestflow-stamp" 2>/dev/null)" = "$stamp_want" ]; then
+        return
+    fi
+    local python; python=$(find_python)
+    log "creating $VENV with $($python --version)"
+    rm -rf "$VENV"
+    "$python" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    local pins=()
+    if [ -f "$CONSTRAINTS" ]; then pins=(-c "$CONSTRAINTS"); else log "no pins for $ARCH: resolving unpinned"; fi
+    log "pip install requestflow[dev,opencl] (TensorFlow is a large download the first time)"
+    "$VENV/bin/python" -m pip install -q "${pins[@]}" -e "$ROOT[dev,opencl]"
+    echo "$stamp_want" > "$VENV/.requestflow-stamp"
+}
+
+check_data() {
+    if [ ! -f "$REQUESTFLOW_DATA/README.md" ]; then
+        log "shared data not found at $REQUESTFLOW_DATA: weights are downloaded, or random (performance only)"
+        return 1
+    fi
+}
+
+demo() {
+    ensure_venv
+    local rf="$VENV/bin/requestflow" out="$ROOT/out"
+    mkdir -p "$out"
+    "$rf" models
+    if check_data; then
+        log "classify the sample images (mobilenet-v1-1.0-224, uint8, TFLite)"
+        "$rf" classify "$REQUESTFLOW_DATA"/samples/*.{bmp,jpg} --model mobilenet-v1-1.0-224 --backend tflite
+        for backend in tflite tf; do
+            log "performance + accuracy: mobilenet-v1-0.25-224 on $backend, on the 500 shared images"
+            "$rf" run --model mobilenet-v1-0.25-224 --backend "$backend" --mode performance \
+                --repetitions 50 --warmup 5 --out "$out/0.25-224-$backend-performance.json"
+            "$rf" run --model mobilenet-v1-0.25-224 --backend "$backend" --mode accuracy \
+                --out "$out/0.25-224-$backend-accuracy.json"
+        done
+        log "performance + accuracy: mobilenet-v1-1.0-224 uint8 on tflite"
+        "$rf" run --model mobilenet-v1-1.0-224 --backend tflite --repetitions 50 --out "$out/1.0-224-tflite-performance.json"
+        "$rf" run --model mobilenet-v1-1.0-224 --backend tflite --mode accuracy --out "$out/1.0-224-tflite-accuracy.json"
+    else
+        log "performance run of mobilenet-v1-0.25-224 on official weights if downloadable, else random weights"
+        "$rf" run --model mobilenet-v1-0.25-224 --backend tflite --mode performance --out "$out/0.25-224-tflite-performance.json"
+    fi
+    "$rf" validate "$out"/*.json
+    log "results in $out"
+}
+
+run_tests() {
+    ensure_venv
+    cd "$ROOT"
+    "$VENV/bin/python" -m ruff check requestflow tests bench
+    "$VENV/bin/python" -m pytest "$@"
+}
+
+case "${1:-}" in
+    demo) shift; demo "$@" ;;
+    test) shift; run_tests "$@" ;;
+    bench) shift; ensure_venv; "$VENV/bin/python" "$ROOT/bench/bench_runner.py" "$@" ;;
+    shell) ensure_venv; exec bash --rcfile <(echo "source '$VENV/bin/activate'") ;;
+    *) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac

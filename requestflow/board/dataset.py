@@ -1,0 +1,188 @@
+"""ImageNet validation images in the seed workflow's layout, and their Inception preprocessing.
+
+Layout: a folder of ``ILSVRC2012_val_*.JPEG``, ``val.txt`` (``FILE CLASS``, CLASS 0-based in 0..999) and
+``synset_words.txt`` (line i = class i). A run takes the first N images in file-name order, or all.
+
+Preprocessing, exactly as the shared data's reference accuracies were computed: convert to RGB (grayscale, CMYK,
+palette and alpha images included), central crop of 87.5% per side (TensorFlow's ``central_crop`` rounding),
+Pillow bilinear resize to the model's resolution; the result is uint8 pixels, given as they are to uint8 models
+and scaled by ``x / 127.5 - 1`` for float ones. The uint8 tensors are cached on disk, keyed by everything that
+determines them (file list and sizes, resolution, every parameter, Pillow's version).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from requestflow.board.files import atomic_write_text, cache_dir, canonical_json, sha256_file, sha256_text
+from requestflow.errors import UserError
+
+IMAGE_PATTERN = re.compile(r"^ILSVRC2012_val_\d+\.JPEG$", re.IGNORECASE)
+CROP_FRACTION = 0.875
+PREPROCESS_VERSION = 1
+
+
+def preprocessing_parameters(resolution: int, input_dtype: str) -> dict:
+    from PIL import __version__ as pillow_version
+    return {
+        "version": PREPROCESS_VERSION,
+        "color": "RGB",
+        "central_crop_fraction": CROP_FRACTION,
+        "crop_rounding": "tf.image.central_crop: offset = int((size - size * fraction) / 2)",
+        "resize": "bilinear",
+        "resize_library": f"pillow {pillow_version}",
+        "resolution": resolution,
+        "layout": "NHWC",
+        "input_dtype": input_dtype,
+        "scaling": "x / 127.5 - 1" if input_dtype == "float32" else "none (uint8 0..255)",
+    }
+
+
+def preprocess_image(path: str | os.PathLike, resolution: int) -> np.ndarray:
+    """uint8 [resolution, resolution, 3]; raises OSError / ValueError for an unreadable image."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        width, height = image.size
+        left = int((width - width * CROP_FRACTION) / 2)
+        top = int((height - height * CROP_FRACTION) / 2)
+        image = image.crop((left, top, width - left, height - top))
+        image = image.resize((resolution, resolution), Image.BILINEAR)
+        return np.asarray(image, dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The selected images, their true classes, and the class names."""
+
+    images_dir: Path
+    files: tuple[str, ...]
+    labels: tuple[int, ...]
+    val_txt: Path
+    val_txt_sha256: str
+    class_names: tuple[str, ...]
+
+    @property
+    def file_list_sha256(self) -> str:
+        """A hash of the selected file names with their sizes and true classes, in order."""
+        rows = [f"{name} {(self.images_dir / name).stat().st_size} {label}"
+                for name, label in zip(self.files, self.labels)]
+        return sha256_text("\n".join(rows))
+
+    def describe(self) -> dict:
+        return {"path": str(self.images_dir), "image_count": len(self.files),
+                "file_list_sha256": self.file_list_sha256, "val_txt": str(self.val_txt),
+                "val_txt_sha256": self.val_txt_sha256, "first": self.files[0], "last": self.files[-1]}
+
+
+def read_class_names(path: Path) -> tuple[str, ...]:
+    """``synset_words.txt``: ``nXXXXXXXX name, synonyms`` per line -> the names, line i = class i."""
+    try:
+        lines = [line.rstrip("\n") for line in path.read_text().splitlines() if line.strip()]
+    except OSError as exc:
+        raise UserError(f"cannot read class names {path}: {exc.strerror}") from None
+    if len(lines) != 1000:
+        raise UserError(f"{path}: {len(lines)} class names, expected 1000")
+    return tuple(line.split(" ", 1)[1] if re.match(r"^n\d{8} ", line) else line for line in lines)
+
+
+def load_dataset(images_dir: str | os.PathLike, val_txt: str | os.PathLike | None = None,
+                 synset_words: str | os.PathLike | None = None, limit: int | None = None) -> Dataset:
+    images_dir = Path(images_dir)
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be at least 1, got {limit}")
+    if not images_dir.is_dir():
+        raise UserError(f"image folder {images_dir} does not exist")
+    val_txt = Path(val_txt) if val_txt else images_dir.parent / "val.txt"
+    synset_words = Path(synset_words) if synset_words else val_txt.parent / "synset_words.txt"
+    if not val_txt.is_file():
+        raise UserError(f"ground truth {val_txt} does not exist (pass --val-txt)")
+    truth = {}
+    for number, line in enumerate(val_txt.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit() or not 0 <= int(parts[1]) < 1000:
+            raise UserError(f"{val_txt}:{number}: expected 'FILE CLASS' with CLASS in 0..999, got {line!r}")
+        truth[parts[0]] = int(parts[1])
+    files = sorted(name for name in os.listdir(images_dir) if IMAGE_PATTERN.match(name))
+    if not files:
+        raise UserError(f"no ILSVRC2012_val_*.JPEG images in {images_dir}")
+    files = files[:limit] if limit else files
+    missing = [name for name in files if name not in truth]
+    if missing:
+        raise UserError(f"image {missing[0]} is missing from {val_txt}"
+                        + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    return Dataset(images_dir, tuple(files), tuple(truth[name] for name in files), val_txt,
+                   sha256_file(val_txt), read_class_names(synset_words))
+
+
+@dataclass
+class Preprocessed:
+    pixels: np.ndarray  # uint8 [n_ok, R, R, 3], in dataset order without the failed images
+    ok: list[int]  # indices into the dataset's files
+    failed: list[dict]  # {"file", "error"}
+    cached: bool
+
+
+def preprocess_dataset(dataset: Dataset, resolution: int, progress: bool = True, workers: int | None = None,
+                       use_cache: bool = True) -> Preprocessed:
+    """uint8 tensors of every readable image, from the cache when present. Unreadable images are listed."""
+    parameters = preprocessing_parameters(resolution, "uint8")
+    key = sha256_text(canonical_json({"files": dataset.file_list_sha256, "parameters": parameters}))
+    folder = cache_dir("preprocessed") / key
+    if use_cache and (folder / "meta.json").is_file():
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+            pixels = np.load(folder / "pixels.npy", mmap_mode="r")
+            if pixels.shape[0] == len(meta["ok"]):
+                return Preprocessed(pixels, meta["ok"], meta["failed"], True)
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache entry is rebuilt below
+    pixels = np.empty((len(dataset.files), resolution, resolution, 3), np.uint8)
+    ok, failed = [], []
+
+    def work(index: int):
+        try:
+            return index, preprocess_image(dataset.images_dir / dataset.files[index], resolution), None
+        except Exception as exc:  # any decoder error: the image is counted, named, and the run goes on
+            return index, None, f"{type(exc).__name__}: {exc}"
+
+    bar = _bar(len(dataset.files), f"preprocess {resolution}px", progress)
+    with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
+        for index, array, error in pool.map(work, range(len(dataset.files))):
+            if error is None:
+                pixels[len(ok)] = array
+                ok.append(index)
+            else:
+                failed.append({"file": dataset.files[index], "error": error})
+            bar.update(1)
+    bar.close()
+    pixels = pixels[: len(ok)]
+    if use_cache:
+        _store(folder, pixels, ok, failed)
+    return Preprocessed(pixels, ok, failed, False)
+
+
+def _store(folder: Path, pixels: np.ndarray, ok: list[int], failed: list[dict]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".pixels.{os.getpid()}.npy"
+    np.save(tmp, pixels, allow_pickle=False)
+    os.replace(tmp, folder / "pixels.npy")
+    atomic_write_text(folder / "meta.json", json.dumps({"ok": ok, "failed": failed}))
+
+
+def _bar(total: int, description: str, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=description, unit="img", disable=None if enabled else True, file=sys.stderr,
+                leave=False)
+

@@ -1,0 +1,332 @@
+"""The runner: one benchmark point (model x backend x weights x mode x settings) -> one result document.
+
+Performance mode: ``warmup`` runs that are not counted, then ``repetitions`` timed runs of one batch each; the
+timed region is the backend's ``invoke()`` alone, every raw sample is kept. Accuracy mode: every selected image
+once, top-1 / top-5 against ``val.txt``, with each image's top-5.
+
+The result document (``result.schema.json``, ``SCHEMA_VERSION``) is what the results store loads. Bad input raises
+``UserError`` before anything runs; a failure while running gives a document with ``status: failed`` and ``error``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import requestflow
+from requestflow.board import catalogue
+from requestflow.board.files import shared_data_dir
+from requestflow.errors import UserError
+
+SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).with_name("result.schema.json")
+
+
+@dataclass
+class RunConfig:
+    model: str
+    backend: str
+    mode: str = "performance"
+    weights: list[str] | None = None
+    precision: str | None = None
+    release: str | None = None
+    images: str | None = None
+    val_txt: str | None = None
+    synset_words: str | None = None
+    limit: int | None = None
+    repetitions: int = 20
+    warmup: int = 3
+    batch_size: int = 1
+    threads: int | None = None
+    cpus: list[int] | None = None
+    allow_download: bool = True
+    progress: bool = True
+    command: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        catalogue.get_model(self.model)
+        _choice("backend", self.backend, catalogue.BACKENDS)
+        _choice("mode", self.mode, catalogue.MODES)
+        if self.precision is not None:
+            _choice("precision", self.precision, catalogue.PRECISIONS)
+            if self.backend == "tf" and self.precision != "fp32":
+                raise UserError(f"the tf backend runs fp32; to run dequantized {self.precision} weights, give "
+                                "their .tflite with --weights (or --release 2018_08_02_quant) without --precision")
+        for name, minimum in (("repetitions", 1), ("warmup", 0), ("batch_size", 1), ("limit", 1), ("threads", 1)):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < minimum):
+                raise UserError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {value}")
+        if self.cpus is not None:
+            allowed = os.sched_getaffinity(0)
+            unknown = sorted(set(self.cpus) - allowed)
+            if not self.cpus or unknown:
+                raise UserError(f"--cpus {','.join(map(str, self.cpus))}: CPU {unknown[0] if unknown else '?'} is "
+                                f"not available here (available: {_ranges(sorted(allowed))})")
+
+
+def _choice(name: str, value: str, allowed) -> None:
+    if value not in allowed:
+        raise UserError(f"unknown {name} {value!r}; known: {', '.join(allowed)}")
+
+
+def _ranges(values: list[int]) -> str:
+    return ",".join(map(str, values))
+
+
+def parse_cpus(text: str) -> list[int]:
+    """``0-3,6`` -> [0, 1, 2, 3, 6]."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            if "-" in part:
+                low, high = part.split("-")
+                out.extend(range(int(low), int(high) + 1))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise UserError(f"--cpus {text!r}: expected a list like 0-3,6") from None
+    return sorted(set(out))
+
+
+def default_images() -> tuple[str | None, str | None]:
+    data = shared_data_dir()
+    if data and (data / "imagenet/val").is_dir():
+        return str(data / "imagenet/val"), str(data / "imagenet/val.txt")
+    return None, None
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def statistics(samples_s: list[float], batch_size: int) -> dict:
+    array = np.asarray(samples_s, np.float64)
+    median = float(np.median(array))
+    return {
+        "unit": "s",
+        "samples": [float(s) for s in samples_s],
+        "n": int(array.size),
+        "min": float(array.min()),
+        "median": median,
+        "mean": float(array.mean()),
+        "p90": float(np.percentile(array, 90)),
+        "p99": float(np.percentile(array, 99)),
+        "max": float(array.max()),
+        "stdev": float(array.std(ddof=1)) if array.size > 1 else 0.0,
+        "throughput_ips": batch_size / median if median > 0 else None,
+    }
+
+
+def top_k(scores: np.ndarray, k: int = 5) -> np.ndarray:
+    """Indices of the k highest scores per row, highest first; ties broken by the lower class index."""
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+class Runner:
+    def __init__(self, config: RunConfig):
+        config.validate()
+        self.config = config
+        self.model = catalogue.get_model(config.model)
+        self.timings: dict[str, float] = {}
+
+    def prepare(self) -> None:
+        """Everything that can refuse bad input, before any backend runs."""
+        from requestflow.board import dataset as ds
+        from requestflow.board import resolve
+
+        config = self.config
+        images, val_txt = config.images, config.val_txt
+        if images is None and (config.mode == "accuracy" or config.val_txt):
+            images, default_val = default_images()
+            val_txt = val_txt or default_val
+            if images is None:
+                raise UserError("accuracy mode needs images: pass --images DIR (and --val-txt FILE), or make the "
+                                "shared data folder available ($REQUESTFLOW_DATA)")
+        start = time.perf_counter()
+        self.dataset = ds.load_dataset(images, val_txt, config.synset_words, config.limit) if images else None
+        if self.dataset and config.mode == "performance" and len(self.dataset.files) < config.batch_size:
+            raise UserError(f"--batch-size {config.batch_size} needs at least that many images; "
+                            f"{len(self.dataset.files)} selected")
+        self.timings["images_list_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        if config.weights:
+            self.weights = resolve.from_paths(config.weights, self.model)
+        else:
+            self.weights = resolve.resolve(self.model, config.backend, config.precision, config.release,
+                                           allow_download=config.allow_download,
+                                           allow_random=config.mode == "performance")
+        if self.weights.random and config.mode == "accuracy":
+            raise UserError("accuracy needs real weights; random weights are for performance runs only")
+        if self.weights.format != "tflite" or config.backend == "tf":
+            self.weights.canonical_for(self.model)  # import now: shape errors are bad input
+        self.timings["weights_load_s"] = time.perf_counter() - start
+
+    def run(self) -> dict:
+        """The result document. ``prepare()`` first; exceptions after it become a failed document."""
+        config = self.config
+        started = _now()
+        total_start = time.perf_counter()
+        if config.cpus:
+            os.sched_setaffinity(0, config.cpus)
+        from requestflow.board.machine import machine_info, snapshot_frequencies_and_temperatures
+
+        document = {
+            "schema_version": SCHEMA_VERSION,
+            "requestflow_version": requestflow.__version__,
+            "status": "ok",
+            "started_at": started,
+            "command": config.command,
+            "context": self._context(backend_info=None, precision=config.precision),
+            "machine": machine_info(),
+            "timings": self.timings,
+        }
+        before = snapshot_frequencies_and_temperatures()
+        backend = None
+        try:
+            from requestflow.board.backends import create_backend
+            threads = config.threads or len(os.sched_getaffinity(0))
+            backend = create_backend(config.backend, self.model, self.weights, config.batch_size, threads)
+            start = time.perf_counter()
+            backend.load()
+            self.timings["setup_s"] = time.perf_counter() - start
+            if config.precision is not None and backend.precision != config.precision:
+                raise UserError(f"--precision {config.precision}, but the weights run as {backend.precision}")
+            document["context"] = self._context(backend.info(), backend.precision, backend.input_dtype.name,
+                                                backend.classes)
+            start = time.perf_counter()
+            pixels, ok, failed = self._pixels()
+            self.timings["images_load_s"] = time.perf_counter() - start
+            start = time.perf_counter()
+            if config.mode == "performance":
+                document["performance"] = self._performance(backend, pixels)
+            else:
+                document["accuracy"], document["predictions"] = self._accuracy(backend, pixels, ok, failed)
+            self.timings["run_s"] = time.perf_counter() - start
+        except UserError:
+            raise
+        except Exception as exc:  # the point failed: its document says why, and is stored as failed
+            document["status"] = "failed"
+            document["error"] = {"type": type(exc).__name__, "message": str(exc),
+                                 "traceback": traceback.format_exc(limit=20)}
+        finally:
+            if backend is not None:
+                backend.close()
+        document["environment"] = {"before": before, "after": snapshot_frequencies_and_temperatures()}
+        self.timings["total_s"] = time.perf_counter() - total_start
+        document["finished_at"] = _now()
+        return document
+
+    def _context(self, backend_info, precision, input_dtype=None, classes=None) -> dict:
+        from requestflow.board.dataset import preprocessing_parameters
+
+        config = self.config
+        model = self.model
+        return {
+            "model": {"id": model.id, "width": model.width, "resolution": model.resolution, "classes": classes,
+                      "macs": model.macs, "params": model.params},
+            "backend": backend_info or {"name": config.backend},
+            "precision": precision,
+            "weights": self.weights.describe(),
+            "dataset": self.dataset.describe() if self.dataset else {"synthetic": True},
+            "mode": config.mode,
+            "batch_size": config.batch_size,
+            "threads": config.threads or len(os.sched_getaffinity(0)),
+            "cpu_affinity": sorted(os.sched_getaffinity(0)),
+            "preprocessing": preprocessing_parameters(model.resolution, input_dtype) if input_dtype else None,
+            "repetitions": config.repetitions if config.mode == "performance" else None,
+            "warmup": config.warmup if config.mode == "performance" else None,
+        }
+
+    def _pixels(self):
+        from requestflow.board.dataset import preprocess_dataset
+
+        config, res = self.config, self.model.resolution
+        if self.dataset is None:  # performance on synthetic input: deterministic noise
+            rng = np.random.default_rng(0)
+            return rng.integers(0, 256, (config.batch_size, res, res, 3), dtype=np.uint8), [], []
+        dataset = self.dataset
+        if config.mode == "performance":  # only the first batch is needed
+            from requestflow.board.dataset import Dataset
+            dataset = Dataset(dataset.images_dir, dataset.files[: config.batch_size],
+                              dataset.labels[: config.batch_size], dataset.val_txt, dataset.val_txt_sha256,
+                              dataset.class_names)
+        prepared = preprocess_dataset(dataset, res, progress=config.progress)
+        if config.mode == "performance" and prepared.failed:
+            raise RuntimeError(f"cannot read {prepared.failed[0]['file']}: {prepared.failed[0]['error']}")
+        if config.mode == "accuracy" and not prepared.ok:
+            raise RuntimeError(f"none of the {len(dataset.files)} images could be read")
+        return prepared.pixels, prepared.ok, prepared.failed
+
+    def _performance(self, backend, pixels: np.ndarray) -> dict:
+        config = self.config
+        backend.set_input(np.ascontiguousarray(pixels[: config.batch_size]))
+        for _ in range(config.warmup):
+            backend.invoke()
+        samples = [0] * config.repetitions
+        invoke, clock = backend.invoke, time.perf_counter_ns
+        for i in _progress(range(config.repetitions), "repetitions", config.progress):
+            start = clock()
+            invoke()
+            samples[i] = clock() - start
+        stats = statistics([s / 1e9 for s in samples], config.batch_size)
+        stats.update({"repetitions": config.repetitions, "warmup": config.warmup, "batch_size": config.batch_size,
+                      "timed_region": "backend invoke() of one batch, input already set",
+                      "input": "synthetic" if self.dataset is None else "dataset"})
+        return stats
+
+    def _accuracy(self, backend, pixels: np.ndarray, ok: list[int], failed: list[dict]):
+        config, dataset, batch = self.config, self.dataset, self.config.batch_size
+        predictions, top1, top5 = [], 0, 0
+        buffer = np.zeros((batch, *pixels.shape[1:]), np.uint8)
+        bar = _progress_bar(len(ok), "classify", config.progress)
+        for start in range(0, len(ok), batch):
+            count = min(batch, len(ok) - start)
+            buffer[:count] = pixels[start:start + count]
+            backend.set_input(buffer)
+            backend.invoke()
+            scores = backend.scores()[:count]
+            best = top_k(scores)
+            for row in range(count):
+                index = ok[start + row]
+                label = dataset.labels[index]
+                classes = [int(c) for c in best[row]]
+                top1 += classes[0] == label
+                top5 += label in classes
+                predictions.append({"file": dataset.files[index], "label": label,
+                                    "top5": [[c, round(float(scores[row, c]), 6)] for c in classes]})
+            bar.update(count)
+        bar.close()
+        n = len(predictions)
+        accuracy = {"n": n, "top1": top1 / n, "top5": top5 / n, "correct_top1": top1, "correct_top5": top5,
+                    "selected": len(dataset.files), "failed_count": len(failed), "failed_images": failed,
+                    "label_offset": "model class k+1 = ImageNet class k" if backend.classes == 1001 else "none"}
+        return accuracy, predictions
+
+
+def _progress(iterable, description: str, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(iterable, desc=description, disable=None if enabled else True, file=sys.stderr, leave=False,
+                mininterval=0.5)
+
+
+def _progress_bar(total: int, description: str, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=description, unit="img", disable=None if enabled else True, file=sys.stderr,
+                leave=False)
+
+
+def run(config: RunConfig) -> dict:
+    runner = Runner(config)
+    runner.prepare()
+    return runner.run()
+
+
+def config_as_dict(config: RunConfig) -> dict:
+    return asdict(config)

@@ -1,0 +1,231 @@
+"""The ``requestflow`` command. Each subcommand imports only its own world (board, results or controller).
+
+Bad input gives one line ``requestflow: error: ...`` on stderr, exit status 2, no traceback and no output file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from requestflow.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one clear line instead of usage + message
+        raise UserError(f"{self.prog}: {message}")
+
+
+def _add_weights_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model id, e.g. mobilenet-v1-0.25-128 (see `requestflow models`)")
+    parser.add_argument("--backend", default="tflite", help="tf or tflite (default: tflite)")
+    parser.add_argument("--weights", nargs="+", metavar="PATH",
+                        help="a .tflite (or the two 1.0_224 pieces), an .h5, a checkpoint prefix, a canonical "
+                             "weights folder, or 'random'; default: the registry's weights for the model")
+    parser.add_argument("--precision", help="fp32, uint8 or int8: which registry weights to run")
+    parser.add_argument("--release", help="weights release in the registry (see `requestflow models`)")
+    parser.add_argument("--offline", action="store_true", help="never download weights")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="requestflow", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"requestflow {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="benchmark one point on this machine and write its result JSON")
+    _add_weights_arguments(run)
+    run.add_argument("--mode", default="performance", help="performance or accuracy")
+    run.add_argument("--images", help="folder of ILSVRC2012_val_*.JPEG (default for accuracy: the shared data)")
+    run.add_argument("--val-txt", help="ground truth FILE CLASS (default: val.txt beside the image folder)")
+    run.add_argument("--synset-words", help="class names (default: synset_words.txt beside val.txt)")
+    run.add_argument("--limit", type=int, help="use the first N images (default: all)")
+    run.add_argument("--repetitions", type=int, default=20, help="timed runs (default: 20)")
+    run.add_argument("--warmup", type=int, default=3, help="untimed runs before them (default: 3)")
+    run.add_argument("--batch-size", type=int, default=1)
+    run.add_argument("--threads", type=int, help="default: the number of CPUs in the affinity set")
+    run.add_argument("--cpus", help="CPU affinity, e.g. 4-7 for the big cluster of a HiKey960")
+    run.add_argument("--out", required=True, help="result JSON file")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    classify = sub.add_parser("classify", help="top-5 classes of images, with class names")
+    classify.add_argument("images", nargs="+", metavar="IMAGE")
+    _add_weights_arguments(classify)
+    classify.add_argument("--synset-words", help="class names (default: the shared data's synset_words.txt)")
+
+    imp = sub.add_parser("import-weights", help="convert real weights into the canonical per-layer format")
+    imp.add_argument("sources", nargs="+", metavar="SOURCE")
+    imp.add_argument("--model", required=True)
+    imp.add_argument("--out", required=True, help="output folder")
+
+    models = sub.add_parser("models", help="the catalogue, and which weights are available here")
+    models.add_argument("--format", choices=("table", "json"), default="table")
+
+    validate = sub.add_parser("validate", help="check result JSON files against the result schema")
+    validate.add_argument("files", nargs="+")
+    return parser
+
+
+def _version() -> str:
+    from requestflow import __version__
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command in ("run", "classify"):
+            _quiet_tensorflow()
+        return COMMANDS[args.command](args, argv)
+    except UserError as exc:
+        print(f"requestflow: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("requestflow: interrupted", file=sys.stderr)
+        return 130
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+
+def cmd_run(args, argv) -> int:
+    from requestflow.board.files import atomic_write_text
+    from requestflow.board.runner import RunConfig, Runner, parse_cpus
+
+    out = os.path.abspath(args.out)
+    if not os.path.isdir(os.path.dirname(out)):
+        raise UserError(f"--out {args.out}: folder {os.path.dirname(out)} does not exist")
+    config = RunConfig(
+        model=args.model, backend=args.backend, mode=args.mode, weights=args.weights, precision=args.precision,
+        release=args.release, images=args.images, val_txt=args.val_txt, synset_words=args.synset_words,
+        limit=args.limit, repetitions=args.repetitions, warmup=args.warmup, batch_size=args.batch_size,
+        threads=args.threads, cpus=parse_cpus(args.cpus) if args.cpus else None,
+        allow_download=not args.offline, progress=not args.quiet, command=["requestflow", *argv])
+    runner = Runner(config)
+    runner.prepare()
+    document = runner.run()
+    atomic_write_text(out, json.dumps(document, indent=1) + "\n")
+    print(summary(document))
+    print(f"result: {out}")
+    return 0 if document["status"] == "ok" else 1
+
+
+def summary(document: dict) -> str:
+    context = document["context"]
+    weights = context["weights"]
+    head = (f"{context['model']['id']} {context['backend']['name']} {context['precision']} "
+            f"{'RANDOM weights ' if weights['random'] else ''}{context['mode']}")
+    if document["status"] != "ok":
+        return f"{head}: FAILED: {document['error']['type']}: {document['error']['message']}"
+    if "performance" in document:
+        p = document["performance"]
+        return (f"{head}: median {p['median'] * 1e3:.3f} ms, min {p['min'] * 1e3:.3f} ms, p90 {p['p90'] * 1e3:.3f} ms "
+                f"over {p['n']} runs (batch {p['batch_size']}, {context['threads']} threads), "
+                f"{p['throughput_ips']:.1f} images/s")
+    a = document["accuracy"]
+    return (f"{head}: top-1 {a['top1']:.3f}, top-5 {a['top5']:.3f} on {a['n']} images"
+            + (f" ({a['failed_count']} unreadable)" if a["failed_count"] else ""))
+
+
+def cmd_classify(args, argv) -> int:
+    import numpy as np
+
+    from requestflow.board import catalogue, resolve
+    from requestflow.board.backends import create_backend
+    from requestflow.board.dataset import preprocess_image, read_class_names
+    from requestflow.board.files import shared_data_dir
+    from requestflow.board.runner import top_k
+
+    model = catalogue.get_model(args.model)
+    for image in args.images:
+        if not os.path.isfile(image):
+            raise UserError(f"image {image} does not exist")
+    names = None
+    words = args.synset_words or (shared_data_dir() and shared_data_dir() / "imagenet/synset_words.txt")
+    if words and os.path.isfile(words):
+        names = read_class_names(__import__("pathlib").Path(words))
+    weights = (resolve.from_paths(args.weights, model) if args.weights else
+               resolve.resolve(model, args.backend, args.precision, args.release, allow_download=not args.offline))
+    if weights.random:
+        raise UserError("classify needs real weights")
+    backend = create_backend(args.backend, model, weights, 1, len(os.sched_getaffinity(0)))
+    backend.load()
+    for image in args.images:
+        try:
+            pixels = preprocess_image(image, model.resolution)
+        except Exception as exc:
+            print(f"{image}: unreadable ({exc})")
+            continue
+        backend.set_input(pixels[np.newaxis])
+        backend.invoke()
+        scores = backend.scores()
+        print(image)
+        for c in top_k(scores)[0]:
+            label = names[c].split(",")[0] if names else f"class {c}"
+            print(f"  {scores[0, c]:.4f} - \"{label}\" ({c})")
+    return 0
+
+
+def cmd_import_weights(args, argv) -> int:
+    from requestflow.board import catalogue
+    from requestflow.board.importers import import_weights
+
+    model = catalogue.get_model(args.model)
+    weights = import_weights(args.sources, model)
+    folder = weights.save(args.out)
+    print(f"{model.id}: {weights.classes} classes, {weights.source.get('precision')} source, "
+          f"sha256 {weights.sha256}\nwritten: {folder}")
+    return 0
+
+
+def cmd_models(args, argv) -> int:
+    from requestflow.board import catalogue, resolve
+    from requestflow.board.download import cached_download_path
+
+    rows = []
+    for config in catalogue.CONFIGS:
+        available = {}
+        for release in resolve.releases():
+            if resolve.local_files(config, release):
+                available[release] = "local"
+            elif cached_download_path(resolve.release_url(release, config)).is_file():
+                available[release] = "cached"
+        rows.append({**config.as_dict(), "weights": available,
+                     "urls": {r: resolve.release_url(r, config) for r in resolve.releases()}})
+    if args.format == "json":
+        print(json.dumps({"releases": resolve.releases(), "models": rows}, indent=1))
+        return 0
+    print(f"{'model':24} {'MMACs':>7} {'Mparams':>8} {'top-1*':>6}  weights here")
+    for row in rows:
+        here = ", ".join(f"{r} ({how})" for r, how in row["weights"].items()) or "-  (downloadable)"
+        print(f"{row['id']:24} {row['macs'] / 1e6:7.1f} {row['params'] / 1e6:8.3f} "
+              f"{row['published']['top1']:6.3f}  {here}")
+    print("\n* TF-slim's published top-1 (2018_02_22 float, 50,000 images). Releases: "
+          + ", ".join(f"{r} ({s['precision']})" for r, s in resolve.releases().items()))
+    return 0
+
+
+def cmd_validate(args, argv) -> int:
+    from requestflow.board.schema import validate_document
+
+    bad = 0
+    for path in args.files:
+        try:
+            with open(path) as handle:
+                validate_document(json.load(handle))
+            print(f"{path}: valid")
+        except (OSError, ValueError, UserError) as exc:
+            bad += 1
+            print(f"{path}: INVALID: {exc}")
+    return 1 if bad else 0
+
+
+COMMANDS = {"run": cmd_run, "classify": cmd_classify, "import-weights": cmd_import_weights, "models": cmd_models,
+            "validate": cmd_validate}
+
+if __name__ == "__main__":
+    sys.exit(main())

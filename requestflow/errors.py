@@ -1,0 +1,11 @@
+"""Errors shared by every world of requestflow (no third-party imports)."""
+
+
+class UserError(Exception):
+    """Bad input from the person or program driving requestflow.
+
+    The CLI prints the message on one line and exits non-zero, without a traceback and without writing any output
+    file. Raise it with a message that names what is wrong and, where possible, what would be right.
+    """
+
+    exit_code = 2

@@ -1,0 +1,67 @@
+"""Shared fixtures. Tests use the real shared data (../shared/data): in CI its absence is a failure, not a skip."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shared_data() -> Path | None:
+    env = os.environ.get("REQUESTFLOW_DATA")
+    candidate = Path(env) if env else ROOT.parent / "shared" / "data"
+    return candidate if (candidate / "README.md").is_file() else None
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    data = _shared_data()
+    if data is None:
+        if os.environ.get("CI"):
+            pytest.fail("the shared data folder (../shared/data or $REQUESTFLOW_DATA) is missing in CI")
+        pytest.skip("shared data folder not available")
+    return data
+
+
+@pytest.fixture(scope="session")
+def models_dir(data_dir) -> Path:
+    return data_dir / "models"
+
+
+@pytest.fixture(scope="session")
+def val_dir(data_dir) -> Path:
+    return data_dir / "imagenet" / "val"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_state(tmp_path_factory):
+    """A cache and a weights lock of the session's own: tests never touch ~/.cache or the committed lock."""
+    saved = {k: os.environ.get(k) for k in ("REQUESTFLOW_CACHE", "REQUESTFLOW_WEIGHTS_LOCK", "TF_CPP_MIN_LOG_LEVEL")}
+    os.environ["REQUESTFLOW_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ["REQUESTFLOW_WEIGHTS_LOCK"] = str(tmp_path_factory.mktemp("lock") / "weights.lock.json")
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    data = _shared_data()
+    if data is not None:
+        os.environ.setdefault("REQUESTFLOW_DATA", str(data))
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run the CLI in-process: (exit code, stdout, stderr)."""
+    from requestflow.cli import main
+
+    def run(*argv: str):
+        code = main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
