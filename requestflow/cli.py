@@ -19,7 +19,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_weights_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model id, e.g. mobilenet-v1-0.25-128 (see `requestflow models`)")
+    parser.add_argument("--model", required=True,
+                        help="model id, e.g. mobilenet-v1-0.25-128 (see `requestflow models`)")
     parser.add_argument("--backend", default="tflite", help="tf or tflite (default: tflite)")
     parser.add_argument("--weights", nargs="+", metavar="PATH",
                         help="a .tflite (or the two 1.0_224 pieces), an .h5, a checkpoint prefix, a canonical "

@@ -15,6 +15,7 @@ convolution to the logits. MACs and parameters are computed from it and checked 
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -153,9 +154,21 @@ def get_model(model_id: str) -> ModelConfig:
     try:
         return _BY_ID[model_id]
     except KeyError:
-        near = difflib.get_close_matches(model_id, list(_BY_ID), n=3, cutoff=0.5)
+        near = _nearest(model_id)
         hint = f"; did you mean {' or '.join(near)}?" if near else f"; known: {', '.join(_BY_ID)}"
         raise UserError(f"unknown model id {model_id!r}{hint}") from None
+
+
+def _nearest(model_id: str) -> list[str]:
+    """The closest ids: by width and resolution when the text ends in two numbers (``..._0.25_129``), else by
+    spelling."""
+    match = re.search(r"(\d+(?:\.\d+)?)[-_ ](\d+)$", model_id)
+    if match:
+        width, resolution = float(match.group(1)), int(match.group(2))
+        best = min(CONFIGS, key=lambda c: (abs(c.width - width), abs(c.resolution - resolution)))
+        if abs(best.width - width) <= 0.25 and abs(best.resolution - resolution) <= 32:
+            return [best.id]
+    return difflib.get_close_matches(model_id, list(_BY_ID), n=3, cutoff=0.5)
 
 
 def model_for(width: float, resolution: int) -> ModelConfig:

@@ -75,7 +75,7 @@ class Dataset:
     def file_list_sha256(self) -> str:
         """A hash of the selected file names with their sizes and true classes, in order."""
         rows = [f"{name} {(self.images_dir / name).stat().st_size} {label}"
-                for name, label in zip(self.files, self.labels)]
+                for name, label in zip(self.files, self.labels, strict=True)]
         return sha256_text("\n".join(rows))
 
     def describe(self) -> dict:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
 import tarfile
 import tempfile
@@ -19,7 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from requestflow.board.files import atomic_write_text, cache_dir, sha256_file
+from requestflow.board.files import atomic_write_bytes, atomic_write_text, cache_dir, sha256_file
 from requestflow.errors import UserError
 
 PACKAGE_LOCK = Path(__file__).with_name("weights.lock.json")
@@ -130,18 +129,16 @@ def extract_member(archive: Path, pattern: str) -> list[Path]:
             members = [m for m in tar.getmembers() if m.isfile() and fnmatch.fnmatch(Path(m.name).name, pattern)]
             if not members:
                 raise UserError(f"{archive}: no member matching {pattern!r}")
-            staging = Path(tempfile.mkdtemp(prefix=".extract.", dir=archive.parent))
-            try:
-                tar.extractall(staging, members=members, filter="data")
-                out_dir.mkdir(exist_ok=True)
-                names = []
-                for member in members:
-                    name = Path(member.name).name
-                    os.replace(staging / member.name, out_dir / name)
-                    names.append(name)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-    except (tarfile.TarError, OSError) as exc:
+            unsafe = [m.name for m in members if m.name.startswith("/") or ".." in Path(m.name).parts]
+            if unsafe:
+                raise UserError(f"{archive}: refusing member {unsafe[0]!r}, whose path leaves the archive's folder")
+            out_dir.mkdir(exist_ok=True)
+            names = []
+            for member in members:  # only the base name is used: no member can write outside out_dir
+                name = Path(member.name).name
+                atomic_write_bytes(out_dir / name, tar.extractfile(member).read())
+                names.append(name)
+    except (tarfile.TarError, OSError, EOFError) as exc:
         raise UserError(f"{archive}: cannot extract ({exc})") from None
     atomic_write_text(marker, "\n".join(names) + "\n")
     return [out_dir / name for name in names]

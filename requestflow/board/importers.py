@@ -48,11 +48,11 @@ def detect_format(paths: list[Path]) -> str:
 def source_sha256(paths: list[Path]) -> str:
     """The sha256 of the weights as given: the file's own, or of the pieces' hashes, sorted and joined (so the
     order in which the pieces are named does not change it)."""
-    if len(paths) == 1 and paths[0].is_file():
+    if len(paths) == 1 and paths[0].is_file() and paths[0].suffix != ".index":
         return sha256_file(paths[0])
     import hashlib
     files = []
-    for p in paths:
+    for p in (Path(str(p)[: -len(".index")]) if str(p).endswith(".index") else p for p in paths):
         if p.is_file():
             files.append(p)
         elif Path(f"{p}.index").is_file():  # checkpoint prefix: its index and data shards
@@ -88,7 +88,8 @@ def tflite_interpreter_class():
     except ImportError:
         pass
     try:
-        import tensorflow as tf
+        from requestflow.board.tensorflow_import import import_tensorflow
+        tf = import_tensorflow()
         return tf.lite.Interpreter, tf.lite.experimental.OpResolverType
     except (ImportError, AttributeError):
         raise UserError("no TFLite runtime: install ai-edge-litert (or tensorflow)") from None
@@ -124,7 +125,8 @@ def _tflite_convs(path: Path) -> tuple[list[tuple[str, np.ndarray, np.ndarray]],
     interpreter = _open_tflite(path)
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
     ops = interpreter._get_ops_details()  # the public API has no op list; this one is stable across LiteRT 1-2
-    produced_by_dequantize = {int(op["outputs"][0]): int(op["inputs"][0]) for op in ops if op["op_name"] == "DEQUANTIZE"}
+    produced_by_dequantize = {int(op["outputs"][0]): int(op["inputs"][0])
+                              for op in ops if op["op_name"] == "DEQUANTIZE"}
     convs, dtypes = [], set()
     for op in ops:
         if op["op_name"] not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
@@ -161,7 +163,7 @@ def _import_tflite(paths: list[Path], model: ModelConfig):
         raise UserError(f"{origin}: {len(convs)} convolution layers, {model.id} has {len(names)}"
                         + (" (an embedding extractor needs its head file too)" if len(convs) == len(names) - 1 else ""))
     tensors = {}
-    for name, (op, weights, bias) in zip(names, convs):
+    for name, (op, weights, bias) in zip(names, convs, strict=True):
         tensors[f"{name}.weights"] = _to_canonical(op, weights)
         tensors[f"{name}.bias"] = bias
     classes = tensors["logits.bias"].shape[0]
@@ -238,7 +240,8 @@ def slim_variable_names(layer: str) -> str:
 
 def _import_checkpoint(paths: list[Path], model: ModelConfig):
     try:
-        import tensorflow as tf
+        from requestflow.board.tensorflow_import import import_tensorflow
+        tf = import_tensorflow()
     except ImportError:
         raise UserError("reading a TF-slim checkpoint needs tensorflow") from None
     prefix = str(paths[0])[: -len(".index")] if str(paths[0]).endswith(".index") else str(paths[0])
@@ -262,7 +265,8 @@ def _import_checkpoint(paths: list[Path], model: ModelConfig):
             continue
         kernel = get(f"{scope}/depthwise_weights" if layer.kind == "depthwise" else f"{scope}/weights")
         bn = f"{scope}/BatchNorm"
-        gamma = get(f"{bn}/gamma") if f"{bn}/gamma" in available else np.ones(kernel.shape[-2 if layer.kind == "depthwise" else -1])
+        channels = kernel.shape[2] if layer.kind == "depthwise" else kernel.shape[3]
+        gamma = get(f"{bn}/gamma") if f"{bn}/gamma" in available else np.ones(channels)  # scale=False variant
         tensors[f"{layer.name}.weights"], tensors[f"{layer.name}.bias"] = fold_batch_norm(
             kernel, gamma, get(f"{bn}/beta"), get(f"{bn}/moving_mean"), get(f"{bn}/moving_variance"),
             SLIM_BN_EPSILON, 2 if layer.kind == "depthwise" else 3)

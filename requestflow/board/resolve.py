@@ -170,7 +170,7 @@ def local_files(model: ModelConfig, release: str) -> list[Path] | None:
         paths = [data / f["path"] for f in entry["files"]]
         if not all(p.is_file() for p in paths):
             return None
-        for path, f in zip(paths, entry["files"]):
+        for path, f in zip(paths, entry["files"], strict=True):
             actual = sha256_file(path)
             if actual != f["sha256"]:
                 raise UserError(f"sha256 mismatch for {path}: got {actual}, registry says {f['sha256']}")

@@ -103,7 +103,7 @@ def default_images() -> tuple[str | None, str | None]:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 def statistics(samples_s: list[float], batch_size: int) -> dict:
@@ -164,8 +164,8 @@ class Runner:
                                            allow_random=config.mode == "performance")
         if self.weights.random and config.mode == "accuracy":
             raise UserError("accuracy needs real weights; random weights are for performance runs only")
-        if self.weights.format != "tflite" or config.backend == "tf":
-            self.weights.canonical_for(self.model)  # import now: shape errors are bad input
+        if not self.weights.random:
+            self.weights.canonical_for(self.model)  # every tensor's shape checked now: a mismatch is bad input
         self.timings["weights_load_s"] = time.perf_counter() - start
 
     def run(self) -> dict:

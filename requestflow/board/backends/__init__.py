@@ -62,7 +62,7 @@ class Backend(abc.ABC):
     def info(self) -> dict:
         """``{"name", "version", "variant": {...}, "threads"}``: what the point's identity needs to know."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release what ``load`` took."""
 
 

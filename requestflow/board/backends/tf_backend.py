@@ -28,7 +28,8 @@ class TensorFlowBackend(Backend):
         return self.weights.canonical_for(self.model).classes
 
     def load(self) -> None:
-        import tensorflow as tf
+        from requestflow.board.tensorflow_import import import_tensorflow
+        tf = import_tensorflow()
 
         from requestflow.board.backends.tf_network import forward_function
 
@@ -52,7 +53,8 @@ class TensorFlowBackend(Backend):
         return imagenet_scores(self._out.numpy())
 
     def info(self) -> dict:
-        import tensorflow as tf
+        from requestflow.board.tensorflow_import import import_tensorflow
+        tf = import_tensorflow()
         return {"name": self.name, "version": tf.__version__, "library": "tensorflow",
                 "variant": {"graph": "tf.function", "jit_compile": self.jit}, "threads": self._threads}
 

@@ -7,7 +7,8 @@ from requestflow.board.weights import CanonicalWeights
 
 def forward_function(weights: CanonicalWeights):
     """A Python function ``x -> probabilities`` (NHWC float32 in [-1, 1] -> [B, classes]); weights are constants."""
-    import tensorflow as tf
+    from requestflow.board.tensorflow_import import import_tensorflow
+    tf = import_tensorflow()
 
     layers = [(layer, tf.constant(weights.tensors[f"{layer.name}.weights"]),
                tf.constant(weights.tensors[f"{layer.name}.bias"])) for layer in weights.model.layers(weights.classes)]
@@ -29,9 +30,10 @@ def forward_function(weights: CanonicalWeights):
     return forward
 
 
-def export_tflite(weights: CanonicalWeights) -> "Path":  # noqa: F821
+def export_tflite(weights: CanonicalWeights) -> Path:  # noqa: F821
     """A float32 ``.tflite`` of the canonical weights, cached by their sha256 and the TensorFlow version."""
-    import tensorflow as tf
+    from requestflow.board.tensorflow_import import import_tensorflow
+    tf = import_tensorflow()
 
     from requestflow.board.files import atomic_write_bytes, cache_dir
 

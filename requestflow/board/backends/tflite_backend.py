@@ -102,7 +102,8 @@ class TFLiteBackend(Backend):
             from importlib.metadata import version
             library_version = version("ai-edge-litert")
         else:
-            import tensorflow as tf
+            from requestflow.board.tensorflow_import import import_tensorflow
+            tf = import_tensorflow()
             library_version = tf.__version__
         return {"name": self.name, "version": library_version, "library": self._library,
                 "variant": {"delegate": "default (XNNPACK)", "pieces": len(self._pieces),
