@@ -36,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LATENCY_GOAL = 1.02  # runner median / bare median, at most
 THROUGHPUT_GOAL = 0.9  # runner images/s / bare images/s, at least
+NOISE_LIMIT = 0.10  # per-process figures that move more than this between rounds make a verdict unreliable
 CROP_FRACTION = 0.875
 IMAGE_PATTERN = re.compile(r"^ILSVRC2012_val_\d+\.JPEG$", re.IGNORECASE)
 PROJECTED_IMAGES = 50_000
@@ -77,6 +78,11 @@ class Row:
     ratio: float | None
     goal: str  # "<= 1.02", ">= 0.9" or "" (information only)
     note: str = ""
+    spread: float | None = None  # largest max/min - 1 of the per-process figures on either side
+
+    @property
+    def noisy(self) -> bool:
+        return self.spread is not None and self.spread > NOISE_LIMIT
 
     @property
     def result(self) -> str:
@@ -104,15 +110,29 @@ class Settings:
 # Subprocesses
 
 
-def run_process(command: list[str], env: dict, what: str) -> float:
-    """Run a command to completion; its wall time in seconds. BenchError with its stderr's tail if it fails."""
-    start = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-8:])
-        raise BenchError(f"{what} failed (exit {done.returncode}): {' '.join(command)}\n{tail}")
-    return wall
+@dataclass
+class Process:
+    wall_s: float
+    max_rss_mb: float
+
+
+def run_process(command: list[str], env: dict, what: str) -> Process:
+    """Run a command to completion: its wall time and peak memory. BenchError with its output's tail if it fails."""
+    with tempfile.TemporaryFile("w+") as output:
+        start = time.perf_counter()
+        try:
+            child = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+        except OSError as exc:
+            raise BenchError(f"{what}: cannot start {command[0]}: {exc}") from None
+        _, status, usage = os.wait4(child.pid, 0)  # reaps the child; its own rusage, not the sum of all children
+        wall = time.perf_counter() - start
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode != 0:
+            output.seek(0)
+            lines = output.read().strip().splitlines() or ["(no output)"]
+            raise BenchError(f"{what} failed (exit {child.returncode}): {lines[-1]}\n"
+                             f"command: {' '.join(command)}\n" + "\n".join(lines[-8:]))
+    return Process(wall, usage.ru_maxrss / 1024)
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -122,31 +142,31 @@ def read_json(path: Path, what: str) -> dict:
         raise BenchError(f"{what}: cannot read its result {path}: {exc}") from None
 
 
-def run_requestflow(settings: Settings, point: Point, mode: str, extra: list[str], env: dict) -> tuple[dict, float]:
-    """One ``requestflow run``; its result document and the process's wall time."""
+def run_requestflow(settings: Settings, point: Point, mode: str, extra: list[str], env: dict) -> tuple[dict, Process]:
+    """One ``requestflow run``; its result document, and the process's wall time and peak memory."""
     out = Path(tempfile.mkstemp(suffix=".json", dir=settings.workdir)[1])
     command = [settings.requestflow, "run", "--model", point.model_id, "--backend", point.backend,
                "--weights", str(settings.data / "models" / point.weights), "--mode", mode,
                "--threads", str(settings.threads), "--out", str(out), "--quiet", *extra]
-    wall = run_process(command, env, f"requestflow run {point.name} {mode}")
+    process = run_process(command, env, f"requestflow run {point.name} {mode}")
     document = read_json(out, "requestflow run")
     out.unlink()
     if document.get("status") != "ok":
         error = document.get("error", {})
         raise BenchError(f"requestflow run {point.name} {mode}: {error.get('type')}: {error.get('message')}")
-    return document, wall
+    return document, process
 
 
-def run_child(settings: Settings, kind: str, arguments: list[str]) -> tuple[dict, float]:
-    """This script in a fresh interpreter, running one bare reference; its result and wall time."""
+def run_child(settings: Settings, kind: str, arguments: list[str]) -> tuple[dict, Process]:
+    """This script in a fresh interpreter, running one bare reference; its result, wall time and peak memory."""
     out = Path(tempfile.mkstemp(suffix=".json", dir=settings.workdir)[1])
     command = [sys.executable, str(Path(__file__).resolve()), CHILD, kind, "--out", str(out), *arguments]
-    wall = run_process(command, settings.env, f"bare reference {kind}")
+    process = run_process(command, settings.env, f"bare reference {kind}")
     result = read_json(out, f"bare reference {kind}")
     out.unlink()
     if result.get("requestflow_imported"):
         raise BenchError(f"bare reference {kind} imported requestflow: it is not a bare reference")
-    return result, wall
+    return result, process
 
 
 def run_litert_tool(settings: Settings, point: Point, repetitions: int, warmup: int) -> float:
@@ -203,25 +223,43 @@ def bench_latency(settings: Settings, point: Point, tool_state: dict) -> list[Ro
                 if kind != "tool":
                     raise
                 tool_state["error"] = str(exc)  # not run again: reported once, plainly
+                del kinds["tool"]
+                medians["tool"] = []
                 figures.append("tool FAILED")
         print(f"  round {round_index + 1}: " + ", ".join(figures), flush=True)
 
-    runner_ms = statistics.median(medians["runner"])
-    bare_ms = statistics.median(medians["bare"])
+    name = f"{point.name} latency"
+    runner_s = statistics.median(medians["runner"])
+    bare_s = statistics.median(medians["bare"])
     reference = "bare LiteRT Interpreter" if point.backend == "tflite" else "bare Keras MobileNet, tf.function"
-    rows = [Row(f"{point.name} latency / {reference}", ms(runner_ms), ms(bare_ms), runner_ms / bare_ms,
-                f"<= {LATENCY_GOAL}")]
+    rows = [Row(f"{name} / {reference}", ms(runner_s), ms(bare_s), runner_s / bare_s, f"<= {LATENCY_GOAL}",
+                paired_ratios(medians["runner"], medians["bare"]), spread(medians["runner"], medians["bare"]))]
     if point.backend != "tflite":
-        rows.append(Row(f"{point.name} latency / LiteRT benchmark tool", ms(runner_ms), "n/a", None, "",
+        rows.append(Row(f"{name} / LiteRT benchmark tool", ms(runner_s), "n/a", None, "",
                         "not a .tflite file: the tool runs .tflite models only"))
     elif medians.get("tool"):
-        tool_ms = statistics.median(medians["tool"])
-        rows.append(Row(f"{point.name} latency / LiteRT benchmark tool", ms(runner_ms), ms(tool_ms),
-                        runner_ms / tool_ms, "", "tool rounds its median to 0.01 ms"))
+        tool_s = statistics.median(medians["tool"])
+        rows.append(Row(f"{name} / LiteRT benchmark tool", ms(runner_s), ms(tool_s), runner_s / tool_s, "",
+                        "the tool (CompiledModel API, random input) rounds its medians to 0.01 ms; "
+                        + paired_ratios(medians["runner"], medians["tool"]),
+                        spread(medians["runner"], medians["tool"])))
     else:
-        rows.append(Row(f"{point.name} latency / LiteRT benchmark tool", ms(runner_ms), "not run", None, "",
+        rows.append(Row(f"{name} / LiteRT benchmark tool", ms(runner_s), "not run", None, "",
                         f"could not be run: {first_line(tool_state.get('error', 'unknown'))}"))
     return rows
+
+
+def spread(*series: list[float]) -> float:
+    """The largest max/min - 1 among the series: how much the same measurement moved between processes."""
+    return max(max(values) / min(values) - 1 for values in series if values)
+
+
+def paired_ratios(runner: list[float], reference: list[float]) -> str:
+    """Round by round ratios (the two processes of a round ran next to each other in time)."""
+    if len(runner) != len(reference):
+        return ""
+    ratios = [a / b for a, b in zip(runner, reference, strict=True)]
+    return f"per-round ratios {' '.join(f'{r:.3f}' for r in ratios)} (median {statistics.median(ratios):.3f})"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -236,23 +274,30 @@ def bench_throughput(settings: Settings) -> tuple[list[Row], list[str]]:
           f"{settings.rounds} rounds; the JPEGs are in the OS page cache in every run", flush=True)
     extra = ["--images", str(images), "--val-txt", str(val_txt)]
     figures: dict[str, list[dict]] = {"cold": [], "warm": [], "bare": []}
+    cache_bytes = 0
     for round_index in range(settings.rounds):
         cache = Path(tempfile.mkdtemp(prefix="cache-", dir=settings.workdir))
         env = {**settings.env, "REQUESTFLOW_CACHE": str(cache)}
 
         def runner(kind: str, env: dict = env) -> None:
-            document, wall = run_requestflow(settings, point, "accuracy", extra, env)
+            document, process = run_requestflow(settings, point, "accuracy", extra, env)
             accuracy, timings = document["accuracy"], document["timings"]
-            run_s = timings["images_load_s"] + timings["run_s"]
-            figures[kind].append({"n": accuracy["n"], "top1": accuracy["top1"], "loop_s": run_s, "wall_s": wall})
+            figures[kind].append({"n": accuracy["n"], "top1": accuracy["top1"],
+                                  "loop_s": timings["images_load_s"] + timings["run_s"],
+                                  "wall_s": process.wall_s, "rss_mb": process.max_rss_mb})
+
+        def cold(cache: Path = cache) -> None:
+            nonlocal cache_bytes
+            runner("cold")
+            cache_bytes = sum(path.stat().st_size for path in cache.rglob("*") if path.is_file())
 
         def bare() -> None:
             arguments = ["--model", str(settings.data / "models" / point.weights), "--images", str(images),
                          "--val-txt", str(val_txt), "--threads", str(settings.threads)]
-            result, wall = run_child(settings, "bare-accuracy", arguments)
-            figures["bare"].append({**result, "wall_s": wall})
+            result, process = run_child(settings, "bare-accuracy", arguments)
+            figures["bare"].append({**result, "wall_s": process.wall_s, "rss_mb": process.max_rss_mb})
 
-        steps = [lambda: runner("cold"), lambda: runner("warm"), bare]  # warm reuses the cache cold filled
+        steps = [cold, lambda: runner("warm"), bare]  # warm reuses the cache that cold filled
         for step in steps if round_index % 2 == 0 else [bare, *steps[:2]]:
             step()
         shutil.rmtree(cache, ignore_errors=True)
@@ -260,31 +305,37 @@ def bench_throughput(settings: Settings) -> tuple[list[Row], list[str]]:
             f"{kind} {rate(figures[kind][-1], 'loop_s'):.0f} img/s ({rate(figures[kind][-1], 'wall_s'):.0f} "
             f"end-to-end)" for kind in figures), flush=True)
 
-    top1 = {kind: {round(f["top1"], 6) for f in runs} for kind, runs in figures.items()}
-    counts = {kind: {f["n"] for f in runs} for kind, runs in figures.items()}
-    if len(set().union(*counts.values())) != 1:
-        raise BenchError(f"runner and bare loop classified different numbers of images: {counts}")
-    note = "" if len(set().union(*top1.values())) == 1 else f"top-1 differs: {top1}"
-    speed = {kind: {clock: statistics.median(rate(f, clock) for f in runs) for clock in ("loop_s", "wall_s")}
-             for kind, runs in figures.items()}
-    rows = []
+    top1 = {kind: sorted({round(f["top1"], 6) for f in runs}) for kind, runs in figures.items()}
+    counts = {f["n"] for runs in figures.values() for f in runs}
+    if len(counts) != 1:
+        raise BenchError(f"runner and bare loop classified different numbers of images: {sorted(counts)}")
+    n = counts.pop()
+    speeds = {kind: {clock: [rate(f, clock) for f in runs] for clock in ("loop_s", "wall_s")}
+              for kind, runs in figures.items()}
+    speed = {kind: {clock: statistics.median(values) for clock, values in clocks.items()}
+             for kind, clocks in speeds.items()}
     labels = {"cold": "cold preprocessing cache", "warm": "warm preprocessing cache"}
+    rows = []
     for kind, label in labels.items():
-        rows.append(Row(f"{point.name} accuracy {label}", ips(speed[kind]["loop_s"]), ips(speed["bare"]["loop_s"]),
-                        speed[kind]["loop_s"] / speed["bare"]["loop_s"], f">= {THROUGHPUT_GOAL}", note))
-        rows.append(Row(f"{point.name} accuracy {label}, end-to-end", ips(speed[kind]["wall_s"]),
-                        ips(speed["bare"]["wall_s"]), speed[kind]["wall_s"] / speed["bare"]["wall_s"],
-                        f">= {THROUGHPUT_GOAL}", "process wall time, imports and set-up included"))
-    n = figures["bare"][0]["n"]
-    projection = [f"projected time for {PROJECTED_IMAGES:,} images like these (227x227 JPEGs; full-size ImageNet "
-                  "JPEGs decode slower):"]
+        for clock, suffix in (("loop_s", ""), ("wall_s", ", end-to-end")):
+            rows.append(Row(f"{point.name} accuracy {label}{suffix}", ips(speed[kind][clock]),
+                            ips(speed["bare"][clock]), speed[kind][clock] / speed["bare"][clock],
+                            f">= {THROUGHPUT_GOAL}", paired_ratios(speeds[kind][clock], speeds["bare"][clock]),
+                            spread(speeds[kind][clock], speeds["bare"][clock])))
+    lines = [f"accuracy: in-run = n / (images_load_s + run_s) from the runner's JSON, against the bare loop's own "
+             f"timer; end-to-end = n / process wall time. top-1 on {n} images: "
+             + ", ".join(f"{kind} {'/'.join(f'{t:.3f}' for t in values)}" for kind, values in top1.items())]
+    lines.append(f"projected time for {PROJECTED_IMAGES:,} images like these (227x227 JPEGs; full-size ImageNet "
+                 "JPEGs decode slower):")
     for kind, label in (*labels.items(), ("bare", "bare loop")):
-        loop, wall = speed[kind]["loop_s"], speed[kind]["wall_s"]
-        projection.append(f"  {label:26} {duration(PROJECTED_IMAGES / loop)} (in-run), "
-                          f"{duration(PROJECTED_IMAGES / wall)} (end-to-end, from {n} images)")
-    projection.append(f"  top-1 on {n} images: " + ", ".join(
-        f"{kind} {'/'.join(f'{t:.3f}' for t in sorted(values))}" for kind, values in top1.items()))
-    return rows, projection
+        rss = statistics.median(f["rss_mb"] for f in figures[kind])
+        lines.append(f"  {label:25} {duration(PROJECTED_IMAGES / speed[kind]['loop_s'])} in-run, "
+                     f"{duration(PROJECTED_IMAGES / speed[kind]['wall_s'])} end-to-end; "
+                     f"peak memory {rss:.0f} MB for {n} images")
+    lines.append(f"  the runner's preprocessing cache: {cache_bytes / 1e6:.1f} MB for {n} images at "
+                 f"{point.model_id.rsplit('-', 1)[1]} px, so {cache_bytes / n * PROJECTED_IMAGES / 1e9:.2f} GB "
+                 f"for {PROJECTED_IMAGES:,}")
+    return rows, lines
 
 
 def rate(figure: dict, clock: str) -> float:
@@ -429,36 +480,42 @@ def package_version(*names: str) -> str:
     return "not installed"
 
 
-def machine_lines(threads: int) -> list[str]:
+def load_average() -> str:
+    return ", ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def machine_lines(threads: int, load_at_start: str) -> list[str]:
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
         cpuinfo = ""
     match = re.search(r"^(?:model name|Hardware|Processor)\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
     cpu = match.group(1).strip() if match else platform.processor() or "unknown"
-    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     tensorflow = package_version("tensorflow-cpu", "tensorflow")
     return [f"machine: {cpu}; {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} in this process's affinity), "
             f"{threads} threads used; {platform.system()} {platform.release()} {platform.machine()}",
             f"software: python {platform.python_version()}, tensorflow {tensorflow}, keras {package_version('keras')}, "
             f"ai-edge-litert {package_version('ai-edge-litert')}, "
             f"pillow {package_version('pillow')}, requestflow {package_version('requestflow')}",
-            f"load average (1, 5, 15 min) at the end: {load}"]
+            f"load average (1, 5, 15 min): {load_at_start} at the start, {load_average()} at the end"]
 
 
 def print_table(rows: list[Row]) -> None:
-    header = ("measure", "runner", "reference", "ratio", "goal", "result")
+    header = ("measure", "runner", "reference", "ratio", "goal", "result", "spread")
     cells = [header] + [(row.measure, row.runner, row.reference, "-" if row.ratio is None else f"{row.ratio:.3f}",
-                         row.goal or "-", row.result) for row in rows]
+                         row.goal or "-", row.result + ("*" if row.noisy else ""),
+                         "-" if row.spread is None else f"{row.spread:.0%}") for row in rows]
     widths = [max(len(cell[i]) for cell in cells) for i in range(len(header))]
     for index, cell in enumerate(cells):
-        print("  ".join(text.ljust(width) if i == 0 else text.rjust(width) if i < 5 else text
-                        for i, (text, width) in enumerate(zip(cell, widths, strict=True))))
+        print("  ".join(text.ljust(width) if i in (0, 5) else text.rjust(width)
+                        for i, (text, width) in enumerate(zip(cell, widths, strict=True))).rstrip())
         if index == 0:
             print("  ".join("-" * width for width in widths))
-    notes = [(row.measure, row.note) for row in rows if row.note]
-    for measure, note in notes:
-        print(f"  note: {measure}: {note}")
+    print(f"spread: the largest max/min - 1 of the per-process figures on either side of a ratio. * = spread above "
+          f"{NOISE_LIMIT:.0%}: the machine was too busy for a verdict at a 2% goal; run again on an idle machine.")
+    for row in rows:
+        if row.note:
+            print(f"  {row.measure}: {row.note}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -510,7 +567,7 @@ def main(argv: list[str]) -> int:
     if argv[:1] == [CHILD]:
         return child_main(argv[1:])
     args = parse_args(argv)
-    started = time.perf_counter()
+    started, load_at_start = time.perf_counter(), load_average()
     data = args.data or Path(os.environ.get("REQUESTFLOW_DATA") or ROOT.parent / "shared" / "data")
     try:
         check_data(data)
@@ -550,7 +607,7 @@ def main(argv: list[str]) -> int:
     print_table(rows)
     for line in extra_lines:
         print(line)
-    for line in machine_lines(args.threads):
+    for line in machine_lines(args.threads, load_at_start):
         print(line)
     print(f"latency: median of {settings.rounds} per-process medians per kind, kinds alternating; throughput: "
           f"median over {settings.rounds} rounds; total bench time {time.perf_counter() - started:.0f} s")

@@ -65,3 +65,16 @@ def run_cli(capsys):
         return code, out, err
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def _restore_cpu_affinity():
+    """Runs with --cpus pin this (test) process: give every thread its CPUs back afterwards."""
+    saved = os.sched_getaffinity(0)
+    yield
+    if os.sched_getaffinity(0) != saved:
+        for task in os.listdir("/proc/self/task"):
+            try:
+                os.sched_setaffinity(int(task), saved)
+            except OSError:
+                pass

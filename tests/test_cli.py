@@ -117,6 +117,8 @@ class TestRuns:
         assert len(performance["samples"]) == 7 and performance["warmup"] == 2
         assert performance["min"] <= performance["median"] <= performance["p90"] <= performance["max"]
         assert context["precision"] == "uint8" and context["threads"] == 1 and context["cpu_affinity"] == [0]
+        for task in os.listdir("/proc/self/task"):  # every thread, the interpreter's included, is pinned
+            assert os.sched_getaffinity(int(task)) == {0}
         assert context["weights"]["sha256"].startswith("cb273c23")
         assert context["weights"]["random"] is False
         assert "median" in stdout
@@ -131,6 +133,18 @@ class TestRuns:
         assert document["context"]["weights"]["format"] == "random"
         assert "RANDOM weights" in stdout
         assert "accuracy" not in document
+
+    def test_without_shared_data_and_offline_performance_runs_on_labelled_random_weights(self, run_cli, out,
+                                                                                          tmp_path, monkeypatch, val_dir):
+        monkeypatch.setenv("REQUESTFLOW_DATA", str(tmp_path / "absent"))
+        code, stdout, stderr = run_cli("run", "--model", "mobilenet-v1-0.25-128", "--offline", "--repetitions", "2",
+                                       "--quiet", "--out", out)
+        assert code == 0
+        assert "RANDOMLY INITIALISED" in stderr and "RANDOM weights" in stdout
+        assert json.loads(out.read_text())["context"]["weights"]["random"] is True
+        assert_refused(run_cli("run", "--model", "mobilenet-v1-0.25-128", "--offline", "--mode", "accuracy",
+                               "--images", val_dir, "--out", tmp_path / "acc.json"), tmp_path / "acc.json",
+                       r"no weights for mobilenet-v1-0.25-128 \(releases tried: .*downloads disabled")
 
     def test_accuracy_on_the_first_images_with_registry_weights(self, run_cli, out):
         code, stdout, _ = run_cli("run", "--model", "mobilenet-v1-0.25-160", "--mode", "accuracy", "--limit", "25",

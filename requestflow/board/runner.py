@@ -95,6 +95,17 @@ def parse_cpus(text: str) -> list[int]:
     return sorted(set(out))
 
 
+def pin_process(cpus: list[int]) -> None:
+    """Pin every thread of this process to ``cpus`` (``sched_setaffinity(0)`` alone pins only the calling thread;
+    threads started later inherit the mask)."""
+    for task in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(task), cpus)
+        except (ProcessLookupError, PermissionError):  # a thread that ended meanwhile
+            pass
+    os.sched_setaffinity(0, cpus)
+
+
 def default_images() -> tuple[str | None, str | None]:
     data = shared_data_dir()
     if data and (data / "imagenet/val").is_dir():
@@ -142,6 +153,8 @@ class Runner:
         from requestflow.board import resolve
 
         config = self.config
+        if config.cpus:
+            pin_process(config.cpus)  # before any library starts its threads: they inherit the mask
         images, val_txt = config.images, config.val_txt
         if images is None and (config.mode == "accuracy" or config.val_txt):
             images, default_val = default_images()
@@ -174,7 +187,7 @@ class Runner:
         started = _now()
         total_start = time.perf_counter()
         if config.cpus:
-            os.sched_setaffinity(0, config.cpus)
+            pin_process(config.cpus)
         from requestflow.board.machine import machine_info, snapshot_frequencies_and_temperatures
 
         document = {
