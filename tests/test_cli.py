@@ -134,8 +134,8 @@ class TestRuns:
         assert "RANDOM weights" in stdout
         assert "accuracy" not in document
 
-    def test_without_shared_data_and_offline_performance_runs_on_labelled_random_weights(self, run_cli, out,
-                                                                                          tmp_path, monkeypatch, val_dir):
+    def test_without_shared_data_and_offline_performance_runs_on_labelled_random_weights(
+            self, run_cli, out, tmp_path, monkeypatch, val_dir):
         monkeypatch.setenv("REQUESTFLOW_DATA", str(tmp_path / "absent"))
         code, stdout, stderr = run_cli("run", "--model", "mobilenet-v1-0.25-128", "--offline", "--repetitions", "2",
                                        "--quiet", "--out", out)

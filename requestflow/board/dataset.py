@@ -136,19 +136,25 @@ class Preprocessed:
 
 def preprocess_dataset(dataset: Dataset, resolution: int, progress: bool = True, workers: int | None = None,
                        use_cache: bool = True) -> Preprocessed:
-    """uint8 tensors of every readable image, from the cache when present. Unreadable images are listed."""
+    """uint8 tensors of every readable image, from the cache when present. Unreadable images are listed.
+
+    The tensors are written to the cache file as they are made (a memory map), so 50,000 images need disk, not
+    memory: a board with 2 GB preprocesses the whole validation set.
+    """
     parameters = preprocessing_parameters(resolution, "uint8")
     key = sha256_text(canonical_json({"files": dataset.file_list_sha256, "parameters": parameters}))
     folder = cache_dir("preprocessed") / key
-    if use_cache and (folder / "meta.json").is_file():
-        try:
-            meta = json.loads((folder / "meta.json").read_text())
-            pixels = np.load(folder / "pixels.npy", mmap_mode="r")
-            if pixels.shape[0] == len(meta["ok"]):
-                return Preprocessed(pixels, meta["ok"], meta["failed"], True)
-        except (OSError, ValueError, KeyError):
-            pass  # a damaged cache entry is rebuilt below
-    pixels = np.empty((len(dataset.files), resolution, resolution, 3), np.uint8)
+    if use_cache:
+        cached = _load(folder)
+        if cached is not None:
+            return cached
+    shape = (len(dataset.files), resolution, resolution, 3)
+    staging = folder / f".pixels.{os.getpid()}.npy"
+    if use_cache:
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = np.lib.format.open_memmap(staging, mode="w+", dtype=np.uint8, shape=shape)
+    else:
+        pixels = np.empty(shape, np.uint8)
     ok, failed = [], []
 
     def work(index: int):
@@ -158,27 +164,42 @@ def preprocess_dataset(dataset: Dataset, resolution: int, progress: bool = True,
             return index, None, f"{type(exc).__name__}: {exc}"
 
     bar = _bar(len(dataset.files), f"preprocess {resolution}px", progress)
-    with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
-        for index, array, error in pool.map(work, range(len(dataset.files))):
-            if error is None:
-                pixels[len(ok)] = array
-                ok.append(index)
-            else:
-                failed.append({"file": dataset.files[index], "error": error})
-            bar.update(1)
-    bar.close()
-    pixels = pixels[: len(ok)]
-    if use_cache:
-        _store(folder, pixels, ok, failed)
-    return Preprocessed(pixels, ok, failed, False)
+    try:
+        with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
+            for chunk in range(0, len(dataset.files), _CHUNK):  # bounded: results never pile up in memory
+                indices = range(chunk, min(chunk + _CHUNK, len(dataset.files)))
+                for index, array, error in pool.map(work, indices):
+                    if error is None:
+                        pixels[len(ok)] = array
+                        ok.append(index)
+                    else:
+                        failed.append({"file": dataset.files[index], "error": error})
+                    bar.update(1)
+        bar.close()
+        if not use_cache:
+            return Preprocessed(pixels[: len(ok)], ok, failed, False)
+        pixels.flush()
+        del pixels
+        os.replace(staging, folder / "pixels.npy")
+        atomic_write_text(folder / "meta.json", json.dumps({"ok": ok, "failed": failed}))
+    finally:
+        staging.unlink(missing_ok=True)
+    return Preprocessed(_load(folder).pixels, ok, failed, False)
 
 
-def _store(folder: Path, pixels: np.ndarray, ok: list[int], failed: list[dict]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".pixels.{os.getpid()}.npy"
-    np.save(tmp, pixels, allow_pickle=False)
-    os.replace(tmp, folder / "pixels.npy")
-    atomic_write_text(folder / "meta.json", json.dumps({"ok": ok, "failed": failed}))
+_CHUNK = 256
+
+
+def _load(folder: Path) -> Preprocessed | None:
+    """The cache entry in ``folder``; None when absent or damaged (it is then rebuilt)."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        pixels = np.load(folder / "pixels.npy", mmap_mode="r")
+        if pixels.shape[0] >= len(meta["ok"]):
+            return Preprocessed(pixels[: len(meta["ok"])], meta["ok"], meta["failed"], True)
+    except (OSError, ValueError, KeyError):
+        pass
+    return None
 
 
 def _bar(total: int, description: str, enabled: bool):

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -68,16 +68,12 @@ class RunConfig:
             unknown = sorted(set(self.cpus) - allowed)
             if not self.cpus or unknown:
                 raise UserError(f"--cpus {','.join(map(str, self.cpus))}: CPU {unknown[0] if unknown else '?'} is "
-                                f"not available here (available: {_ranges(sorted(allowed))})")
+                                f"not available here (available: {','.join(map(str, sorted(allowed)))})")
 
 
 def _choice(name: str, value: str, allowed) -> None:
     if value not in allowed:
         raise UserError(f"unknown {name} {value!r}; known: {', '.join(allowed)}")
-
-
-def _ranges(values: list[int]) -> str:
-    return ",".join(map(str, values))
 
 
 def parse_cpus(text: str) -> list[int]:
@@ -340,6 +336,3 @@ def run(config: RunConfig) -> dict:
     runner.prepare()
     return runner.run()
 
-
-def config_as_dict(config: RunConfig) -> dict:
-    return asdict(config)

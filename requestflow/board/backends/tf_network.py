@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from requestflow.board.files import atomic_write_bytes, cache_dir
+from requestflow.board.tensorflow_import import import_tensorflow
 from requestflow.board.weights import CanonicalWeights
 
 
 def forward_function(weights: CanonicalWeights):
     """A Python function ``x -> probabilities`` (NHWC float32 in [-1, 1] -> [B, classes]); weights are constants."""
-    from requestflow.board.tensorflow_import import import_tensorflow
     tf = import_tensorflow()
 
     layers = [(layer, tf.constant(weights.tensors[f"{layer.name}.weights"]),
@@ -30,13 +33,9 @@ def forward_function(weights: CanonicalWeights):
     return forward
 
 
-def export_tflite(weights: CanonicalWeights) -> Path:  # noqa: F821
+def export_tflite(weights: CanonicalWeights) -> Path:
     """A float32 ``.tflite`` of the canonical weights, cached by their sha256 and the TensorFlow version."""
-    from requestflow.board.tensorflow_import import import_tensorflow
     tf = import_tensorflow()
-
-    from requestflow.board.files import atomic_write_bytes, cache_dir
-
     path = cache_dir("tflite-export") / f"{weights.model.id}-{weights.sha256[:16]}-tf{tf.__version__}.tflite"
     if path.is_file():
         return path
