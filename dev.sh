@@ -53,9 +53,27 @@ ensure_venv() {
     "$VENV/bin/python" -m pip install -q --upgrade pip
     local pins=()
     if [ -f "$CONSTRAINTS" ]; then pins=(-c "$CONSTRAINTS"); else log "no pins for $ARCH: resolving unpinned"; fi
-    log "pip install requestflow[dev,opencl] (TensorFlow is a large download the first time)"
-    "$VENV/bin/python" -m pip install -q "${pins[@]}" -e "$ROOT[dev,opencl]"
+    log "pip install requestflow[dev,opencl,results] (TensorFlow is a large download the first time)"
+    "$VENV/bin/python" -m pip install -q "${pins[@]}" -e "$ROOT[dev,opencl,results]"
     echo "$stamp_want" > "$VENV/.requestflow-stamp"
+}
+
+# The tests use a real PostgreSQL server at 127.0.0.1:5432 (trust authentication for the postgres user).
+ensure_postgres() {
+    if command -v pg_isready >/dev/null 2>&1 && pg_isready -q -h 127.0.0.1 -p 5432; then return; fi
+    local fresh=0
+    if [ ! -d /etc/postgresql ] || [ -z "$(ls /etc/postgresql 2>/dev/null)" ]; then
+        apt_install postgresql
+        fresh=1
+    fi
+    local version; version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    if [ "$fresh" = 1 ]; then  # a server we installed ourselves: let the tests in as postgres from 127.0.0.1
+        sed -i '1i host all postgres 127.0.0.1/32 trust' "/etc/postgresql/$version/main/pg_hba.conf"
+    fi
+    log "starting PostgreSQL $version"
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    for _ in $(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && return; sleep 1; done
+    log "PostgreSQL did not come up on 127.0.0.1:5432"; exit 1
 }
 
 check_data() {
@@ -88,11 +106,18 @@ demo() {
         "$rf" run --model mobilenet-v1-0.25-224 --backend tflite --mode performance --out "$out/0.25-224-tflite-performance.json"
     fi
     "$rf" validate "$out"/*.json
-    log "results in $out"
+    log "load the results into the embedded PostgreSQL (no server needed) and print the scoreboard"
+    "$rf" load "$out"/*.json --board "$(hostname)" --sweep "demo-$(date -u +%Y%m%dT%H%M%SZ)"
+    "$rf" scoreboard
+    log "the Pareto frontier (median latency vs top-1), with plain SQL on the view"
+    "$rf" sql "SELECT board, model, backend, precision, round(latency_median_s * 1000, 3) AS median_ms, top1
+               FROM pareto_frontier ORDER BY board, latency_median_s"
+    log "results in $out; the database: $("$rf" db url)"
 }
 
 run_tests() {
     ensure_venv
+    ensure_postgres
     cd "$ROOT"
     "$VENV/bin/python" -m ruff check requestflow tests bench
     "$VENV/bin/python" -m pytest "$@"

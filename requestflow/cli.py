@@ -65,6 +65,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check result JSON files against the result schema")
     validate.add_argument("files", nargs="+")
+
+    db_help = ("PostgreSQL URL (default: $REQUESTFLOW_DATABASE_URL, the Airflow Connection requestflow_results, "
+               "else the embedded PostgreSQL)")
+    db = sub.add_parser("db", help="the results database: upgrade its schema, check it, stop the embedded server")
+    db.add_argument("action", choices=("upgrade", "check", "url", "stop"))
+    db.add_argument("--db", help=db_help)
+
+    load = sub.add_parser("load", help="load result JSON files into the results store (idempotent)")
+    load.add_argument("files", nargs="+")
+    load.add_argument("--board", default="local", help="the board the results were measured on (default: local)")
+    load.add_argument("--sweep", help="the sweep (Airflow run id) they belong to")
+    load.add_argument("--db", help=db_help)
+
+    board = sub.add_parser("scoreboard", help="one row per point: latency, throughput, accuracy, energy, cost")
+    board.add_argument("--board", help="only this board")
+    board.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    board.add_argument("--db", help=db_help)
+
+    sql = sub.add_parser("sql", help="run read-only SQL on the results store (views: scoreboard, pareto_frontier)")
+    sql.add_argument("query")
+    sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    sql.add_argument("--db", help=db_help)
     return parser
 
 
@@ -225,8 +247,81 @@ def cmd_validate(args, argv) -> int:
     return 1 if bad else 0
 
 
-COMMANDS = {"run": cmd_run, "classify": cmd_classify, "import-weights": cmd_import_weights, "models": cmd_models,
-            "validate": cmd_validate}
+def _store(args):
+    """(engine, url) of the results store, its schema brought up to date."""
+    from requestflow.results.database import engine_for, resolve_url, upgrade
+
+    url, _ = resolve_url(args.db)
+    try:
+        upgrade(url)
+    except Exception as exc:  # connection refused, authentication, ...: one line naming the database
+        from sqlalchemy.engine import make_url
+        raise UserError(f"cannot use the results database {make_url(url).render_as_string(hide_password=True)}: "
+                        f"{str(getattr(exc, 'orig', None) or exc).strip().splitlines()[0]}") from None
+    return engine_for(url), url
+
+
+def cmd_db(args, argv) -> int:
+    from requestflow.results import database
+
+    if args.action == "stop":
+        from requestflow.results.embedded import stop
+        print("embedded PostgreSQL stopped" if stop() else "embedded PostgreSQL was not running")
+        return 0
+    url, origin = database.resolve_url(args.db)
+    from sqlalchemy.engine import make_url
+    shown = make_url(url).render_as_string(hide_password=True)
+    if args.action == "url":
+        print(f"{shown}  ({origin})")
+        return 0
+    _store(args)
+    if args.action == "check":
+        database.check(url)
+        print(f"{shown}: schema up to date, no drift between models and migrations")
+    else:
+        print(f"{shown}: schema upgraded to head ({origin})")
+    return 0
+
+
+def cmd_load(args, argv) -> int:
+    from requestflow.results.load import load_documents
+
+    documents = []
+    for path in args.files:
+        try:
+            with open(path) as handle:
+                documents.append((path, json.load(handle)))
+        except OSError as exc:
+            raise UserError(f"cannot read {path}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise UserError(f"{path}: not valid JSON ({exc})") from None
+    engine, _ = _store(args)
+    report = load_documents(engine, documents, args.board, args.sweep)
+    print(f"loaded {len(report.loaded)} new result(s), {len(report.unchanged)} already stored, board {args.board}"
+          + (f", sweep {args.sweep}" if args.sweep else ""))
+    return 0
+
+
+def cmd_scoreboard(args, argv) -> int:
+    from requestflow.results.query import render, scoreboard
+
+    engine, _ = _store(args)
+    print(render(*scoreboard(engine, args.board), args.format))
+    return 0
+
+
+def cmd_sql(args, argv) -> int:
+    from requestflow.results.query import read_only, render
+
+    engine, _ = _store(args)
+    print(render(*read_only(engine, args.query), args.format))
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run, "classify": cmd_classify, "import-weights": cmd_import_weights, "models": cmd_models,
+    "validate": cmd_validate, "db": cmd_db, "load": cmd_load, "scoreboard": cmd_scoreboard, "sql": cmd_sql,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

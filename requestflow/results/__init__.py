@@ -1,0 +1,1 @@
+"""The results store: PostgreSQL through SQLAlchemy 2, schema by Alembic (``sql/``), loaded from runner documents."""

@@ -1,0 +1,100 @@
+"""Where the results database is, and its schema.
+
+In order: ``--db URL``; ``$REQUESTFLOW_DATABASE_URL``; the Airflow Connection ``requestflow_results`` (from
+``$AIRFLOW_CONN_REQUESTFLOW_RESULTS``, or Airflow's own lookup where Airflow is installed); else the embedded
+PostgreSQL that requestflow starts in its state folder. PostgreSQL only: one SQL dialect everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Engine, make_url
+
+from requestflow.errors import UserError
+
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+CONN_ID = "requestflow_results"
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Any PostgreSQL URL (``postgres://``, ``postgresql://``, ``postgresql+psycopg://``) -> psycopg 3's."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise UserError(f"not a database URL: {_redact(url)!r}") from None
+    if parsed.get_backend_name() not in ("postgresql", "postgres"):
+        raise UserError(f"the results store is PostgreSQL only; got a {parsed.get_backend_name()!r} URL")
+    return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
+
+
+def _airflow_connection_url() -> str | None:
+    raw = os.environ.get(f"AIRFLOW_CONN_{CONN_ID.upper()}")
+    if raw:
+        if raw.lstrip().startswith("{"):
+            conn = json.loads(raw)
+            user = conn.get("login") or ""
+            password = f":{conn['password']}" if conn.get("password") else ""
+            auth = f"{user}{password}@" if user else ""
+            port = f":{conn['port']}" if conn.get("port") else ""
+            return f"postgresql://{auth}{conn.get('host', '')}{port}/{conn.get('schema') or 'postgres'}"
+        return raw
+    return None
+
+
+def resolve_url(explicit: str | None = None) -> tuple[str, str]:
+    """(SQLAlchemy URL, where it came from)."""
+    if explicit:
+        return sqlalchemy_url(explicit), "--db"
+    if os.environ.get("REQUESTFLOW_DATABASE_URL"):
+        return sqlalchemy_url(os.environ["REQUESTFLOW_DATABASE_URL"]), "REQUESTFLOW_DATABASE_URL"
+    airflow = _airflow_connection_url()
+    if airflow:
+        return sqlalchemy_url(airflow), f"Airflow Connection {CONN_ID}"
+    from requestflow.results.embedded import embedded_url
+    return sqlalchemy_url(embedded_url()), "embedded PostgreSQL"
+
+
+def engine_for(url: str) -> Engine:
+    return create_engine(url, pool_pre_ping=True)
+
+
+def alembic_config(url: str, connection=None):
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(SQL_DIR / "migrations"))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    from alembic import command
+
+    engine = engine_for(url)
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(url, connection), revision)
+    engine.dispose()
+
+
+def check(url: str) -> None:
+    """Raise if the models and the migrations differ (``alembic check``)."""
+    from alembic import command
+
+    engine = engine_for(url)
+    with engine.connect() as connection:
+        command.check(alembic_config(url, connection))
+    engine.dispose()

@@ -1,0 +1,59 @@
+"""Point identity: one canonical hash of a point's context, defined here once.
+
+Resume, upsert, import and regression history all use ``point_id``. Two more keys group points:
+``accuracy_key`` joins a performance point to the accuracy of the same configuration (accuracy does not depend on
+threads, affinity, batch size or mode), and the results' own ``document_sha256`` makes loading idempotent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+IDENTITY_VERSION = 1
+
+
+def canonical_json(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def sha256_of(value) -> str:
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
+
+
+def library_build(backend: dict) -> dict:
+    """What identifies the library build a point ran on (for ArmCL later: its build's sha256 and options)."""
+    return {key: backend.get(key) for key in ("name", "library", "version", "build")}
+
+
+def identity(board: str, context: dict) -> dict:
+    """The fields that make a point, taken from a result document's ``context``."""
+    dataset = context["dataset"]
+    return {
+        "identity_version": IDENTITY_VERSION,
+        "board": board,
+        "backend": context["backend"]["name"],
+        "variant": context["backend"].get("variant") or {},
+        "library_build": library_build(context["backend"]),
+        "model": context["model"]["id"],
+        "precision": context["precision"],
+        "weights_sha256": context["weights"]["sha256"],
+        "dataset": "synthetic" if dataset.get("synthetic") else dataset["file_list_sha256"],
+        "mode": context["mode"],
+        "batch_size": context["batch_size"],
+        "threads": context["threads"],
+        "cpu_affinity": sorted(context["cpu_affinity"]),
+        "preprocessing": context.get("preprocessing") or {},
+    }
+
+
+def point_id(board: str, context: dict) -> str:
+    return sha256_of(identity(board, context))
+
+
+def accuracy_key(board: str, context: dict) -> str:
+    """The identity minus what accuracy does not depend on: mode, dataset, threads, affinity, batch size."""
+    fields = identity(board, context)
+    for key in ("mode", "dataset", "threads", "cpu_affinity", "batch_size"):
+        fields.pop(key)
+    return sha256_of(fields)

@@ -1,0 +1,78 @@
+"""Reading the results store: the scoreboard, and plain read-only SQL."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from sqlalchemy.engine import Engine
+
+from requestflow.errors import UserError
+
+SCOREBOARD_COLUMNS = ("board", "backend", "model", "precision", "threads", "latency_min_s", "latency_median_s",
+                      "latency_p90_s", "throughput_ips", "top1", "top5", "image_count", "random_weights", "sweep")
+
+
+def read_only(engine: Engine, sql: str, parameters: dict | None = None) -> tuple[list[str], list[tuple]]:
+    """Run one statement in a READ ONLY transaction: (column names, rows). Errors are one clear line.
+
+    The statement is prepared on the server, which refuses several commands in one string: ``COMMIT; DELETE ...``
+    cannot escape the read-only transaction. ``parameters`` use psycopg's ``%(name)s`` placeholders; without
+    them, ``%`` in the SQL is just a character.
+    """
+    import psycopg
+
+    with engine.connect() as connection:
+        connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+        cursor = connection.connection.driver_connection.cursor()
+        try:
+            cursor.execute(sql, parameters, prepare=True)
+            if cursor.description is None:
+                return [], []
+            return [column.name for column in cursor.description], cursor.fetchall()
+        except psycopg.Error as exc:
+            raise UserError(f"SQL error: {str(exc).strip().splitlines()[0]}") from None
+        finally:
+            connection.rollback()  # nothing to keep, even from a read-only transaction
+
+
+def scoreboard(engine: Engine, board: str | None = None, columns=SCOREBOARD_COLUMNS) -> tuple[list[str], list[tuple]]:
+    where = "WHERE board = %(board)s" if board else ""
+    return read_only(engine, f"SELECT {', '.join(columns)} FROM scoreboard {where} "
+                             "ORDER BY board, model, backend, precision, threads", {"board": board})
+
+
+def render(columns: list[str], rows: list[tuple], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps([dict(zip(columns, row, strict=True)) for row in rows], indent=1, default=str)
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(columns)
+        writer.writerows(rows)
+        return out.getvalue().rstrip("\n")
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.rjust(w) if _numeric(v) else v.ljust(w) for v, w in zip(r, widths, strict=True))
+              for r in cells]
+    lines.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _numeric(text_value: str) -> bool:
+    try:
+        float(text_value)
+        return True
+    except ValueError:
+        return False

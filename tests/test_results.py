@@ -1,0 +1,352 @@
+"""The results store on the real PostgreSQL server (127.0.0.1:5432), each test session in a database of its own."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import threading
+import uuid
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from requestflow.board.catalogue import get_model
+from requestflow.board.runner import RunConfig, run
+from requestflow.errors import UserError
+from requestflow.results.database import check, sqlalchemy_url, upgrade
+from requestflow.results.identity import point_id
+from requestflow.results.load import load_documents
+from requestflow.results.query import read_only
+
+SERVER = os.environ.get("REQUESTFLOW_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+TABLES = ("boards", "platform_snapshots", "library_builds", "models", "weights", "datasets", "sweeps", "points",
+          "results", "performance", "samples", "accuracy", "predictions", "errors")
+
+
+@pytest.fixture
+def database():
+    """A new, empty database on the real server, dropped afterwards: its SQLAlchemy URL."""
+    name = f"rf_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(sqlalchemy_url(f"{SERVER}/postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = sqlalchemy_url(f"{SERVER}/{name}")
+    yield url
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def store(database):
+    upgrade(database)
+    engine = create_engine(database)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def documents(models_dir) -> dict[str, dict]:
+    """Real runner documents: performance and accuracy of two configurations, and a failed run."""
+    quant = str(models_dir / "mobilenet_v1_0.25_128_quant.tflite")
+    h5 = str(models_dir / "mobilenet_v1_0.25_224.h5")
+    out = {
+        "perf_tflite": run(RunConfig(model="mobilenet-v1-0.25-128", backend="tflite", weights=[quant],
+                                     repetitions=15, warmup=2, progress=False)),
+        "acc_tflite": run(RunConfig(model="mobilenet-v1-0.25-128", backend="tflite", mode="accuracy",
+                                    weights=[quant], limit=40, progress=False)),
+        "perf_tf": run(RunConfig(model="mobilenet-v1-0.25-224", backend="tf", weights=[h5], repetitions=5,
+                                 progress=False)),
+        "acc_tf": run(RunConfig(model="mobilenet-v1-0.25-224", backend="tf", mode="accuracy", weights=[h5],
+                                limit=40, progress=False)),
+    }
+    failed = copy.deepcopy(out["perf_tflite"])
+    failed.update(status="failed", error={"type": "RuntimeError", "message": "board fell over"})
+    failed.pop("performance")
+    failed["started_at"] = "2026-01-01T00:00:00.000+00:00"
+    out["failed"] = failed
+    return out
+
+
+def counts(engine) -> dict[str, int]:
+    with engine.connect() as connection:
+        return {t: connection.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in TABLES}
+
+
+def scoreboard_rows(engine, where: str = "") -> list[dict]:
+    columns, rows = read_only(engine, f"SELECT * FROM scoreboard {where} ORDER BY model, backend")
+    return [dict(zip(columns, row, strict=True)) for row in rows]
+
+
+class TestTheSchema:
+    def test_migrations_upgrade_an_empty_database_with_no_drift(self, database):
+        upgrade(database)
+        check(database)  # raises on any difference between the models and the migrations
+        engine = create_engine(database)
+        with engine.connect() as connection:
+            views = set(connection.execute(text(
+                "SELECT table_name FROM information_schema.views WHERE table_schema = 'public'")).scalars())
+            version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+        engine.dispose()
+        assert views == {"scoreboard", "pareto_frontier"}
+        assert version == "0002"
+
+    def test_upgrading_twice_is_harmless(self, database):
+        upgrade(database)
+        upgrade(database)
+        check(database)
+
+
+class TestLoading:
+    def test_scoreboard_rows_match_the_documents_field_by_field(self, store, documents):
+        load_documents(store, [(k, documents[k]) for k in ("perf_tflite", "acc_tflite", "perf_tf", "acc_tf")],
+                       board="hikey-1", sweep="manual__2026-11-28")
+        rows = scoreboard_rows(store)
+        assert len(rows) == 2
+        for row, perf, acc in ((rows[0], documents["perf_tflite"], documents["acc_tflite"]),
+                               (rows[1], documents["perf_tf"], documents["acc_tf"])):
+            context, p, a = perf["context"], perf["performance"], acc["accuracy"]
+            model = get_model(context["model"]["id"])
+            assert row["board"] == "hikey-1" and row["sweep"] == "manual__2026-11-28"
+            assert row["model"] == model.id and row["width"] == model.width and row["resolution"] == model.resolution
+            assert row["backend"] == context["backend"]["name"]
+            assert json.loads(row["variant"]) == context["backend"]["variant"]
+            assert row["library_version"] == context["backend"]["version"]
+            assert row["precision"] == context["precision"]
+            assert row["macs"] == model.macs
+            assert row["model_size_bytes"] == model.params * (4 if context["precision"] == "fp32" else 1)
+            assert (row["latency_min_s"], row["latency_median_s"], row["latency_p90_s"]) == (p["min"], p["median"],
+                                                                                              p["p90"])
+            assert row["throughput_ips"] == pytest.approx(p["throughput_ips"])
+            assert (row["top1"], row["top5"], row["image_count"]) == (a["top1"], a["top5"], a["n"])
+            assert row["random_weights"] is False
+            assert row["point_id"] == point_id("hikey-1", context)
+            assert row["energy_est_j"] is None and row["cost_per_million_images_usd"] is None  # no board data yet
+
+    def test_raw_samples_and_predictions_are_kept_exactly(self, store, documents):
+        load_documents(store, [("a", documents["perf_tflite"]), ("b", documents["acc_tflite"])], board="b")
+        _, samples = read_only(store, "SELECT seconds FROM samples ORDER BY i")
+        assert [s for (s,) in samples] == documents["perf_tflite"]["performance"]["samples"]
+        _, predictions = read_only(store, "SELECT image, label, top5, scores FROM predictions ORDER BY image")
+        expected = sorted(documents["acc_tflite"]["predictions"], key=lambda p: p["file"])
+        assert [(i, label, top5) for i, label, top5, _ in predictions] == [
+            (p["file"], p["label"], [c for c, _ in p["top5"]]) for p in expected]
+        assert predictions[0][3] == pytest.approx([s for _, s in expected[0]["top5"]], rel=1e-6)
+
+    def test_nothing_of_the_document_is_lost(self, store, documents):
+        load_documents(store, [("a", documents["perf_tflite"])], board="b")
+        _, rows = read_only(store, "SELECT document FROM results")
+        stored = rows[0][0]
+        original = copy.deepcopy(documents["perf_tflite"])
+        original["performance"].pop("samples")  # kept row by row in samples
+        assert stored == json.loads(json.dumps(original))
+
+    def test_loading_the_same_documents_twice_changes_nothing(self, store, documents):
+        batch = [(k, v) for k, v in documents.items()]
+        first = load_documents(store, batch, board="b", sweep="s1")
+        before = counts(store)
+        second = load_documents(store, batch, board="b", sweep="s1")
+        assert len(first.loaded) == 5 and second.loaded == [] and len(second.unchanged) == 5
+        assert counts(store) == before
+
+    def test_a_failed_result_is_stored_with_its_error_and_stays_off_the_scoreboard(self, store, documents):
+        load_documents(store, [("f", documents["failed"])], board="b")
+        _, rows = read_only(store, "SELECT e.type, e.message, r.status FROM errors e "
+                                   "JOIN results r ON r.id = e.result_id")
+        assert rows == [("RuntimeError", "board fell over", "failed")]
+        assert scoreboard_rows(store) == []
+
+    def test_twenty_concurrent_loads_of_overlapping_documents_end_with_no_duplicates(self, store, documents):
+        names = list(documents)
+        errors = []
+
+        def work(i: int):
+            try:
+                chosen = [(n, documents[n]) for n in names[i % 3:] + names[: i % 3]][: 3 + i % 3]
+                load_documents(store, chosen, board="farm", sweep=f"sweep-{i % 2}")
+            except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        c = counts(store)
+        # the failed run is another result of perf_tflite's point
+        assert c["results"] == 5 and c["points"] == 4 and c["boards"] == 1 and c["models"] == 2
+        assert c["samples"] == 15 + 5 and c["errors"] == 1
+        assert c["predictions"] == 80
+
+
+class TestBadDocumentsAreRefusedWhole:
+    @pytest.mark.parametrize("damage, message", [
+        (lambda d: d.update(schema_version=7), "unknown schema_version 7"),
+        (lambda d: d["performance"].update(median="fast"), r"field performance/median: 'fast' is not of type"),
+        (lambda d: d.pop("context"), "'context' is a required property"),
+        (lambda d: d["context"]["weights"].update(sha256="xyz"), "field context/weights/sha256"),
+    ])
+    def test_a_bad_document_leaves_the_database_unchanged(self, store, documents, damage, message):
+        load_documents(store, [("good", documents["acc_tf"])], board="b")
+        before = counts(store)
+        bad = copy.deepcopy(documents["perf_tf"])
+        damage(bad)
+        with pytest.raises(UserError, match=f"bad.json: .*{message}"):
+            load_documents(store, [("fine.json", documents["perf_tflite"]), ("bad.json", bad)], board="b")
+        assert counts(store) == before
+
+    def test_a_failure_midway_rolls_everything_back(self, store, documents, monkeypatch):
+        from requestflow.results import load
+
+        calls = {"n": 0}
+        real = load._load_one
+
+        def second_one_fails(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise RuntimeError("connection lost")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(load, "_load_one", second_one_fails)
+        with pytest.raises(RuntimeError):
+            load_documents(store, [("a", documents["perf_tf"]), ("b", documents["acc_tf"])], board="b")
+        assert set(counts(store).values()) == {0}
+
+    def test_the_cli_names_a_truncated_file_and_writes_nothing(self, run_cli, store, database, documents, tmp_path):
+        truncated = tmp_path / "truncated.json"
+        truncated.write_text(json.dumps(documents["perf_tf"])[:500])
+        good = tmp_path / "good.json"
+        good.write_text(json.dumps(documents["acc_tf"]))
+        code, _, stderr = run_cli("load", good, truncated, "--db", database)
+        assert code == 2 and "truncated.json: not valid JSON" in stderr and "Traceback" not in stderr
+        assert set(counts(store).values()) == {0}
+
+
+def synthetic_pair(template_perf: dict, template_acc: dict, model_id: str, backend: str, median: float, top1: float,
+                   random: bool = False) -> list[tuple[str, dict]]:
+    """A performance and an accuracy document of one configuration with chosen median latency and top-1."""
+    model = get_model(model_id)
+    out = []
+    for template, mode in ((template_perf, "performance"), (template_acc, "accuracy")):
+        document = copy.deepcopy(template)
+        context = document["context"]
+        context["model"].update(id=model.id, width=model.width, resolution=model.resolution, macs=model.macs,
+                                params=model.params)
+        context["backend"]["name"] = backend
+        context["weights"].update(sha256=("0" if random else "a") * 63 + str(len(model_id) % 10), random=random)
+        if mode == "performance":
+            document["performance"].update(min=median, median=median, p90=median, samples=[median] * 3, n=3)
+        else:
+            document["accuracy"].update(top1=top1)
+        out.append((f"{model_id}-{backend}-{mode}", document))
+    return out
+
+
+class TestThePerformanceOfTheViews:
+    def test_pareto_frontier_equals_a_frontier_computed_by_hand(self, store, documents):
+        perf, acc = documents["perf_tflite"], documents["acc_tflite"]
+        #            model                     backend   median  top-1
+        points = [("mobilenet-v1-0.25-128", "tflite", 0.001, 0.40),   # fastest: frontier
+                  ("mobilenet-v1-0.25-160", "tflite", 0.002, 0.50),   # frontier
+                  ("mobilenet-v1-0.25-192", "tflite", 0.002, 0.50),   # ties the previous exactly: frontier too
+                  ("mobilenet-v1-0.25-224", "tflite", 0.002, 0.45),   # as fast, less accurate: beaten
+                  ("mobilenet-v1-0.5-128", "tflite", 0.003, 0.50),    # slower, as accurate: beaten
+                  ("mobilenet-v1-0.5-160", "tflite", 0.004, 0.65),    # frontier
+                  ("mobilenet-v1-0.5-192", "tflite", 0.005, 0.60),    # beaten
+                  ("mobilenet-v1-1.0-224", "tflite", 0.010, 0.72)]    # frontier
+        batch = [pair for p in points for pair in synthetic_pair(perf, acc, *p)]
+        # random weights, faster and more accurate than everything: takes no part
+        batch += synthetic_pair(perf, acc, "mobilenet-v1-0.75-128", "tflite", 0.0001, 0.99, random=True)
+        load_documents(store, batch, board="b")
+
+        def dominated(a, b):
+            return b[2] <= a[2] and b[3] >= a[3] and (b[2] < a[2] or b[3] > a[3])
+
+        by_hand = {p[0] for p in points if not any(dominated(p, q) for q in points)}
+        _, rows = read_only(store, "SELECT model FROM pareto_frontier")
+        assert {model for (model,) in rows} == by_hand == {
+            "mobilenet-v1-0.25-128", "mobilenet-v1-0.25-160", "mobilenet-v1-0.25-192", "mobilenet-v1-0.5-160",
+            "mobilenet-v1-1.0-224"}
+        _, random_rows = read_only(store, "SELECT random_weights FROM scoreboard WHERE model = 'mobilenet-v1-0.75-128'")
+        assert random_rows == [(True,)]
+
+    def test_the_frontier_is_per_board(self, store, documents):
+        perf, acc = documents["perf_tflite"], documents["acc_tflite"]
+        load_documents(store, synthetic_pair(perf, acc, "mobilenet-v1-0.25-128", "tflite", 0.001, 0.40), board="x")
+        load_documents(store, synthetic_pair(perf, acc, "mobilenet-v1-0.5-128", "tflite", 0.0005, 0.60), board="y")
+        _, rows = read_only(store, "SELECT board, model FROM pareto_frontier ORDER BY board")
+        assert rows == [("x", "mobilenet-v1-0.25-128"), ("y", "mobilenet-v1-0.5-128")]
+
+    def test_energy_and_cost_use_the_boards_figures(self, store, documents):
+        load_documents(store, [("p", documents["perf_tf"])], board="jetson")
+        with store.begin() as connection:
+            connection.execute(text("UPDATE boards SET peak_power_w = 10, price_usd = 946.73, "
+                                    "service_life_years = 3 WHERE name = 'jetson'"))
+        row = scoreboard_rows(store)[0]
+        median = documents["perf_tf"]["performance"]["median"]
+        assert row["energy_est_j"] == pytest.approx(10 * median)
+        assert row["energy_kind"].startswith("upper bound")
+        assert float(row["cost_per_million_images_usd"]) == pytest.approx(
+            946.73 / (3 * 365.25 * 86400) * median * 1e6)
+
+
+class TestTheCommands:
+    def test_load_scoreboard_and_sql(self, run_cli, database, documents, tmp_path):
+        files = []
+        for name in ("perf_tflite", "acc_tflite"):
+            files.append(tmp_path / f"{name}.json")
+            files[-1].write_text(json.dumps(documents[name]))
+        code, stdout, _ = run_cli("load", *files, "--board", "rk3399", "--sweep", "nightly-1", "--db", database)
+        assert code == 0 and "loaded 2 new result(s), 0 already stored" in stdout
+        code, stdout, _ = run_cli("scoreboard", "--format", "json", "--db", database)
+        rows = json.loads(stdout)
+        assert [(r["board"], r["model"], r["top1"]) for r in rows] == [
+            ("rk3399", "mobilenet-v1-0.25-128", documents["acc_tflite"]["accuracy"]["top1"])]
+        code, stdout, _ = run_cli("sql", "SELECT count(*) AS n FROM samples", "--format", "csv", "--db", database)
+        assert stdout.splitlines() == ["n", "15"]
+
+    def test_sql_is_read_only_even_with_several_statements(self, run_cli, database, documents, tmp_path):
+        path = tmp_path / "p.json"
+        path.write_text(json.dumps(documents["perf_tf"]))
+        run_cli("load", path, "--db", database)
+        code, _, stderr = run_cli("sql", "DELETE FROM samples", "--db", database)
+        assert code == 2 and "read-only transaction" in stderr
+        code, _, stderr = run_cli("sql", "COMMIT; DELETE FROM samples", "--db", database)
+        assert code == 2 and "cannot insert multiple commands" in stderr
+        code, stdout, _ = run_cli("sql", "SELECT count(*) FROM samples", "--format", "csv", "--db", database)
+        assert stdout.splitlines()[1] == "5"
+
+    def test_a_database_that_cannot_be_reached_is_one_clear_line(self, run_cli, tmp_path):
+        code, _, stderr = run_cli("scoreboard", "--db", "postgresql://postgres:secret@127.0.0.1:1/nowhere")
+        assert code == 2
+        assert stderr.startswith("requestflow: error: cannot use the results database") and "secret" not in stderr
+
+    def test_a_non_postgresql_url_is_refused(self, run_cli):
+        code, _, stderr = run_cli("scoreboard", "--db", "sqlite:///x.db")
+        assert code == 2 and "PostgreSQL only" in stderr
+
+
+class TestTheEmbeddedDefault:
+    def test_with_no_database_configured_the_embedded_postgresql_is_started_and_used(self, run_cli, documents,
+                                                                                      tmp_path, monkeypatch):
+        from requestflow.results.embedded import stop
+
+        monkeypatch.setenv("REQUESTFLOW_STATE", str(tmp_path / "state"))
+        monkeypatch.delenv("REQUESTFLOW_DATABASE_URL", raising=False)
+        monkeypatch.delenv("AIRFLOW_CONN_REQUESTFLOW_RESULTS", raising=False)
+        monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+        path = tmp_path / "p.json"
+        path.write_text(json.dumps(documents["perf_tf"]))
+        try:
+            code, stdout, _ = run_cli("db", "url")
+            assert code == 0 and "(embedded PostgreSQL)" in stdout and str(tmp_path / "state") in stdout.replace(
+                "%2F", "/")
+            assert run_cli("load", path)[0] == 0
+            code, stdout, _ = run_cli("sql", "SELECT version()", "--format", "csv")
+            assert "PostgreSQL 18" in stdout
+            code, stdout, _ = run_cli("scoreboard", "--format", "csv")
+            assert "mobilenet-v1-0.25-224" in stdout
+        finally:
+            assert stop() is True
