@@ -350,3 +350,29 @@ class TestTheEmbeddedDefault:
             assert "mobilenet-v1-0.25-224" in stdout
         finally:
             assert stop() is True
+
+
+class TestWhereTheDatabaseIs:
+    @pytest.fixture(autouse=True)
+    def _clean(self, monkeypatch):
+        for name in ("REQUESTFLOW_DATABASE_URL", "AIRFLOW_CONN_REQUESTFLOW_RESULTS"):
+            monkeypatch.delenv(name, raising=False)
+
+    def test_an_explicit_url_wins(self, monkeypatch):
+        from requestflow.results.database import resolve_url
+
+        monkeypatch.setenv("REQUESTFLOW_DATABASE_URL", "postgresql://env@h/e")
+        assert resolve_url("postgres://cli@h:5433/c") == ("postgresql+psycopg://cli@h:5433/c", "--db")
+        assert resolve_url(None) == ("postgresql+psycopg://env@h/e", "REQUESTFLOW_DATABASE_URL")
+
+    @pytest.mark.parametrize("value", [
+        "postgres://rf:s3cret@db.example:5432/results",
+        json.dumps({"conn_type": "postgres", "host": "db.example", "login": "rf", "password": "s3cret",
+                    "schema": "results", "port": 5432}),
+    ])
+    def test_the_airflow_connection_in_uri_or_json_form(self, monkeypatch, value):
+        from requestflow.results.database import resolve_url
+
+        monkeypatch.setenv("AIRFLOW_CONN_REQUESTFLOW_RESULTS", value)
+        assert resolve_url(None) == ("postgresql+psycopg://rf:s3cret@db.example:5432/results",
+                                     "Airflow Connection requestflow_results")
