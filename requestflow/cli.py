@@ -83,6 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--format", choices=("table", "csv", "json"), default="table")
     board.add_argument("--db", help=db_help)
 
+    board_cmd = sub.add_parser("board", help="show or set a board's price, service life and peak power "
+                                             "(for the scoreboard's cost and energy columns)")
+    board_cmd.add_argument("name")
+    board_cmd.add_argument("--price-usd", type=float)
+    board_cmd.add_argument("--price-date", help="YYYY-MM-DD: when that price was seen")
+    board_cmd.add_argument("--service-life-years", type=float)
+    board_cmd.add_argument("--peak-power-w", type=float)
+    board_cmd.add_argument("--db", help=db_help)
+
     sql = sub.add_parser("sql", help="run read-only SQL on the results store (views: scoreboard, pareto_frontier)")
     sql.add_argument("query")
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
@@ -310,6 +319,17 @@ def cmd_scoreboard(args, argv) -> int:
     return 0
 
 
+def cmd_board(args, argv) -> int:
+    from requestflow.results.boards import set_board
+    from requestflow.results.query import render
+
+    engine, _ = _store(args)
+    row = set_board(engine, args.name, price_usd=args.price_usd, price_date=args.price_date,
+                    service_life_years=args.service_life_years, peak_power_w=args.peak_power_w)
+    print(render(list(row), [tuple(row.values())], "table"))
+    return 0
+
+
 def cmd_sql(args, argv) -> int:
     from requestflow.results.query import read_only, render
 
@@ -321,6 +341,7 @@ def cmd_sql(args, argv) -> int:
 COMMANDS = {
     "run": cmd_run, "classify": cmd_classify, "import-weights": cmd_import_weights, "models": cmd_models,
     "validate": cmd_validate, "db": cmd_db, "load": cmd_load, "scoreboard": cmd_scoreboard, "sql": cmd_sql,
+    "board": cmd_board,
 }
 
 if __name__ == "__main__":

@@ -307,6 +307,27 @@ class TestTheCommands:
         code, stdout, _ = run_cli("sql", "SELECT count(*) AS n FROM samples", "--format", "csv", "--db", database)
         assert stdout.splitlines() == ["n", "15"]
 
+    def test_board_figures_feed_the_energy_and_cost_columns(self, run_cli, database, documents, tmp_path):
+        path = tmp_path / "p.json"
+        path.write_text(json.dumps(documents["perf_tf"]))
+        run_cli("load", path, "--board", "hikey960", "--db", database)
+        code, stdout, _ = run_cli("board", "hikey960", "--price-usd", "239", "--price-date", "2017-06-01",
+                                  "--peak-power-w", "12", "--db", database)
+        assert code == 0 and "239.00" in stdout and "2017-06-01" in stdout
+        code, stdout, _ = run_cli("sql", "SELECT energy_est_j, cost_per_million_images_usd FROM scoreboard",
+                                  "--format", "json", "--db", database)
+        row = json.loads(stdout)[0]
+        median = documents["perf_tf"]["performance"]["median"]
+        assert row["energy_est_j"] == pytest.approx(12 * median)
+        assert float(row["cost_per_million_images_usd"]) == pytest.approx(239 / (3 * 365.25 * 86400) * median * 1e6)
+
+    @pytest.mark.parametrize("option, value, message", [
+        ("--service-life-years", "0", "must be positive"), ("--price-usd", "-5", "must not be negative"),
+        ("--price-date", "2017-13-01", "expected YYYY-MM-DD")])
+    def test_bad_board_figures_are_refused(self, run_cli, database, option, value, message):
+        code, _, stderr = run_cli("board", "b", option, value, "--db", database)
+        assert code == 2 and message in stderr
+
     def test_sql_is_read_only_even_with_several_statements(self, run_cli, database, documents, tmp_path):
         path = tmp_path / "p.json"
         path.write_text(json.dumps(documents["perf_tf"]))
