@@ -53,8 +53,8 @@ ensure_venv() {
     "$VENV/bin/python" -m pip install -q --upgrade pip
     local pins=()
     if [ -f "$CONSTRAINTS" ]; then pins=(-c "$CONSTRAINTS"); else log "no pins for $ARCH: resolving unpinned"; fi
-    log "pip install requestflow[dev,opencl,results] (TensorFlow is a large download the first time)"
-    "$VENV/bin/python" -m pip install -q "${pins[@]}" -e "$ROOT[dev,opencl,results]"
+    log "pip install requestflow[dev,opencl,results,controller] (TensorFlow is a large download the first time)"
+    "$VENV/bin/python" -m pip install -q "${pins[@]}" -e "$ROOT[dev,opencl,results,controller]"
     echo "$stamp_want" > "$VENV/.requestflow-stamp"
 }
 

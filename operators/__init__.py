@@ -1,0 +1,1 @@
+"""Controller side: Airflow hooks and operators of requestflow (the DAGs in dags/ wire them together)."""

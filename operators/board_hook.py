@@ -1,0 +1,124 @@
+"""BoardHook: a board as an Airflow Connection, driven with Fabric.
+
+Like Airflow's SSH hook, the hook owns the connection: it reads the Connection's fields and named extras
+(``board_settings.py``), builds one Fabric ``Connection`` with strict host-key checking, and retries the connect.
+Operators call ``run``, ``put`` and ``get`` and never see credentials.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import cached_property
+
+from airflow.sdk import BaseHook
+
+from operators.board_settings import BoardSettings
+from requestflow.errors import UserError
+
+
+class BoardUnreachable(Exception):
+    """The board did not answer (after retries): a transient failure, worth retrying the task."""
+
+
+class HostKeyMismatch(Exception):
+    """The board's host key is not the one configured: never retried, never accepted."""
+
+
+class BoardHook(BaseHook):
+    conn_name_attr = "board_conn_id"
+    default_conn_name = "board_default"
+    conn_type = "ssh"
+    hook_name = "requestflow board"
+
+    def __init__(self, board_conn_id: str = default_conn_name, connect_attempts: int = 3,
+                 retry_delay_s: float = 2.0, settings: BoardSettings | None = None) -> None:
+        super().__init__()
+        self.board_conn_id = board_conn_id
+        self.connect_attempts = connect_attempts
+        self.retry_delay_s = retry_delay_s
+        self._settings = settings
+        self._connection = None
+
+    @cached_property
+    def settings(self) -> BoardSettings:
+        if self._settings is not None:
+            return self._settings
+        return BoardSettings.from_connection(self.board_conn_id, self.get_connection(self.board_conn_id))
+
+    def get_conn(self):
+        """An open Fabric Connection to the board (opened once, retried on network errors)."""
+        if self._connection is not None and self._connection.is_connected:
+            return self._connection
+        import paramiko
+        from fabric import Config, Connection
+
+        s = self.settings
+        connection = Connection(s.host, user=s.user, port=s.port, connect_timeout=s.connect_timeout,
+                                connect_kwargs=s.connect_kwargs(),
+                                config=Config(overrides={"load_ssh_configs": False}))
+        client = connection.client
+        client.set_missing_host_key_policy(paramiko.WarningPolicy() if s.no_host_key_check else
+                                           paramiko.RejectPolicy())
+        if s.known_hosts:
+            client.load_host_keys(s.known_hosts)
+        if s.host_key:
+            _add_host_key(client, s)
+        last = None
+        for attempt in range(1, self.connect_attempts + 1):
+            try:
+                connection.open()
+                self._connection = connection
+                return connection
+            except paramiko.BadHostKeyException as exc:
+                raise HostKeyMismatch(f"board {s.name} ({s.host}): host key {exc.key.get_name()} "
+                                      f"{exc.key.get_base64()[:16]}... does not match the configured one") from None
+            except paramiko.SSHException as exc:
+                if "not found in known_hosts" in str(exc):  # RejectPolicy: a host key we do not know
+                    raise HostKeyMismatch(f"board {s.name} ({s.host}): unknown host key, refused ({exc})") from None
+                if isinstance(exc, paramiko.AuthenticationException):
+                    raise UserError(f"board {s.name} ({s.host}): authentication failed for {s.user}") from None
+                last = exc
+            except OSError as exc:
+                last = exc
+            self.log.warning("board %s (%s): connect attempt %d/%d failed: %s", s.name, s.host, attempt,
+                             self.connect_attempts, last)
+            if attempt < self.connect_attempts:
+                time.sleep(self.retry_delay_s)
+        raise BoardUnreachable(f"board {s.name} ({s.host}:{s.port}) unreachable after {self.connect_attempts} "
+                               f"attempts: {last}")
+
+    def run(self, command: str, *, timeout: float | None = None, warn: bool = False, hide: bool = True):
+        """Run a shell command on the board; a fabric Result (``.stdout``, ``.return_code``)."""
+        return self.get_conn().run(command, timeout=timeout, warn=warn, hide=hide, in_stream=False)
+
+    def put(self, local: str, remote: str):
+        return self.get_conn().put(local, remote)
+
+    def get(self, remote: str, local: str):
+        return self.get_conn().get(remote, local)
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def test_connection(self) -> tuple[bool, str]:
+        try:
+            result = self.run("uname -a")
+            return True, result.stdout.strip()
+        except Exception as exc:  # the UI shows the message
+            return False, str(exc)
+
+
+def _add_host_key(client, settings: BoardSettings) -> None:
+    import base64
+
+    import paramiko
+
+    try:
+        key_type, key_b64 = settings.host_key.split()[:2]
+        key = paramiko.PKey.from_type_string(key_type, base64.b64decode(key_b64))
+    except (ValueError, paramiko.SSHException) as exc:
+        raise UserError(f"board connection {settings.name!r}: host_key is not an OpenSSH public key ({exc})") from None
+    name = settings.host if settings.port == 22 else f"[{settings.host}]:{settings.port}"
+    client.get_host_keys().add(name, key_type, key)

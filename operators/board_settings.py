@@ -1,0 +1,141 @@
+"""A board's settings, read from an Airflow Connection by name: an allowlist, never a passthrough.
+
+People who edit Connections must not control worker behaviour beyond these fields (Airflow's providers/AGENTS.md):
+the Fabric connection is built from the fields below and nothing else. An unknown non-empty extra is an error
+naming it, so that a typo ("keyfile") is not silently ignored.
+
+Connection (conn type ``ssh``): ``host``, ``login`` (default root), ``port`` (default 22), ``password`` (the key's
+passphrase when a key is given, else a login password). Extras:
+
+=========================  ==========================================================================================
+``key_file``               path of the private key on the Airflow worker
+``private_key``            the private key itself (PEM / OpenSSH text)
+``host_key``               the board's public host key (``ssh-ed25519 AAAA...``): the only key accepted
+``known_hosts``            a known_hosts file to check the host key against
+``no_host_key_check``      true to accept any host key (off by default: an unknown key is refused)
+``python``                 the board's Python (default ``python3``)
+``work_dir``               the board's work dir (default ``~/requestflow``); the runner reads only there
+``sudo``                   true when clock pinning may use sudo
+``sysfs_root``             root of the sysfs tree for clocks (tests point it at a fake tree)
+``connect_timeout``        seconds (default 15)
+``price_usd``, ``price_date``, ``service_life_years``, ``peak_power_w``: the scoreboard's cost and energy figures
+=========================  ==========================================================================================
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from requestflow.errors import UserError
+
+SECRET_FIELDS = ("password", "private_key")
+EXTRAS = {
+    "key_file": str, "private_key": str, "host_key": str, "known_hosts": str, "no_host_key_check": bool,
+    "python": str, "work_dir": str, "sudo": bool, "sysfs_root": str, "connect_timeout": float,
+    "price_usd": float, "price_date": str, "service_life_years": float, "peak_power_w": float,
+}
+
+
+def _coerce(name: str, value, kind):
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).strip().lower() in ("true", "1", "yes", "on"):
+            return True
+        if str(value).strip().lower() in ("false", "0", "no", "off"):
+            return False
+        raise UserError(f"extra {name!r} must be true or false, got {value!r}")
+    if kind is float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"extra {name!r} must be a number, got {value!r}") from None
+        if number < 0 or (name in ("service_life_years", "connect_timeout") and number == 0):
+            raise UserError(f"extra {name!r} must be positive, got {value!r}")
+        return number
+    if not isinstance(value, str):
+        raise UserError(f"extra {name!r} must be text, got {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True)
+class BoardSettings:
+    name: str
+    host: str
+    user: str = "root"
+    port: int = 22
+    password: str | None = field(default=None, repr=False)
+    key_file: str | None = None
+    private_key: str | None = field(default=None, repr=False)
+    host_key: str | None = None
+    known_hosts: str | None = None
+    no_host_key_check: bool = False
+    python: str = "python3"
+    work_dir: str = "~/requestflow"
+    sudo: bool = False
+    sysfs_root: str = "/"
+    connect_timeout: float = 15.0
+    price_usd: float | None = None
+    price_date: str | None = None
+    service_life_years: float = 3.0
+    peak_power_w: float | None = None
+
+    @classmethod
+    def from_connection(cls, conn_id: str, conn) -> BoardSettings:
+        """From an Airflow Connection (or anything with host, login, port, password, extra_dejson)."""
+        if not conn.host:
+            raise UserError(f"board connection {conn_id!r} has no host")
+        values: dict = {"name": conn_id, "host": conn.host, "user": conn.login or "root",
+                        "port": int(conn.port or 22), "password": conn.password or None}
+        extras = conn.extra_dejson or {}
+        unknown = sorted(k for k, v in extras.items() if k not in EXTRAS and v not in (None, ""))
+        if unknown:
+            raise UserError(f"board connection {conn_id!r}: unknown extra {unknown[0]!r}; "
+                            f"known: {', '.join(EXTRAS)}")
+        for name, kind in EXTRAS.items():
+            if extras.get(name) not in (None, ""):
+                values[name] = _coerce(name, extras[name], kind)
+        if "price_date" in values:
+            try:
+                dt.date.fromisoformat(values["price_date"])
+            except ValueError:
+                raise UserError(f"board connection {conn_id!r}: price_date must be YYYY-MM-DD") from None
+        settings = cls(**values)
+        if not (settings.key_file or settings.private_key or settings.password):
+            raise UserError(f"board connection {conn_id!r} has no credentials: set the extra key_file or "
+                            "private_key, or a password")
+        if not (settings.host_key or settings.known_hosts or settings.no_host_key_check):
+            raise UserError(f"board connection {conn_id!r}: give the board's host_key or a known_hosts file "
+                            "(or set no_host_key_check true, which accepts any host)")
+        return settings
+
+    def connect_kwargs(self) -> dict:
+        """Paramiko's connect() arguments: only this board's key or password, no agent, no ~/.ssh keys."""
+        import io
+
+        import paramiko
+
+        kwargs: dict = {"allow_agent": False, "look_for_keys": False}
+        if self.private_key:
+            kwargs["pkey"] = _load_private_key(paramiko, io.StringIO(self.private_key), self.password, self.name)
+        elif self.key_file:
+            kwargs["key_filename"] = self.key_file
+            if self.password:
+                kwargs["passphrase"] = self.password
+        elif self.password:
+            kwargs["password"] = self.password
+        return kwargs
+
+
+def _load_private_key(paramiko, handle, passphrase, name):
+    errors = []
+    for key_class in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+        handle.seek(0)
+        try:
+            return key_class.from_private_key(handle, password=passphrase)
+        except paramiko.PasswordRequiredException:
+            raise UserError(f"board connection {name!r}: the private key needs a passphrase (the password)") from None
+        except (paramiko.SSHException, ValueError) as exc:
+            errors.append(type(exc).__name__)
+    raise UserError(f"board connection {name!r}: private_key is not a readable Ed25519, ECDSA or RSA key")
