@@ -118,6 +118,7 @@ demo() {
 run_tests() {
     ensure_venv
     ensure_postgres
+    if [ "$(id -u)" -eq 0 ]; then bash "$ROOT/tests/farm-setup.sh"; else log "not root: the board-farm tests skip"; fi
     cd "$ROOT"
     "$VENV/bin/python" -m ruff check requestflow tests bench
     "$VENV/bin/python" -m pytest "$@"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what the simulated board farm (tests/farm.py) needs: Debian's openssh-server (for /usr/sbin/sshd) and
-# iproute2 (for `ip netns`). Non-interactive and idempotent. The package's service is never started: each farm
-# board runs its own sshd, in its own network namespace, with its own config; nothing listens system-wide.
+# Installs what the simulated board farm (tests/farm.py) needs: Debian's openssh-server (for /usr/sbin/sshd),
+# iproute2 (for `ip netns`) and procps (pgrep). Non-interactive and idempotent. The package's service is never
+# started: each farm board runs its own sshd, in its own network namespace, with its own config; nothing listens
+# system-wide.
 set -euo pipefail
 
 log() { printf '[farm-setup] %s\n' "$*" >&2; }
@@ -11,7 +12,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 missing=()
-for package in openssh-server iproute2; do
+for package in openssh-server iproute2 procps; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
 done
 
@@ -27,6 +28,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     log "apt-get install ${missing[*]} (services not started)"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Under systemd the package also enables its service for the next boot: not on a machine we set up for tests.
+    if [[ " ${missing[*]} " == *" openssh-server "* ]] && [ -d /run/systemd/system ]; then
+        systemctl disable --quiet ssh.service || true
+    fi
 fi
 
 # Debian's package keeps the privilege-separation directory under /run (a tmpfs): it is gone after a reboot.
