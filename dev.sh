@@ -120,7 +120,7 @@ run_tests() {
     ensure_postgres
     if [ "$(id -u)" -eq 0 ]; then bash "$ROOT/tests/farm-setup.sh"; else log "not root: the board-farm tests skip"; fi
     cd "$ROOT"
-    "$VENV/bin/python" -m ruff check requestflow operators tests bench
+    "$VENV/bin/python" -m ruff check requestflow operators dags tests bench
     "$VENV/bin/python" -m pytest "$@"
 }
 

@@ -122,3 +122,43 @@ def _add_host_key(client, settings: BoardSettings) -> None:
         raise UserError(f"board connection {settings.name!r}: host_key is not an OpenSSH public key ({exc})") from None
     name = settings.host if settings.port == 22 else f"[{settings.host}]:{settings.port}"
     client.get_host_keys().add(name, key_type, key)
+
+
+LOCAL_BOARD = "local"
+
+
+class LocalBoard:
+    """This machine as a board, without SSH: the embedded default. Same ``run``/``put``/``get`` as BoardHook."""
+
+    def __init__(self, python: str | None = None, work_dir: str | None = None) -> None:
+        import os
+        import sys
+
+        self.settings = BoardSettings(
+            name=LOCAL_BOARD, host="localhost", key_file="-", no_host_key_check=True,
+            python=python or sys.executable,
+            work_dir=work_dir or os.path.join(os.environ.get("REQUESTFLOW_STATE") or
+                                              os.path.expanduser("~/.local/state/requestflow"), "board"))
+
+    def run(self, command: str, *, timeout: float | None = None, warn: bool = False, hide: bool = True):
+        from invoke import Context
+
+        return Context().run(command, timeout=timeout, warn=warn, hide=hide, in_stream=False)
+
+    def put(self, local: str, remote: str):
+        import shutil
+
+        shutil.copyfile(local, remote)
+
+    def get(self, remote: str, local: str):
+        import shutil
+
+        shutil.copyfile(remote, local)
+
+    def close(self) -> None:
+        pass
+
+
+def board_for(conn_id: str):
+    """The board behind a name: ``local`` is this machine, anything else an Airflow Connection."""
+    return LocalBoard() if conn_id == LOCAL_BOARD else BoardHook(board_conn_id=conn_id)

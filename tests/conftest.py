@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Airflow reads its configuration when first imported: give the test session its own home (never ~/airflow), the
+# project's DAGs, and no examples, before any test module imports it.
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="rf-airflow-home-"))
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "dags"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 
 def _shared_data() -> Path | None:

@@ -1,0 +1,828 @@
+#!/usr/bin/env python3
+"""How fast the results store is: loading a 50,000-image accuracy document, and the views over 100,000 points.
+
+Everything happens in a temporary database ``rf_bench_<random>`` on a real PostgreSQL server (``--server``),
+created with requestflow's own migrations (``upgrade()``) and dropped at the end, even after a failure
+(``--keep`` keeps it, to look at it with psql).
+
+1. Loading. The real runner classifies 20 shared ImageNet images (``mobilenet-v1-0.25-128``, ``tflite``,
+   accuracy mode); its document is blown up to 50,000 per-image predictions with distinct file names (the
+   accuracy, dataset and timing fields updated so that it still validates), and ``load_documents`` loads it.
+   Validation (JSON Schema) and the database write are timed apart, three times with three distinct documents
+   (new results of the same point); the figures are medians. Goal: at most 3 s in all.
+2. Reading. The store is emptied, then 100,000 synthetic points on 10 boards go straight into the tables with
+   bulk SQL (``INSERT ... SELECT generate_series``): 50,000 configurations, each a performance point and an
+   accuracy point sharing an ``accuracy_key``, so the scoreboard merges them into 50,000 rows. One result per
+   point, plus older results of 10% of the configurations (superseded) and newer failed runs of 2% (ignored), as
+   a busy store has them; every result carries a real-sized ``document``. Raw samples and predictions are left
+   out: the views do not read them. After VACUUM ANALYZE, four queries are timed through
+   ``requestflow.results.query.read_only`` (what ``requestflow sql`` uses): median of 5 runs after one warm-up.
+   Goal: at most 100 ms each. The slowest is explained (EXPLAIN ANALYZE, to a file under /tmp), and the Pareto
+   frontier of one board is checked against a brute-force frontier computed from its scoreboard rows.
+3. Candidate fixes, tried in the temporary database only (requestflow's files are not changed): the Pareto
+   frontier with a window frame PostgreSQL computes incrementally; an index for the scoreboard's latest results;
+   a materialized scoreboard. Each is timed like part 2 and checked against it.
+
+Usage:
+
+    python bench/bench_store.py [--server postgresql://postgres@127.0.0.1:5432] [--quick] [--keep]
+
+Exit status: 0 when everything was measured and every check held (a MISS included), 1 otherwise, 2 when the
+server cannot be used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import datetime as dt
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432"
+DATA = Path(os.environ.get("REQUESTFLOW_DATA") or ROOT.parent / "shared" / "data")
+WEIGHTS = DATA / "models" / "mobilenet_v1_0.25_128_quant.tflite"
+CACHE = "/tmp/rfbench-store-cache"
+EXPLAIN_FILE = Path("/tmp/rf_bench_store_explain.txt")
+
+LOAD_GOAL_S = 3.0
+QUERY_GOAL_S = 0.100
+LOAD_REPEATS = 3
+QUERY_RUNS = 5
+BOARDS = 10
+TABLES = ("boards", "platform_snapshots", "library_builds", "models", "weights", "datasets", "sweeps", "points",
+          "results", "performance", "samples", "accuracy", "predictions", "errors")
+CHECKED_BOARD = "board-3"
+QUERIES = {
+    "count(*) scoreboard": "SELECT count(*) FROM scoreboard",
+    "pareto_frontier of board-3": f"SELECT * FROM pareto_frontier WHERE board = '{CHECKED_BOARD}'",
+    "count(*) pareto_frontier": "SELECT count(*) FROM pareto_frontier",
+    "scoreboard board-3 top 50": f"SELECT * FROM scoreboard WHERE board = '{CHECKED_BOARD}' "
+                                 "ORDER BY latency_median_s LIMIT 50",
+}
+
+
+class BenchError(Exception):
+    """The benchmark could not be run; the message says why."""
+
+
+@dataclass
+class Row:
+    measure: str
+    figure: float | None  # seconds
+    goal: float | None  # seconds, at most; None: information only
+    note: str = ""
+    check: bool | None = None  # a correctness check: PASS or FAIL
+
+    @property
+    def result(self) -> str:
+        if self.check is not None:
+            return "PASS" if self.check else "FAIL"
+        if self.goal is None:
+            return "info"
+        if self.figure is None:
+            return "ERROR"
+        return "PASS" if self.figure <= self.goal else "MISS"
+
+
+def seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f} s" if value >= 1 else f"{value * 1e3:.1f} ms"
+
+
+def section(title: str) -> None:
+    print(f"\n--- {title} " + "-" * max(0, 100 - len(title)), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The temporary database
+
+
+@contextlib.contextmanager
+def temporary_database(server: str, keep: bool) -> Iterator[str]:
+    """A new database on ``server``: its SQLAlchemy URL. Dropped afterwards, whatever happens, unless ``keep``."""
+    from sqlalchemy import create_engine, text
+
+    from requestflow.results.database import sqlalchemy_url
+
+    name = f"rf_bench_{uuid.uuid4().hex[:12]}"
+    server = server.rstrip("/")
+    admin = create_engine(sqlalchemy_url(f"{server}/postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        admin.dispose()
+        raise BenchError(f"cannot create a database on {server}: {str(exc).strip().splitlines()[0]}") from None
+    print(f"database: {name} on {server}", flush=True)
+    try:
+        yield sqlalchemy_url(f"{server}/{name}")
+    finally:
+        if keep:
+            print(f"\ndatabase {name} kept (--keep): psql {server}/{name}")
+        else:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            print(f"\ndatabase {name} dropped")
+        admin.dispose()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. Loading one accuracy document with many predictions
+
+
+def runner_document() -> dict:
+    """A real accuracy document of 20 shared images."""
+    from requestflow.board.runner import RunConfig, run
+
+    if not WEIGHTS.is_file():
+        raise BenchError(f"missing {WEIGHTS} (set $REQUESTFLOW_DATA to the shared data folder)")
+    document = run(RunConfig(model="mobilenet-v1-0.25-128", backend="tflite", mode="accuracy",
+                             weights=[str(WEIGHTS)], limit=20, progress=False))
+    if document.get("status") != "ok":
+        error = document.get("error", {})
+        raise BenchError(f"the runner failed: {error.get('type')}: {error.get('message')}")
+    return document
+
+
+def blown_up(template: dict, images: int, index: int) -> dict:
+    """``template`` with ``images`` predictions (its own, repeated under distinct file names, rotated by ``index``)
+    and every field that counts them updated; ``index`` also shifts the times, so each document is distinct."""
+    from requestflow.board.files import sha256_text
+
+    document = copy.deepcopy({k: v for k, v in template.items() if k != "predictions"})
+    source = template["predictions"]
+    predictions = []
+    for i in range(images):
+        p = source[(i + index) % len(source)]
+        predictions.append({"file": f"ILSVRC2012_val_{i + 1:08d}.JPEG", "label": p["label"],
+                            "top5": [list(pair) for pair in p["top5"]]})
+    document["predictions"] = predictions
+    top1 = sum(p["label"] == p["top5"][0][0] for p in predictions)
+    top5 = sum(any(p["label"] == c for c, _ in p["top5"]) for p in predictions)
+    document["accuracy"].update(n=images, top1=top1 / images, top5=top5 / images, correct_top1=top1,
+                                correct_top5=top5, selected=images, failed_count=0, failed_images=[])
+    dataset = document["context"]["dataset"]
+    dataset.update(image_count=images, first=predictions[0]["file"], last=predictions[-1]["file"],
+                   file_list_sha256=sha256_text("\n".join(f"{p['file']} {p['label']}" for p in predictions)))
+    started = dt.datetime.fromisoformat(template["started_at"]) + dt.timedelta(minutes=10 * index)
+    scale = images / len(source)
+    for key in ("images_list_s", "images_load_s", "run_s"):
+        if key in document["timings"]:
+            document["timings"][key] *= scale
+    document["timings"]["total_s"] = sum(v for k, v in document["timings"].items() if k != "total_s")
+    finished = started + dt.timedelta(seconds=document["timings"]["total_s"])
+    document["started_at"] = started.isoformat(timespec="milliseconds")
+    document["finished_at"] = finished.isoformat(timespec="milliseconds")
+    return document
+
+
+@contextlib.contextmanager
+def timed(module, name: str, timings: list[float]) -> Iterator[None]:
+    """While inside, every call of ``module.name`` (as the module's own code calls it) adds its seconds to
+    ``timings``: how ``load_documents``' validation and COPY steps are timed from outside."""
+    real = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            timings.append(time.perf_counter() - start)
+
+    setattr(module, name, wrapper)
+    try:
+        yield
+    finally:
+        setattr(module, name, real)
+
+
+def proposed_validation(document: dict) -> None:
+    """The fix suggested for requestflow, measured here only: JSON Schema for everything but the predictions,
+    and the predictions (the same rules as ``$defs/prediction``) checked by a plain loop."""
+    from requestflow.board.schema import validate_document
+
+    validate_document({**document, "predictions": []})
+    for i, p in enumerate(document.get("predictions", [])):
+        ok = (isinstance(p, dict) and isinstance(p.get("file"), str) and _is_class(p.get("label"))
+              and isinstance(p.get("top5"), list) and 1 <= len(p["top5"]) <= 5
+              and all(isinstance(pair, list) and len(pair) == 2 and _is_class(pair[0])
+                      and isinstance(pair[1], int | float) and not isinstance(pair[1], bool) for pair in p["top5"]))
+        if not ok:
+            raise BenchError(f"field predictions/{i}: not a valid prediction")
+
+
+def _is_class(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 999
+
+
+def bench_load(url: str, template: dict, images: int) -> list[Row]:
+    from sqlalchemy import create_engine, text
+
+    from requestflow.results import load
+    from requestflow.results.identity import sha256_of
+
+    engine = create_engine(url)
+    validation, write, copies, total = [], [], [], []
+    try:
+        for index in range(LOAD_REPEATS):
+            document = blown_up(template, images, index)
+            size_mb = len(json.dumps(document)) / 1e6
+            checking: list[float] = []
+            copying: list[float] = []
+            with timed(load, "validate", checking), timed(load, "_copy", copying):
+                start = time.perf_counter()
+                report = load.load_documents(engine, [(f"accuracy-{index}.json", document)], board="bench-load")
+                elapsed = time.perf_counter() - start
+            if len(report.result_ids) != 1 or len(checking) != 1:
+                raise BenchError(f"document {index} was not loaded as a new result: {report}")
+            with engine.connect() as connection:
+                stored = connection.execute(text("SELECT count(*) FROM predictions WHERE result_id = :r"),
+                                            {"r": report.result_ids[0]}).scalar_one()
+            if stored != images:
+                raise BenchError(f"document {index}: {stored} predictions stored, {images} expected")
+            validation.append(checking[0])
+            write.append(elapsed - checking[0])
+            copies.append(sum(copying))
+            total.append(elapsed)
+            print(f"  document {index + 1}: {images:,} predictions, {size_mb:.1f} MB of JSON: validation "
+                  f"{seconds(checking[0])}, database write {seconds(elapsed - checking[0])} (of which COPY "
+                  f"{seconds(sum(copying))}), total {seconds(elapsed)}", flush=True)
+        # The Python work of the write before any SQL, and what the proposed validation would cost.
+        start = time.perf_counter()
+        sha256_of({"board": "bench-load", "document": document})
+        hashing = time.perf_counter() - start
+        start = time.perf_counter()
+        copy.deepcopy(document)
+        deep_copy = time.perf_counter() - start
+        proposed = []
+        for _ in range(LOAD_REPEATS):
+            start = time.perf_counter()
+            proposed_validation(document)
+            proposed.append(time.perf_counter() - start)
+    finally:
+        engine.dispose()
+    median_validation, median_write = statistics.median(validation), statistics.median(write)
+    median_total, median_proposed = statistics.median(total), statistics.median(proposed)
+    print(f"  medians: validation {seconds(median_validation)} ({median_validation / median_total:.0%} of the "
+          f"total), database write {seconds(median_write)} (COPY {seconds(statistics.median(copies))}), "
+          f"total {seconds(median_total)}")
+    print(f"  within the write, Python work on the whole document: deep copy {seconds(deep_copy)} (load.py copies "
+          f"it with its predictions, then drops them), sha256 of its canonical JSON {seconds(hashing)}")
+    print(f"  proposed validation (JSON Schema without the predictions + a plain loop over them): "
+          f"{seconds(median_proposed)}")
+    if median_total > LOAD_GOAL_S:
+        dominated = "validation dominates" if median_validation > median_write else "the write dominates"
+        print(f"  VERDICT: MISS, {dominated}: validation {seconds(median_validation)} alone is "
+              f"{median_validation / LOAD_GOAL_S:.1f}x the {seconds(LOAD_GOAL_S)} goal; the write "
+              f"{seconds(median_write)} is {'within' if median_write <= LOAD_GOAL_S else 'over'} it")
+    label = f"{images // 1000}k"
+    return [Row(f"load {label}-prediction document: validation", median_validation, None, "jsonschema"),
+            Row(f"load {label}-prediction document: database write", median_write, None,
+                f"COPY {seconds(statistics.median(copies))}, deep copy {seconds(deep_copy)}, "
+                f"hash {seconds(hashing)}"),
+            Row(f"load {label}-prediction document: total", median_total, LOAD_GOAL_S,
+                f"median of {LOAD_REPEATS} distinct documents"),
+            Row("  proposed validation (loop over predictions)", median_proposed, None, "measured here only"),
+            Row("  total with it (estimate: write + proposed)", median_proposed + median_write, LOAD_GOAL_S,
+                "what-if")]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. The views over many points
+
+BACKENDS = (("tflite", "ai_edge_litert", "2.3.0", 1.0), ("tf", "tensorflow", "2.21.0", 1.6),
+            ("armcl", "arm_compute_library", "v24.11", 0.8))  # name, library, version, relative latency
+PRECISIONS = (("uint8", 0.6, 0.015), ("fp32", 1.0, 0.0))  # precision, relative latency, top-1 lost
+
+# One statement per step, run in one transaction. %(name)s are parameters; %% is a literal %.
+POPULATE = [
+    ("boards", """
+        INSERT INTO boards (name, kind, price_usd, price_date, peak_power_w)
+        SELECT 'board-' || b, 'ssh', 60 + 15 * b, DATE '2026-11-01', 4 + b
+        FROM generate_series(0, %(boards)s - 1) AS b"""),
+    ("platform_snapshots", """
+        INSERT INTO platform_snapshots (board_id, sha256, cpu_model, arch, os, machine)
+        SELECT id, encode(sha256(convert_to('snapshot:' || name, 'UTF8')), 'hex'), 'Cortex-A72', 'aarch64',
+               'Debian GNU/Linux 12 (bookworm)', %(machine)s::jsonb
+        FROM boards"""),
+    ("weights", """
+        INSERT INTO weights (sha256, format, random, release, source_precision, info)
+        SELECT encode(sha256(convert_to(concat_ws(':', 'weights', m.id, p.precision, r.random), 'UTF8')), 'hex'),
+               CASE WHEN r.random THEN 'random' ELSE 'tflite' END, r.random,
+               CASE WHEN r.random THEN NULL ELSE '2018_08_02' END, p.precision, '{}'
+        FROM bench_models m
+        CROSS JOIN (VALUES ('uint8'), ('fp32')) AS p(precision)
+        CROSS JOIN (VALUES (false), (true)) AS r(random)"""),
+    ("sweeps", """
+        INSERT INTO sweeps (run_id, dag_id)
+        SELECT 'scheduled__2026-11-' || lpad(d::text, 2, '0') || 'T02:00:00+00:00', 'requestflow_sweep'
+        FROM generate_series(1, 28) AS d"""),
+    # One row per configuration (k): what its performance and accuracy points share, and their figures.
+    ("bench_pairs", """
+        CREATE TEMPORARY TABLE bench_pairs ON COMMIT DROP AS
+        SELECT k, b.id AS board_id, b.name AS board, lb.id AS library_build_id, lb.backend, m.id AS model_id,
+               pr.precision, (k %% 20 = 19) AS random,
+               encode(sha256(convert_to(concat_ws(':', 'weights', m.id, pr.precision, k %% 20 = 19), 'UTF8')),
+                      'hex') AS weights_sha256,
+               jsonb_build_object('delegate', 'default', 'pieces', 1 + k / (%(boards)s * 96)) AS variant,
+               1 + (k / 7) %% 4 AS threads,
+               encode(sha256(convert_to('accuracy_key:' || k, 'UTF8')), 'hex') AS accuracy_key,
+               sw.id AS sweep_id,
+               TIMESTAMPTZ '2026-11-01 02:00+00' + k * INTERVAL '20 seconds' AS started_at,
+               round((m.macs * 1.2e-10 * be.factor * pr.factor / (1 + (k / 7) %% 4) ^ 0.8
+                      * (0.95 + 0.1 * random()))::numeric, 5)::float8 AS median_s,
+               CASE WHEN k %% 20 = 19 THEN 0.001
+                    ELSE round((m.top1 - pr.loss + 0.006 * (random() - 0.5))::numeric, 3)::float8 END AS top1,
+               m.top5 AS top5
+        FROM generate_series(0, %(pairs)s - 1) AS k
+        JOIN boards b ON b.name = 'board-' || k %% %(boards)s
+        JOIN bench_models m ON m.i = (k / %(boards)s) %% 16
+        JOIN bench_backends be ON be.i = (k / (%(boards)s * 16)) %% 3
+        JOIN library_builds lb ON lb.backend = be.name
+        JOIN bench_precisions pr ON pr.i = (k / (%(boards)s * 48)) %% 2
+        JOIN sweeps sw
+          ON sw.run_id = 'scheduled__2026-11-' || lpad((1 + k %% 28)::text, 2, '0') || 'T02:00:00+00:00'"""),
+    ("points", """
+        INSERT INTO points (point_id, accuracy_key, board_id, library_build_id, model_id, weights_sha256, dataset_id,
+                            backend, variant, precision, mode, batch_size, threads, cpu_affinity, preprocessing,
+                            identity)
+        SELECT encode(sha256(convert_to(x.mode || ':' || k, 'UTF8')), 'hex'), accuracy_key, board_id,
+               library_build_id, model_id, weights_sha256,
+               (SELECT id FROM datasets WHERE synthetic = (x.mode = 'performance')), backend, variant, precision,
+               x.mode, 1, x.threads, ARRAY(SELECT generate_series(0, x.threads - 1)), %(preprocessing)s::jsonb,
+               jsonb_build_object('identity_version', 1, 'board', board, 'backend', backend, 'variant', variant,
+                                  'model', model_id, 'precision', precision, 'weights_sha256', weights_sha256,
+                                  'mode', x.mode, 'batch_size', 1, 'threads', x.threads)
+        FROM bench_pairs
+        CROSS JOIN LATERAL (VALUES ('performance', threads), ('accuracy', 2)) AS x(mode, threads)
+        ORDER BY k, x.mode DESC"""),
+    # Each point's current result; older ones (superseded) of k %% 10 = 0; newer failed runs of k %% 50 = 1.
+    ("results", """
+        INSERT INTO results (document_sha256, point_id, sweep_id, snapshot_id, status, started_at, finished_at,
+                             schema_version, requestflow_version, repetitions, warmup, document)
+        SELECT encode(sha256(convert_to(v.kind || ':' || p.id, 'UTF8')), 'hex'), p.id, c.sweep_id, s.id, v.status,
+               c.started_at + v.shift + CASE p.mode WHEN 'accuracy' THEN INTERVAL '5 seconds' ELSE '0' END,
+               c.started_at + v.shift + INTERVAL '15 seconds', 1, v.version,
+               CASE p.mode WHEN 'performance' THEN 200 END, CASE p.mode WHEN 'performance' THEN 20 END,
+               CASE p.mode WHEN 'performance' THEN %(performance_document)s::jsonb
+                           ELSE %(accuracy_document)s::jsonb END
+        FROM bench_pairs c
+        JOIN points p ON p.accuracy_key = c.accuracy_key
+        JOIN platform_snapshots s ON s.board_id = c.board_id
+        JOIN (VALUES ('current', 'ok', INTERVAL '0', '0.1.0', 1, 0),
+                     ('superseded', 'ok', INTERVAL '-7 days', '0.0.9', 10, 0),
+                     ('failed', 'failed', INTERVAL '1 day', '0.1.0', 50, 1)) AS v(kind, status, shift, version,
+                                                                                every, remainder)
+             ON c.k %% v.every = v.remainder
+        ORDER BY c.started_at + v.shift, p.id"""),
+    ("performance", """
+        INSERT INTO performance (result_id, n, min_s, median_s, mean_s, p90_s, p99_s, max_s, stdev_s, throughput_ips)
+        SELECT r.id, 200, f.median * 0.97, f.median, f.median * 1.01, f.median * 1.04, f.median * 1.10,
+               f.median * 1.30, f.median * 0.02, 1 / f.median
+        FROM results r
+        JOIN points p ON p.id = r.point_id AND p.mode = 'performance'
+        JOIN bench_pairs c ON c.accuracy_key = p.accuracy_key
+        CROSS JOIN LATERAL (SELECT CASE r.requestflow_version WHEN '0.0.9' THEN c.median_s * 1.5
+                                        ELSE c.median_s END AS median) AS f
+        WHERE r.status = 'ok'"""),
+    ("accuracy", """
+        INSERT INTO accuracy (result_id, n, top1, top5, failed_count)
+        SELECT r.id, 50000, CASE r.requestflow_version WHEN '0.0.9' THEN greatest(c.top1 - 0.05, 0) ELSE c.top1 END,
+               CASE WHEN c.random THEN 0.005 ELSE c.top5 END, 0
+        FROM results r
+        JOIN points p ON p.id = r.point_id AND p.mode = 'accuracy'
+        JOIN bench_pairs c ON c.accuracy_key = p.accuracy_key
+        WHERE r.status = 'ok'"""),
+    ("errors", """
+        INSERT INTO errors (result_id, type, message)
+        SELECT id, 'RuntimeError', 'board fell over' FROM results WHERE status = 'failed'"""),
+]
+
+
+def populate(url: str, template: dict, points: int) -> dict[str, int]:
+    """Fill the store with ``points`` synthetic points in bulk SQL; the row counts of the tables."""
+    from sqlalchemy import create_engine, text
+
+    from requestflow.board.catalogue import CONFIGS, PUBLISHED
+    from requestflow.results.identity import library_build, sha256_of
+
+    stored = {k: v for k, v in template.items() if k != "predictions"}  # what load_documents keeps of a document
+    performance = copy.deepcopy(stored)
+    performance["context"].update(mode="performance", repetitions=200, warmup=20)
+    performance.pop("accuracy")
+    performance["performance"] = {"unit": "s", "n": 200, "min": 0.002, "median": 0.0021, "mean": 0.0021,
+                                  "p90": 0.0022, "p99": 0.0024, "max": 0.003, "stdev": 4e-5,
+                                  "throughput_ips": 476.2, "repetitions": 200, "warmup": 20, "batch_size": 1}
+    parameters = {"boards": BOARDS, "pairs": points // 2, "machine": json.dumps(stored["machine"]),
+                  "preprocessing": json.dumps(stored["context"]["preprocessing"]),
+                  "accuracy_document": json.dumps(stored), "performance_document": json.dumps(performance)}
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
+            connection.exec_driver_sql("SELECT setseed(0.42)")
+            connection.exec_driver_sql("CREATE TEMPORARY TABLE bench_models (i int, id text, macs bigint, top1 float8,"
+                                       " top5 float8) ON COMMIT DROP")
+            connection.exec_driver_sql("CREATE TEMPORARY TABLE bench_backends (i int, name text, factor float8) "
+                                       "ON COMMIT DROP")
+            connection.exec_driver_sql("CREATE TEMPORARY TABLE bench_precisions (i int, precision text, "
+                                       "factor float8, loss float8) ON COMMIT DROP")
+            for i, model in enumerate(CONFIGS):
+                published = PUBLISHED[(model.width, model.resolution)]
+                connection.execute(text("INSERT INTO models (id, width, resolution, macs, params) "
+                                        "VALUES (:id, :width, :resolution, :macs, :params)"),
+                                   {"id": model.id, "width": model.width, "resolution": model.resolution,
+                                    "macs": model.macs, "params": model.params})
+                connection.execute(text("INSERT INTO bench_models VALUES (:i, :id, :macs, :top1, :top5)"),
+                                   {"i": i, "id": model.id, "macs": model.macs, "top1": published[2] / 100,
+                                    "top5": published[3] / 100})
+            for i, (name, library, version, factor) in enumerate(BACKENDS):
+                build = library_build({"name": name, "library": library, "version": version})
+                connection.execute(text("INSERT INTO library_builds (sha256, backend, library, version, info) "
+                                        "VALUES (:sha256, :backend, :library, :version, CAST(:info AS jsonb))"),
+                                   {"sha256": sha256_of(build), "backend": name, "library": library,
+                                    "version": version, "info": json.dumps(build)})
+                connection.execute(text("INSERT INTO bench_backends VALUES (:i, :name, :factor)"),
+                                   {"i": i, "name": name, "factor": factor})
+            for i, (precision, factor, loss) in enumerate(PRECISIONS):
+                connection.execute(text("INSERT INTO bench_precisions VALUES (:i, :p, :f, :l)"),
+                                   {"i": i, "p": precision, "f": factor, "l": loss})
+            dataset = stored["context"]["dataset"]
+            connection.execute(text("INSERT INTO datasets (sha256, synthetic, image_count, path, val_txt_sha256) "
+                                    "VALUES ('synthetic', true, NULL, NULL, NULL), "
+                                    "(:sha, false, 50000, :path, :val)"),
+                               {"sha": dataset["file_list_sha256"], "path": dataset["path"],
+                                "val": dataset["val_txt_sha256"]})
+            for table, sql in POPULATE:
+                start = time.perf_counter()
+                result = connection.exec_driver_sql(sql, parameters)
+                rows = result.rowcount if result.rowcount >= 0 else 0
+                print(f"  {table:<20} {rows:>8,} rows  {seconds(time.perf_counter() - start):>9}", flush=True)
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            start = time.perf_counter()
+            # VACUUM too: a store that has been up a while has been vacuumed (visibility map set), and autovacuum,
+            # woken by the bulk inserts, would otherwise run in the middle of the timings.
+            connection.exec_driver_sql("VACUUM ANALYZE")
+            print(f"  {'VACUUM ANALYZE':<29} {seconds(time.perf_counter() - start):>9}")
+            tables = ("boards", "points", "results", "performance", "accuracy", "errors")
+            counts = {t: connection.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar_one() for t in tables}
+            size = connection.exec_driver_sql("SELECT pg_size_pretty(pg_total_relation_size('results')), "
+                                              "pg_size_pretty(pg_relation_size('results'))").one()
+        print("  rows: " + ", ".join(f"{t} {n:,}" for t, n in counts.items())
+              + f"; results: {size[0]} with indexes and TOAST, heap {size[1]}")
+        return counts
+    finally:
+        engine.dispose()
+
+
+def time_query(engine, sql: str) -> tuple[float, list[tuple]]:
+    """Median seconds of QUERY_RUNS runs through ``read_only`` after one warm-up; and the rows."""
+    from requestflow.results.query import read_only
+
+    _, rows = read_only(engine, sql)
+    times = []
+    for _ in range(QUERY_RUNS):
+        start = time.perf_counter()
+        _, rows = read_only(engine, sql)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), rows
+
+
+def explain(engine, sql: str, path: Path) -> list[str]:
+    """EXPLAIN ANALYZE of ``sql`` into ``path``; lines saying where its time goes (the nodes by their own time)."""
+    with engine.connect() as connection:
+        plan_text = "\n".join(connection.exec_driver_sql(
+            f"EXPLAIN (ANALYZE, BUFFERS, SETTINGS) {sql}").scalars())
+        plan = connection.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}").scalar_one()
+    plan = (json.loads(plan) if isinstance(plan, str) else plan)[0]
+    path.write_text(f"-- {sql}\n{plan_text}\n")
+    nodes: list[tuple[float, str]] = []
+
+    def walk(node: dict) -> float:
+        """The node's inclusive time (ms, all loops); collects its exclusive time."""
+        inclusive = node["Actual Total Time"] * node["Actual Loops"]
+        children = sum(walk(child) for child in node.get("Plans", []))
+        what = node["Node Type"]
+        for key in ("Strategy", "Join Type", "Relation Name", "CTE Name", "Index Name"):
+            if key in node:
+                what += f" {node[key]}"
+        if "Sort Method" in node:
+            what += f" ({node['Sort Method']}, {node.get('Sort Space Used')} kB {node.get('Sort Space Type')})"
+        loops = f" x {node['Actual Loops']:,} loops" if node["Actual Loops"] > 1 else ""
+        nodes.append((max(inclusive - children, 0.0), f"{what}, {node['Actual Rows']:,} rows{loops}"))
+        return inclusive
+
+    walk(plan["Plan"])
+    total = plan["Execution Time"]
+    jit = plan.get("JIT", {}).get("Timing", {}).get("Total")
+    lines = [f"execution {total:.1f} ms, planning {plan['Planning Time']:.1f} ms, "
+             + (f"JIT {jit:.1f} ms" if jit is not None else "no JIT")
+             + f"; estimated cost {plan['Plan']['Total Cost']:.0f}, estimated rows {plan['Plan']['Plan Rows']:,}. "
+             "The nodes by their own time:"]
+    for own, what in sorted(nodes, reverse=True)[:6]:
+        lines.append(f"  {own:9.1f} ms  {own / total:4.0%}  {what}")
+    return lines
+
+
+def pareto_by_brute_force(rows: list[tuple]) -> set[str]:
+    """The definition, pair by pair: a row is on the frontier unless another is at least as fast and as accurate,
+    and strictly better at one. Rows: (point_id, median latency, top-1, random weights)."""
+    import numpy as np
+
+    rows = [r for r in rows if not r[3] and r[1] is not None and r[2] is not None]
+    ids = [r[0] for r in rows]
+    latency = np.array([r[1] for r in rows], dtype=float)
+    top1 = np.array([r[2] for r in rows], dtype=float)
+    beaten = np.zeros(len(rows), dtype=bool)
+    for start in range(0, len(rows), 1000):  # blocks of rows against all rows: O(n^2), in bounded memory
+        lat, acc = latency[start:start + 1000, None], top1[start:start + 1000, None]
+        better = (latency <= lat) & (top1 >= acc) & ((latency < lat) | (top1 > acc))
+        beaten[start:start + 1000] = better.any(axis=1)
+    return {i for i, b in zip(ids, beaten, strict=True) if not b}
+
+
+@dataclass
+class Views:
+    """What part 2 learnt, for the candidate fixes to be checked against."""
+    frontier: set[str]  # point_ids of CHECKED_BOARD's frontier, by brute force
+    frontier_count: int  # rows of pareto_frontier, all boards
+    timings: dict[str, float]
+
+
+def bench_views(url: str, expected_rows: int) -> tuple[list[Row], Views]:
+    from sqlalchemy import create_engine
+
+    from requestflow.results.query import read_only
+
+    engine = create_engine(url)
+    rows: list[Row] = []
+    try:
+        timings, results = {}, {}
+        for measure, sql in QUERIES.items():
+            timings[measure], results[measure] = time_query(engine, sql)
+            print(f"  {measure:<28} {seconds(timings[measure]):>9}  ({len(results[measure]):,} rows)   {sql}",
+                  flush=True)
+            rows.append(Row(measure, timings[measure], QUERY_GOAL_S))
+
+        slowest = max(timings, key=timings.get)
+        section(f"where the time of the slowest query goes: {slowest}")
+        for line in explain(engine, QUERIES[slowest], EXPLAIN_FILE):
+            print("  " + line)
+        print(f"  EXPLAIN (ANALYZE, BUFFERS, SETTINGS) written to {EXPLAIN_FILE}")
+
+        section(f"correctness on this data ({CHECKED_BOARD})")
+        total = results["count(*) scoreboard"][0][0]
+        _, stale = read_only(engine, "SELECT count(*) FROM scoreboard s JOIN results r ON r.id IN "
+                                     "(s.performance_result_id, s.accuracy_result_id) "
+                                     "WHERE r.requestflow_version = '0.0.9' OR r.status <> 'ok'")
+        _, board_rows = read_only(engine, "SELECT point_id, latency_median_s, top1, random_weights FROM scoreboard "
+                                          f"WHERE board = '{CHECKED_BOARD}'")
+        by_hand = pareto_by_brute_force(board_rows)
+        view = [r[0] for r in read_only(engine, "SELECT point_id FROM pareto_frontier "
+                                                f"WHERE board = '{CHECKED_BOARD}'")[1]]
+        ties = len(board_rows) - len({(r[1], r[2]) for r in board_rows})
+        print(f"  scoreboard: {total:,} rows (expected {expected_rows:,}); rows showing a superseded or failed "
+              f"result: {stale[0][0]}")
+        print(f"  {CHECKED_BOARD}: {len(board_rows):,} scoreboard rows ({ties} share latency and top-1 with another); "
+              f"frontier: {len(view)} rows in the view, {len(by_hand)} by brute force, "
+              f"{'the same points' if same_points(view, by_hand) else 'DIFFERENT points'}")
+        rows.append(Row("scoreboard row count", None, None, f"{total:,} (expected {expected_rows:,})",
+                        check=total == expected_rows and stale[0][0] == 0))
+        rows.append(Row(f"pareto_frontier of {CHECKED_BOARD} = brute force", None, None,
+                        f"{len(view)} rows, brute force {len(by_hand)}", check=same_points(view, by_hand)))
+        return rows, Views(by_hand, results["count(*) pareto_frontier"][0][0], timings)
+    finally:
+        engine.dispose()
+
+
+def same_points(rows: list[str], expected: set[str]) -> bool:
+    return len(rows) == len(set(rows)) and set(rows) == expected
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. Candidate fixes, tried on the temporary database only (requestflow's files are not changed)
+
+
+def pareto_view(name: str, source: str) -> str:
+    """pareto_frontier.v1 with ONE window frame and no EXCLUDE: ordered by latency then top-1 descending, the rows
+    before a row's peer group are exactly the faster ones and the as-fast more accurate ones; a row is on the
+    frontier when all of those are less accurate. PostgreSQL grows such a frame incrementally (O(n) after the
+    sort); with EXCLUDE GROUP it restarts max() for every row (O(n^2) per board)."""
+    return f"""
+        CREATE VIEW {name} AS
+        SELECT * FROM (
+            SELECT s.*, max(s.top1) OVER (PARTITION BY s.board ORDER BY s.latency_median_s, s.top1 DESC
+                                          GROUPS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS best_before
+            FROM {source} s
+            WHERE NOT s.random_weights AND s.latency_median_s IS NOT NULL AND s.top1 IS NOT NULL
+        ) AS candidates
+        WHERE best_before IS NULL OR best_before < top1"""
+
+
+LATEST_INDEX = ("CREATE INDEX bench_ix_results_latest_ok ON results (point_id, started_at DESC, id DESC) "
+                "INCLUDE (sweep_id) WHERE status = 'ok'")
+
+
+def try_fixes(url: str, views: Views) -> list[Row]:
+    from sqlalchemy import create_engine
+
+    from requestflow.results.query import read_only
+
+    engine = create_engine(url)
+    rows: list[Row] = []
+
+    def ddl(*statements: str) -> float:
+        start = time.perf_counter()
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            for statement in statements:
+                connection.exec_driver_sql(statement)
+        return time.perf_counter() - start
+
+    def measure(label: str, sql: str, before: float | None) -> list[tuple]:
+        median, result = time_query(engine, sql)
+        change = f"was {seconds(before)}" if before is not None else ""
+        print(f"  {label:<44} {seconds(median):>9}  {change:<14} {sql}", flush=True)
+        rows.append(Row(label, median, QUERY_GOAL_S, change))
+        return result
+
+    def frontier_check(label: str, view: str) -> None:
+        ids = [r[0] for r in read_only(engine, f"SELECT point_id FROM {view} WHERE board = '{CHECKED_BOARD}'")[1]]
+        count = read_only(engine, f"SELECT count(*) FROM {view}")[1][0][0]
+        ok = same_points(ids, views.frontier) and count == views.frontier_count
+        print(f"  {label}: {CHECKED_BOARD} {len(ids)} rows ({'=' if same_points(ids, views.frontier) else '!='} "
+              f"brute force), all boards {count} rows ({'=' if count == views.frontier_count else '!='} "
+              f"pareto_frontier v1)")
+        rows.append(Row(f"{label} = v1 and brute force", None, None, f"{count} rows", check=ok))
+
+    try:
+        before = views.timings
+        print("A. pareto_frontier with one GROUPS frame instead of EXCLUDE GROUP (view bench_pareto_groups)")
+        ddl(pareto_view("bench_pareto_groups", "scoreboard"))
+        measure("A: pareto_frontier of board-3", f"SELECT * FROM bench_pareto_groups WHERE board = '{CHECKED_BOARD}'",
+                before["pareto_frontier of board-3"])
+        measure("A: count(*) pareto_frontier", "SELECT count(*) FROM bench_pareto_groups",
+                before["count(*) pareto_frontier"])
+        frontier_check("A: frontier", "bench_pareto_groups")
+
+        print("B. an index serving scoreboard's `latest` (DISTINCT ON without a sort)")
+        spent = ddl(LATEST_INDEX, "ANALYZE results")
+        print(f"  {LATEST_INDEX}: {seconds(spent)}")
+        measure("B: count(*) scoreboard", QUERIES["count(*) scoreboard"], before["count(*) scoreboard"])
+        measure("B: scoreboard board-3 top 50", QUERIES["scoreboard board-3 top 50"],
+                before["scoreboard board-3 top 50"])
+
+        print("C. the scoreboard materialized (refreshed by each load), indexed by board and latency; "
+              "pareto as in A over it")
+        ddl("CREATE MATERIALIZED VIEW bench_scoreboard_mat AS SELECT * FROM scoreboard WITH NO DATA",
+            "CREATE UNIQUE INDEX ON bench_scoreboard_mat (point_id)",
+            "CREATE INDEX ON bench_scoreboard_mat (board, latency_median_s)",
+            pareto_view("bench_pareto_mat", "bench_scoreboard_mat"))
+        refresh = ddl("REFRESH MATERIALIZED VIEW bench_scoreboard_mat")
+        concurrent = ddl("REFRESH MATERIALIZED VIEW CONCURRENTLY bench_scoreboard_mat")
+        ddl("ANALYZE bench_scoreboard_mat")
+        print(f"  REFRESH MATERIALIZED VIEW: {seconds(refresh)} (CONCURRENTLY, which lets readers in: "
+              f"{seconds(concurrent)})")
+        rows.append(Row("C: REFRESH of the materialized scoreboard", refresh, None,
+                        f"per load; CONCURRENTLY {seconds(concurrent)}"))
+        for measure_name, sql in QUERIES.items():
+            measure(f"C: {measure_name}", sql.replace("pareto_frontier", "bench_pareto_mat")
+                    .replace("FROM scoreboard", "FROM bench_scoreboard_mat"), before[measure_name])
+        frontier_check("C: frontier", "bench_pareto_mat")
+        return rows
+    finally:
+        engine.dispose()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Report
+
+
+def machine_lines(url: str) -> list[str]:
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            version = connection.exec_driver_sql("SELECT version()").scalar_one()
+            settings = {name: connection.exec_driver_sql(f"SHOW {name}").scalar_one()
+                        for name in ("shared_buffers", "work_mem", "jit", "max_parallel_workers_per_gather")}
+    finally:
+        engine.dispose()
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpuinfo = ""
+    match = re.search(r"^(?:model name|Hardware|Processor)\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    cpu = match.group(1).strip() if match else platform.processor() or "unknown"
+    return [f"PostgreSQL: {version}",
+            "server settings: " + ", ".join(f"{k} = {v}" for k, v in settings.items()),
+            f"machine: {cpu}, {os.cpu_count()} cores; {platform.system()} {platform.release()} {platform.machine()}; "
+            f"python {platform.python_version()}; load average {', '.join(f'{v:.2f}' for v in os.getloadavg())}"]
+
+
+def print_table(rows: list[Row]) -> None:
+    header = ("measure", "figure", "goal", "result", "note")
+    cells = [header] + [(r.measure, seconds(r.figure), "-" if r.goal is None else f"<= {seconds(r.goal)}", r.result,
+                         r.note) for r in rows]
+    widths = [max(len(cell[i]) for cell in cells) for i in range(len(header))]
+    for index, cell in enumerate(cells):
+        print("  ".join(text.rjust(width) if i in (1, 2) else text.ljust(width)
+                        for i, (text, width) in enumerate(zip(cell, widths, strict=True))).rstrip())
+        if index == 0:
+            print("  ".join("-" * width for width in widths))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Main
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--server", default=DEFAULT_SERVER,
+                        help=f"PostgreSQL server URL, without a database (default: {DEFAULT_SERVER})")
+    parser.add_argument("--quick", action="store_true", help="5,000 predictions and 10,000 points (seconds)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary database (to look at it)")
+    return parser.parse_args(argv)
+
+
+def step(what: str, function: Callable, *args):
+    """Run one part; a failure becomes an ERROR row and a traceback, not the end of the benchmark."""
+    try:
+        return function(*args)
+    except BenchError as exc:
+        print(f"  ERROR: {exc}", flush=True)
+    except Exception:  # noqa: BLE001 - reported, and the exit status says so
+        print(f"  ERROR in {what}:\n{traceback.format_exc()}", flush=True)
+    return None
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    os.environ.setdefault("REQUESTFLOW_CACHE", CACHE)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    images, points = (5_000, 10_000) if args.quick else (50_000, 100_000)
+    rows: list[Row] = []
+    fixes: list[Row] = []
+    try:
+        with temporary_database(args.server, args.keep) as url:
+            from requestflow.results.database import upgrade
+
+            upgrade(url)
+            section("the real runner: 20 images, mobilenet-v1-0.25-128, tflite, accuracy mode")
+            template = step("the runner", runner_document)
+            if template is None:
+                return 1
+            print(f"  top-1 {template['accuracy']['top1']:.2f} on {template['accuracy']['n']} images, "
+                  f"REQUESTFLOW_CACHE={os.environ['REQUESTFLOW_CACHE']}")
+
+            section(f"1. load_documents: one accuracy document of {images:,} predictions, {LOAD_REPEATS} times")
+            rows += step("loading", bench_load, url, template, images) or [
+                Row("load one accuracy document", None, LOAD_GOAL_S, "failed")]
+
+            section(f"2. the views over {points:,} synthetic points ({points // 2:,} scoreboard rows), bulk SQL")
+            counts = step("populating", populate, url, template, points)
+            measured = step("the views", bench_views, url, points // 2) if counts else None
+            if measured is None:
+                rows.append(Row("scoreboard and pareto_frontier queries", None, QUERY_GOAL_S, "failed"))
+            else:
+                rows += measured[0]
+                section("3. candidate fixes, tried on the temporary database only (requestflow is not changed)")
+                fixes = step("the candidate fixes", try_fixes, url, measured[1]) or [
+                    Row("candidate fixes", None, None, "failed", check=False)]
+            lines = machine_lines(url)
+    except BenchError as exc:
+        print(f"bench_store: error: {exc}", file=sys.stderr)
+        return 2
+
+    print("\n" + "=" * 50 + " summary " + "=" * 50)
+    print_table(rows)
+    if fixes:
+        print("\ncandidate fixes (what-ifs on the temporary database; requestflow unchanged):")
+        print_table(fixes)
+    print()
+    for line in lines:
+        print(line)
+    print(f"sizes: {images:,} predictions per document, {points:,} points ({points // 2:,} configurations on "
+          f"{BOARDS} boards); query figures are medians of {QUERY_RUNS} runs after one warm-up, through "
+          f"requestflow.results.query.read_only; total bench time {time.perf_counter() - started:.0f} s")
+    broken = [r for r in rows + fixes if r.result in ("ERROR", "FAIL")]
+    return 1 if broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,13 @@
+"""Airflow DAG mobilenets_sweep: MobileNets-v1 x backends x modes on the chosen boards, triggered from the UI's form."""
+
+from operators.sweep import build
+
+DOC = """
+### MobileNets-v1 sweep
+Trigger with the form: boards, models, backends, modes, repetitions, warm-up, batch size, threads, CPU affinity,
+images for accuracy. Each board runs one point at a time (its pool `board_<name>` has one slot); boards run in
+parallel. Results land in the results store (Connection `requestflow_results`), keyed by this run's id; the
+`summary` task prints this sweep's scoreboard.
+"""
+
+dag = build("mobilenets_sweep", schedule=None, defaults=None, doc=DOC, tags=["requestflow", "sweep"])

@@ -1,0 +1,46 @@
+"""ResultsHook: the results store, from the Airflow Connection ``requestflow_results`` (conn type postgres).
+
+Without that Connection it falls back to requestflow's own resolution ($REQUESTFLOW_DATABASE_URL, else the
+embedded PostgreSQL), so a local Airflow needs no set-up. The schema is brought to head on first use.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from airflow.sdk import BaseHook
+
+from requestflow.results.database import CONN_ID, engine_for, resolve_url, sqlalchemy_url, upgrade
+
+
+class ResultsHook(BaseHook):
+    conn_name_attr = "results_conn_id"
+    default_conn_name = CONN_ID
+    conn_type = "postgres"
+    hook_name = "requestflow results store"
+
+    def __init__(self, results_conn_id: str = default_conn_name) -> None:
+        super().__init__()
+        self.results_conn_id = results_conn_id
+
+    @cached_property
+    def url(self) -> str:
+        try:
+            conn = self.get_connection(self.results_conn_id)
+        except Exception:  # AirflowNotFoundException and friends: no such Connection, use requestflow's default
+            return resolve_url(None)[0]
+        return sqlalchemy_url(conn.get_uri())
+
+    def get_conn(self):
+        engine = engine_for(self.url)
+        upgrade(self.url)
+        return engine
+
+    def load(self, documents: list[tuple[str, dict]], board: str, sweep: str | None, dag_id: str | None = None):
+        from requestflow.results.load import load_documents
+
+        engine = self.get_conn()
+        try:
+            return load_documents(engine, documents, board, sweep, dag_id)
+        finally:
+            engine.dispose()
