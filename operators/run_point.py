@@ -86,7 +86,8 @@ class RunPointOperator(BaseOperator):
             try:
                 board.get(f"{job_dir}/result.json", str(local))
             except (OSError, FileNotFoundError) as exc:
-                raise RuntimeError(f"board {settings.name}: the runner exited {code} without a result ({exc})") from None
+                raise RuntimeError(f"board {settings.name}: the runner exited {code} without a result "
+                                   f"({exc})") from None
             document = json.loads(local.read_text())
         report = ResultsHook(self.results_conn_id).load([(f"{settings.name}:{job_dir}", document)],
                                                         board=settings.name, sweep=self.sweep_id,
