@@ -90,7 +90,7 @@ class TestTheSchema:
             version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
         engine.dispose()
         assert views == {"scoreboard", "pareto_frontier"}
-        assert version == "0002"
+        assert version == "0003"
 
     def test_upgrading_twice_is_harmless(self, database):
         upgrade(database)
@@ -196,6 +196,20 @@ class TestBadDocumentsAreRefusedWhole:
         with pytest.raises(UserError, match=f"bad.json: .*{message}"):
             load_documents(store, [("fine.json", documents["perf_tflite"]), ("bad.json", bad)], board="b")
         assert counts(store) == before
+
+    @pytest.mark.parametrize("damage, message", [
+        (lambda p: p[7].update(label=1000), "field predictions/7/label: 1000 is not a class"),
+        (lambda p: p[3].pop("top5"), "field predictions/3: 'top5' is a required property"),
+        (lambda p: p[0]["top5"].append([1, 0.5, 9]), r"field predictions/0/top5: expected 1 to 5"),
+        (lambda p: p[2].update(top5=[["cat", 0.9]]), r"field predictions/2/top5/0: expected \[class 0..999"),
+        (lambda p: p.__setitem__(5, "x"), "field predictions/5: 'x' is not of type 'object'"),
+    ])
+    def test_a_bad_prediction_is_named_and_nothing_is_written(self, store, documents, damage, message):
+        bad = copy.deepcopy(documents["acc_tflite"])
+        damage(bad["predictions"])
+        with pytest.raises(UserError, match=f"bad.json: {message}"):
+            load_documents(store, [("bad.json", bad)], board="b")
+        assert set(counts(store).values()) == {0}
 
     def test_a_failure_midway_rolls_everything_back(self, store, documents, monkeypatch):
         from requestflow.results import load
