@@ -86,8 +86,17 @@ def upgrade(url: str, revision: str = "head") -> None:
 
     engine = engine_for(url)
     with engine.begin() as connection:
+        before = connection.exec_driver_sql(
+            "SELECT version_num FROM alembic_version" if _has_version_table(connection) else "SELECT NULL").scalar()
         command.upgrade(alembic_config(url, connection), revision)
+        after = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+        if before != after and after is not None and int(after) >= 4:
+            connection.exec_driver_sql("REFRESH MATERIALIZED VIEW scoreboard")  # rows stored before the upgrade
     engine.dispose()
+
+
+def _has_version_table(connection) -> bool:
+    return connection.exec_driver_sql("SELECT to_regclass('alembic_version') IS NOT NULL").scalar()
 
 
 def check(url: str) -> None:

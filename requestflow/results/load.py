@@ -78,7 +78,15 @@ def load_documents(engine: Engine, documents: list[tuple[str, dict]], board: str
             else:
                 report.loaded.append(source)
                 report.result_ids.append(result_id)
+        if report.loaded:
+            refresh_scoreboard(connection)
     return report
+
+
+def refresh_scoreboard(connection: Connection) -> None:
+    """Bring the materialized scoreboard up to date, inside the caller's transaction (readers see the new rows
+    exactly when the load commits; concurrent loads refresh one after the other)."""
+    connection.exec_driver_sql("REFRESH MATERIALIZED VIEW scoreboard")
 
 
 def _upsert(connection: Connection, table, values: dict, key: str):
