@@ -118,7 +118,12 @@ demo() {
 run_tests() {
     ensure_venv
     ensure_postgres
-    if [ "$(id -u)" -eq 0 ]; then bash "$ROOT/tests/farm-setup.sh"; else log "not root: the board-farm tests skip"; fi
+    if [ "$(id -u)" -eq 0 ]; then
+        bash "$ROOT/tests/farm-setup.sh"
+        apt_install docker-compose  # validates docker-compose.yml; no engine runs here
+    else
+        log "not root: the board-farm and compose tests skip"
+    fi
     cd "$ROOT"
     "$VENV/bin/python" -m ruff check requestflow operators dags tests bench
     "$VENV/bin/python" -m pytest "$@"
