@@ -1,0 +1,91 @@
+"""Parallelism and exclusivity under a real scheduler (LocalExecutor, metadata in PostgreSQL, tasks through the
+api-server's execution API), not ``dag.test()``: two sweeps at once on two sshd boards. Each board's points never
+overlap (its pool has one slot), across both sweeps; the two boards do run at the same time."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from itertools import combinations
+
+import pytest
+from sqlalchemy import text
+
+from requestflow.results.query import read_only
+from tests.airflow_services import AirflowServices
+from tests.farm import farm_fixture
+
+DAG_ID = "mobilenets_sweep"
+BOARDS = ("rfb1", "rfb2")
+MODELS = ["mobilenet-v1-0.25-128", "mobilenet-v1-0.25-160"]
+
+farm = farm_fixture(2, scope="module")
+
+
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory, farm, data_dir):
+    # the tasks (and the runners on the boards) find the shared data through REQUESTFLOW_DATA, set by conftest
+    env = {"REQUESTFLOW_BOARDS": ",".join(BOARDS), "AIRFLOW__CORE__PARALLELISM": "4"}
+    for board in farm.boards:
+        env[f"AIRFLOW_CONN_{board.name.upper()}"] = json.dumps({
+            "conn_type": "ssh", "host": board.host, "login": "root",
+            "extra": {"key_file": str(board.key_file), "host_key": board.host_public_key,
+                      "work_dir": str(board.work_dir), "python": sys.executable}})
+    pools = tuple(f"board_{b}" for b in ("local", *BOARDS))
+    with AirflowServices(tmp_path_factory.mktemp("airflow-home"), env, pools=pools) as services:
+        services.wait_for_dag(DAG_ID, timeout=180)
+        yield services
+
+
+def overlaps(a: tuple, b: tuple) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def test_two_sweeps_at_once_keep_each_board_exclusive_and_the_boards_parallel(airflow):
+    conf = {"boards": list(BOARDS), "models": MODELS, "backends": ["tflite"], "modes": ["performance"],
+            "repetitions": 3, "warmup": 1}
+    stamp = int(time.time())
+    run_ids = [f"sched_test_{stamp}_{n}" for n in (1, 2)]
+    # new DAGs are paused: unpause the sweep only (an unpaused mobilenets_nightly would start a run of its own on
+    # the same boards at once, catchup or not)
+    airflow.cli("dags", "unpause", DAG_ID)
+    # The scoreboard holds the latest result of each point (configuration): two sweeps of the same points would
+    # share their rows, so the second sweep runs them with another thread count (a point's identity includes it).
+    for threads, run_id in enumerate(run_ids, start=1):
+        airflow.cli("dags", "trigger", DAG_ID, "--conf", json.dumps({**conf, "threads": threads}), "--run-id", run_id)
+
+    states = airflow.wait_for_runs(DAG_ID, run_ids, timeout=360)
+    with airflow.metadata.connect() as connection:
+        rows = connection.execute(text(
+            "SELECT run_id, task_id, map_index, state, start_date, end_date FROM task_instance "
+            "WHERE dag_id = :d AND run_id = ANY(:r) AND task_id = ANY(:t) ORDER BY start_date"),
+            {"d": DAG_ID, "r": run_ids, "t": [f"board_{b}.run" for b in BOARDS]}).fetchall()
+        unfinished = connection.execute(text(
+            "SELECT run_id, task_id, map_index, state FROM task_instance WHERE dag_id = :d AND run_id = ANY(:r) "
+            "AND state IS DISTINCT FROM 'success'"), {"d": DAG_ID, "r": run_ids}).fetchall()
+    assert states == dict.fromkeys(run_ids, "success"), (states, unfinished, airflow.log_tail("scheduler"))
+
+    # every point of both sweeps ran: 2 sweeps x 2 boards x 2 models, each with a start and an end
+    assert len(rows) == 8, rows
+    assert all(r.state == "success" and r.start_date and r.end_date for r in rows), rows
+    spans = {b: [(r.start_date, r.end_date, r.run_id, r.map_index) for r in rows if r.task_id == f"board_{b}.run"]
+             for b in BOARDS}
+    assert all(len(s) == 4 for s in spans.values()), spans
+    for board, board_spans in spans.items():  # one point at a time on a board, across both sweeps
+        clashes = [(a, b) for a, b in combinations(board_spans, 2) if overlaps(a, b)]
+        assert not clashes, f"points overlap on {board}: {clashes}"
+    # the boards run in parallel
+    assert any(overlaps(a, b) for a in spans["rfb1"] for b in spans["rfb2"]), "\n".join(
+        f"{r.task_id} {r.run_id}[{r.map_index}] {r.start_date:%H:%M:%S.%f} - {r.end_date:%H:%M:%S.%f}" for r in rows)
+
+    expected = [(b, m) for b in BOARDS for m in MODELS]
+    stored = {run_id: scoreboard(airflow.results, run_id) for run_id in run_ids}
+    assert stored == dict.fromkeys(run_ids, expected), stored
+
+
+def scoreboard(engine, run_id: str) -> list[tuple]:
+    """The results store's scoreboard rows of a sweep: 2 boards x 2 models."""
+    _, rows = read_only(engine, "SELECT board, model FROM scoreboard WHERE sweep = %(s)s ORDER BY board, model",
+                        {"s": run_id})
+    return [tuple(row) for row in rows]
