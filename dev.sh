@@ -110,7 +110,7 @@ demo() {
     "$rf" load "$out"/*.json --board "$(hostname)" --sweep "demo-$(date -u +%Y%m%dT%H%M%SZ)"
     "$rf" scoreboard
     log "the Pareto frontier (median latency vs top-1), with plain SQL on the view"
-    "$rf" sql "SELECT board, model, backend, precision, round(latency_median_s * 1000, 3) AS median_ms, top1
+    "$rf" sql "SELECT board, model, backend, precision, round((latency_median_s * 1000)::numeric, 3) AS median_ms, top1
                FROM pareto_frontier ORDER BY board, latency_median_s"
     log "results in $out; the database: $("$rf" db url)"
 }
