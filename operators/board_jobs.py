@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 def start(board, job_dir: str, command: str, env: dict[str, str] | None = None) -> None:
     exports = "".join(f"export {key}={shlex.quote(value)}; " for key, value in (env or {}).items())
-    inner = f"{exports}{command} > stdout.log 2>&1; echo $? > exit_code.tmp && mv exit_code.tmp exit_code"
+    # the command runs in a subshell: all of its output is logged, and an `exit` in it still leaves an exit_code
+    inner = f"{exports}( {command} ) > stdout.log 2>&1; echo $? > exit_code.tmp && mv exit_code.tmp exit_code"
     script = (f"mkdir -p {shlex.quote(job_dir)} && cd {shlex.quote(job_dir)} && rm -f exit_code stdout.log && "
               f"{{ setsid sh -c {shlex.quote(inner)} < /dev/null > /dev/null 2>&1 & echo $! > pid; }}")
     board.run(script)
@@ -45,8 +46,10 @@ def wait(board, job_dir: str, on_output: Callable[[str], None], poll_s: float = 
 
 
 def kill(board, job_dir: str, grace_s: float = 5.0) -> None:
-    """Stop the job's whole process group: TERM, then KILL after ``grace_s``."""
+    """Stop the job's whole process group: TERM, then KILL after ``grace_s``. A job killed before it could write
+    its exit code gets 143 (TERM) written for it, so that whoever waits for it is released."""
     quoted = shlex.quote(job_dir)
     board.run(f"pid=$(cat {quoted}/pid 2>/dev/null) || exit 0; kill -TERM -- -$pid 2>/dev/null; "
-              f"for i in $(seq {int(grace_s * 10)}); do kill -0 -- -$pid 2>/dev/null || exit 0; sleep 0.1; done; "
-              "kill -KILL -- -$pid 2>/dev/null; exit 0", warn=True)
+              f"for i in $(seq {int(grace_s * 10)}); do kill -0 -- -$pid 2>/dev/null || break; sleep 0.1; done; "
+              f"kill -KILL -- -$pid 2>/dev/null; [ -f {quoted}/exit_code ] || echo 143 > {quoted}/exit_code; exit 0",
+              warn=True)

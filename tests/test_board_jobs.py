@@ -1,0 +1,134 @@
+"""Detached jobs on a real sshd board: output streamed, exit code returned, and a kill leaves nothing running."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from operators import board_jobs
+from operators.board_hook import BoardHook
+from operators.board_settings import BoardSettings
+from tests.farm import farm_fixture
+
+farm = farm_fixture(1, scope="module")
+
+
+@pytest.fixture
+def board(farm):
+    b = farm.boards[0]
+    hook = BoardHook(settings=BoardSettings(name=b.name, host=b.host, key_file=str(b.key_file),
+                                            host_key=b.host_public_key, work_dir=str(b.work_dir)))
+    yield hook, b
+    hook.close()
+
+
+def running(marker: str) -> list[str]:
+    result = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True)
+    return result.stdout.split()
+
+
+def test_a_job_streams_its_output_and_returns_its_exit_code(board):
+    hook, b = board
+    job = f"{b.work_dir}/jobs/{uuid.uuid4().hex}"
+    board_jobs.start(hook, job, "for i in 1 2 3; do echo line $i; sleep 0.2; done; exit 7", env={"X": "it's"})
+    lines: list[str] = []
+    assert board_jobs.wait(hook, job, lines.append, poll_s=0.1, timeout_s=30) == 7
+    assert lines == ["line 1", "line 2", "line 3"]
+
+
+def test_environment_values_are_quoted(board):
+    hook, b = board
+    job = f"{b.work_dir}/jobs/{uuid.uuid4().hex}"
+    board_jobs.start(hook, job, 'echo "$X"', env={"X": "it's $(not run) ; `nor this`"})
+    lines: list[str] = []
+    assert board_jobs.wait(hook, job, lines.append, poll_s=0.1, timeout_s=30) == 0
+    assert lines == ["it's $(not run) ; `nor this`"]
+
+
+def test_kill_stops_the_job_and_everything_it_started(board):
+    hook, b = board
+    marker = f"rfjob{uuid.uuid4().hex[:10]}"
+    job = f"{b.work_dir}/jobs/{marker}"
+    # a job with a child and a grandchild, each recognisable by the marker in its command line
+    board_jobs.start(hook, job, f"sh -c 'sleep 300; : {marker}' & sh -c 'sh -c \"sleep 301; : {marker}\"'")
+    deadline = time.monotonic() + 10
+    while len(running(marker)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(running(marker)) >= 2
+    board_jobs.kill(hook, job, grace_s=2)
+    deadline = time.monotonic() + 5
+    while running(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert running(marker) == []
+
+
+def test_a_job_that_outlives_its_timeout_is_reported(board):
+    hook, b = board
+    job = f"{b.work_dir}/jobs/{uuid.uuid4().hex}"
+    board_jobs.start(hook, job, "sleep 5")
+    with pytest.raises(TimeoutError, match="still running after"):
+        board_jobs.wait(hook, job, lambda line: None, poll_s=0.1, timeout_s=0.5)
+    board_jobs.kill(hook, job, grace_s=1)
+
+
+def test_a_killed_job_releases_whoever_waits_for_it(board):
+    hook, b = board
+    job = f"{b.work_dir}/jobs/{uuid.uuid4().hex}"
+    board_jobs.start(hook, job, "sleep 300")
+    time.sleep(0.3)
+    board_jobs.kill(hook, job, grace_s=1)
+    assert board_jobs.wait(hook, job, lambda line: None, poll_s=0.1, timeout_s=10) == 143
+
+
+class TestRunPointOperatorOnKill:
+    def test_on_kill_leaves_no_runner_process_on_the_board(self, tmp_path, monkeypatch):
+        import threading
+
+        from operators.run_point import RunPointOperator
+
+        monkeypatch.setenv("REQUESTFLOW_STATE", str(tmp_path))
+        operator = RunPointOperator(task_id="run", board_conn_id="local", sweep_id="kill-test",
+                                    point={"model": "mobilenet-v1-0.25-128", "backend": "tflite",
+                                           "mode": "performance", "repetitions": 10_000_000, "warmup": 0})
+        outcome: dict = {}
+
+        def execute():
+            try:
+                operator.execute({})
+            except Exception as exc:  # noqa: BLE001 - the killed run's error is asserted below
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=execute)
+        thread.start()
+        marker = str(tmp_path / "board" / "runs")
+        deadline = time.monotonic() + 60
+        while not any("requestflow.cli" in line for line in _commands(marker)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert any("requestflow.cli" in line for line in _commands(marker)), "the runner never started"
+        operator.on_kill()
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+        assert "without a result" in str(outcome.get("error"))
+        assert _commands(marker) == []
+
+
+def _commands(fragment: str) -> list[str]:
+    """Command lines of processes started in ``fragment`` (their cwd), i.e. the job's processes."""
+    import os
+
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                command = handle.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if cwd.startswith(fragment):
+            found.append(command)
+    return found
