@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from requestflow.errors import UserError
 
@@ -177,9 +178,10 @@ def cmd_classify(args, argv) -> int:
         if not os.path.isfile(image):
             raise UserError(f"image {image} does not exist")
     names = None
-    words = args.synset_words or (shared_data_dir() and shared_data_dir() / "imagenet/synset_words.txt")
-    if words and os.path.isfile(words):
-        names = read_class_names(__import__("pathlib").Path(words))
+    data = shared_data_dir()
+    words = Path(args.synset_words) if args.synset_words else (data / "imagenet/synset_words.txt" if data else None)
+    if words and words.is_file():
+        names = read_class_names(words)
     weights = (resolve.from_paths(args.weights, model) if args.weights else
                resolve.resolve(model, args.backend, args.precision, args.release, allow_download=not args.offline))
     if weights.random:

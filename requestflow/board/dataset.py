@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from requestflow.board.files import atomic_write_text, cache_dir, canonical_json, sha256_file, sha256_text
+from requestflow.board.files import progress as show_progress
 from requestflow.errors import UserError
 
 IMAGE_PATTERN = re.compile(r"^ILSVRC2012_val_\d+\.JPEG$", re.IGNORECASE)
@@ -163,7 +163,8 @@ def preprocess_dataset(dataset: Dataset, resolution: int, progress: bool = True,
         except Exception as exc:  # any decoder error: the image is counted, named, and the run goes on
             return index, None, f"{type(exc).__name__}: {exc}"
 
-    bar = _bar(len(dataset.files), f"preprocess {resolution}px", progress)
+    bar = show_progress(total=len(dataset.files), description=f"preprocess {resolution}px", enabled=progress,
+                        unit="img", leave=False)
     try:
         with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
             for chunk in range(0, len(dataset.files), _CHUNK):  # bounded: results never pile up in memory
@@ -201,9 +202,4 @@ def _load(folder: Path) -> Preprocessed | None:
         pass
     return None
 
-
-def _bar(total: int, description: str, enabled: bool):
-    from tqdm import tqdm
-    return tqdm(total=total, desc=description, unit="img", disable=None if enabled else True, file=sys.stderr,
-                leave=False)
 

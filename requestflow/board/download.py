@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from requestflow.board.files import atomic_write_bytes, atomic_write_text, cache_dir, sha256_file
+from requestflow.board.files import progress as show_progress
 from requestflow.errors import UserError
 
 PACKAGE_LOCK = Path(__file__).with_name("weights.lock.json")
@@ -96,7 +97,8 @@ def fetch(url: str, sha256: str | None = None, progress: bool = True) -> Path:
         digest = hashlib.sha256()
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
-            bar = _progress(total, f"download {target.name}", progress)
+            bar = show_progress(total=total, description=f"download {target.name}", enabled=progress, unit="B",
+                                unit_scale=True)
             while chunk := response.read(1 << 20):
                 out.write(chunk)
                 digest.update(chunk)
@@ -143,14 +145,3 @@ def extract_member(archive: Path, pattern: str) -> list[Path]:
     atomic_write_text(marker, "\n".join(names) + "\n")
     return [out_dir / name for name in names]
 
-
-def _progress(total, description, enabled):
-    try:
-        from tqdm import tqdm
-        return tqdm(total=total, desc=description, unit="B", unit_scale=True, disable=None if enabled else True,
-                    file=sys.stderr)
-    except ImportError:
-        class _Null:
-            def update(self, _n): ...
-            def close(self): ...
-        return _Null()

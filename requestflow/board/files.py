@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -56,6 +57,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
+
+
+def progress(iterable=None, *, total: int | None = None, description: str, enabled: bool = True, **options):
+    """A tqdm progress bar on stderr, shown only on a terminal (``disable=None``) and never when not ``enabled``."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=description, disable=None if enabled else True, file=sys.stderr,
+                **options)
 
 
 def shared_data_dir() -> Path | None:

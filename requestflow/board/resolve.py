@@ -68,9 +68,7 @@ class ResolvedWeights:
 
     @cached_property
     def sha256(self) -> str:
-        if self.random:
-            return self.canonical.sha256
-        if self.format == "canonical":
+        if self.format in ("random", "canonical"):  # held as canonical tensors: their hash is the identity
             return self.canonical.sha256
         from requestflow.board.importers import source_sha256
         return source_sha256(self.paths)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import numpy as np
 
 import requestflow
 from requestflow.board import catalogue
-from requestflow.board.files import shared_data_dir
+from requestflow.board.files import progress, shared_data_dir
 from requestflow.errors import UserError
 
 SCHEMA_VERSION = 1
@@ -280,7 +279,8 @@ class Runner:
             backend.invoke()
         samples = [0] * config.repetitions
         invoke, clock = backend.invoke, time.perf_counter_ns
-        for i in _progress(range(config.repetitions), "repetitions", config.progress):
+        for i in progress(range(config.repetitions), description="repetitions", enabled=config.progress,
+                          leave=False, mininterval=0.5):
             start = clock()
             invoke()
             samples[i] = clock() - start
@@ -294,7 +294,7 @@ class Runner:
         config, dataset, batch = self.config, self.dataset, self.config.batch_size
         predictions, top1, top5 = [], 0, 0
         buffer = np.zeros((batch, *pixels.shape[1:]), np.uint8)
-        bar = _progress_bar(len(ok), "classify", config.progress)
+        bar = progress(total=len(ok), description="classify", enabled=config.progress, unit="img", leave=False)
         for start in range(0, len(ok), batch):
             count = min(batch, len(ok) - start)
             buffer[:count] = pixels[start:start + count]
@@ -317,18 +317,6 @@ class Runner:
                     "selected": len(dataset.files), "failed_count": len(failed), "failed_images": failed,
                     "label_offset": "model class k+1 = ImageNet class k" if backend.classes == 1001 else "none"}
         return accuracy, predictions
-
-
-def _progress(iterable, description: str, enabled: bool):
-    from tqdm import tqdm
-    return tqdm(iterable, desc=description, disable=None if enabled else True, file=sys.stderr, leave=False,
-                mininterval=0.5)
-
-
-def _progress_bar(total: int, description: str, enabled: bool):
-    from tqdm import tqdm
-    return tqdm(total=total, desc=description, unit="img", disable=None if enabled else True, file=sys.stderr,
-                leave=False)
 
 
 def run(config: RunConfig) -> dict:

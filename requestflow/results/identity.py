@@ -7,18 +7,14 @@ threads, affinity, batch size or mode), and the results' own ``document_sha256``
 
 from __future__ import annotations
 
-import hashlib
-import json
+from requestflow.board.files import canonical_json, sha256_text
 
 IDENTITY_VERSION = 1
 
 
-def canonical_json(value) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
 def sha256_of(value) -> str:
-    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
+    """SHA-256 of the canonical JSON of ``value`` (the one spelling used for every hash)."""
+    return sha256_text(canonical_json(value))
 
 
 def library_build(backend: dict) -> dict:
