@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # requestflow's one entry point for people and CI. Each command sets up everything it needs first:
-#   ./dev.sh demo    the main job: classify the sample images, then a performance and an accuracy run of real
-#                    models on the shared ImageNet images (results in ./out/)
+#   ./dev.sh demo    the main job: classify the sample images, then a sweep through Airflow with this machine as
+#                    the board (2 models x 2 backends, performance + accuracy on the shared ImageNet images) into
+#                    the embedded PostgreSQL, and its scoreboard
 #   ./dev.sh test    the whole test suite (what CI runs)
 #   ./dev.sh bench   the speed benchmarks (bench/), printing ratios against bare reference loops
 #   ./dev.sh shell   a shell inside the project's virtual environment
@@ -85,34 +86,23 @@ check_data() {
 
 demo() {
     ensure_venv
-    local rf="$VENV/bin/requestflow" out="$ROOT/out"
-    mkdir -p "$out"
+    local rf="$VENV/bin/requestflow"
     "$rf" models
     if check_data; then
         log "classify the sample images (mobilenet-v1-1.0-224, uint8, TFLite)"
         "$rf" classify "$REQUESTFLOW_DATA"/samples/*.{bmp,jpg} --model mobilenet-v1-1.0-224 --backend tflite
-        for backend in tflite tf; do
-            log "performance + accuracy: mobilenet-v1-0.25-224 on $backend, on the 500 shared images"
-            "$rf" run --model mobilenet-v1-0.25-224 --backend "$backend" --mode performance \
-                --repetitions 50 --warmup 5 --out "$out/0.25-224-$backend-performance.json"
-            "$rf" run --model mobilenet-v1-0.25-224 --backend "$backend" --mode accuracy \
-                --out "$out/0.25-224-$backend-accuracy.json"
-        done
-        log "performance + accuracy: mobilenet-v1-1.0-224 uint8 on tflite"
-        "$rf" run --model mobilenet-v1-1.0-224 --backend tflite --repetitions 50 --out "$out/1.0-224-tflite-performance.json"
-        "$rf" run --model mobilenet-v1-1.0-224 --backend tflite --mode accuracy --out "$out/1.0-224-tflite-accuracy.json"
+        log "a sweep through Airflow, this machine as the board: 2 models x tflite (uint8) and tf (dequantized to" \
+            "fp32), performance + accuracy on the 500 shared images"
+        "$rf" sweep --models mobilenet-v1-0.25-128 mobilenet-v1-0.5-160 --backends tflite tf \
+            --modes performance accuracy --repetitions 50 --warmup 5 --image-limit 500
     else
-        log "performance run of mobilenet-v1-0.25-224 on official weights if downloadable, else random weights"
-        "$rf" run --model mobilenet-v1-0.25-224 --backend tflite --mode performance --out "$out/0.25-224-tflite-performance.json"
+        log "a performance sweep of mobilenet-v1-0.25-224 through Airflow: official weights if downloadable, else random"
+        "$rf" sweep --models mobilenet-v1-0.25-224 --backends tflite --modes performance --repetitions 50 --warmup 5
     fi
-    "$rf" validate "$out"/*.json
-    log "load the results into the embedded PostgreSQL (no server needed) and print the scoreboard"
-    "$rf" load "$out"/*.json --board "$(hostname)" --sweep "demo-$(date -u +%Y%m%dT%H%M%SZ)"
-    "$rf" scoreboard
     log "the Pareto frontier (median latency vs top-1), with plain SQL on the view"
     "$rf" sql "SELECT board, model, backend, precision, round((latency_median_s * 1000)::numeric, 3) AS median_ms, top1
                FROM pareto_frontier ORDER BY board, latency_median_s"
-    log "results in $out; the database: $("$rf" db url)"
+    log "every point's latest result: $rf scoreboard; the database: $("$rf" db url)"
 }
 
 run_tests() {

@@ -44,3 +44,20 @@ class ResultsHook(BaseHook):
             return load_documents(engine, documents, board, sweep, dag_id)
         finally:
             engine.dispose()
+
+    def record_failures(self, sweep: str, dag_id: str | None, board: str, points: list[dict],
+                        error: BaseException, attempts: int) -> None:
+        """Store points that will have no result document (``point_failures``), with the error that stopped them.
+        Never raises: the task's own error matters more, so a store that cannot be reached is only logged."""
+        from requestflow.results.sweeps import record_failure
+
+        try:
+            engine = self.get_conn()
+            try:
+                for point in points:
+                    record_failure(engine, sweep, dag_id, board, point, type(error).__name__, str(error), attempts)
+            finally:
+                engine.dispose()
+        except Exception as store_error:
+            self.log.error("could not store the failure of %d point(s) of board %s: %s", len(points), board,
+                           store_error)

@@ -21,19 +21,20 @@ from operators.board_hook import board_for
 from requestflow.results.database import CONN_ID
 
 POINT_FIELDS = ("model", "backend", "mode", "precision", "release", "repetitions", "warmup", "batch_size",
-                "threads", "cpus", "limit")
+                "threads", "cpus", "cluster", "limit")
 
 
 def point_label(point: dict) -> str:
     return f"{point['model']} {point['backend']} {point['mode']}"
 
 
-def runner_command(python: str, point: dict, out: str = "result.json") -> str:
-    """The board-side command line of a point; every value quoted."""
+def runner_command(python: str, point: dict, out: str | None = "result.json") -> str:
+    """The board-side command line of a point (``out=None``: ``--identify``, print its context); values quoted."""
     unknown = set(point) - set(POINT_FIELDS) - {"board"}
     if unknown:
         raise ValueError(f"unknown point field {sorted(unknown)[0]!r}")
-    args = [python, "-m", "requestflow.cli", "run", "--quiet", "--out", out]
+    args = [python, "-m", "requestflow.cli", "run", "--quiet", "--offline"]
+    args += ["--out", out] if out else ["--identify"]
     for name in POINT_FIELDS:
         value = point.get(name)
         if value is not None and value != "":
@@ -42,34 +43,70 @@ def runner_command(python: str, point: dict, out: str = "result.json") -> str:
 
 
 class RunPointOperator(BaseOperator):
-    template_fields = ("point", "sweep_id")
+    """One point on one board: (resume check,) cool-down, the runner detached on the board with its output in the
+    task log, its result document loaded into the results store.
+
+    Failures: the runner refusing its input (exit 2) fails at once; a document with ``status: failed`` is stored
+    and fails the task without retry (it is a result); anything else (board unreachable, connection lost, runner
+    killed without a document) is transient and retried; on the last attempt it is stored in ``point_failures``.
+    """
+
+    template_fields = ("point", "sweep_id", "resume", "cooldown_c")
     ui_color = "#d6eaf8"
 
-    def __init__(self, *, board_conn_id: str, point: dict, sweep_id: str = "{{ run_id }}",
-                 results_conn_id: str = CONN_ID, data_dir: str | None = None, **kwargs) -> None:
+    def __init__(self, *, board_conn_id: str, point: dict, sweep_id: str = "{{ run_id }}", resume: bool = False,
+                 cooldown_c: float | None = None, cooldown_timeout_s: float = 600,
+                 results_conn_id: str = CONN_ID, **kwargs) -> None:
         super().__init__(**kwargs)
         self.board_conn_id = board_conn_id
         self.point = point
         self.sweep_id = sweep_id
+        self.resume = resume
+        self.cooldown_c = cooldown_c
+        self.cooldown_timeout_s = cooldown_timeout_s
         self.results_conn_id = results_conn_id
-        self.data_dir = data_dir
         self._board = None
         self._job_dir: str | None = None
+        self._stored_document = False
 
     def execute(self, context) -> dict:
-        import os
+        dag_id = context["dag"].dag_id if context.get("dag") else None
+        try:
+            return self._execute(context, dag_id)
+        except AirflowFailException as exc:
+            self._record_failure(dag_id, exc, final=True)
+            raise
+        except Exception as exc:
+            ti = context.get("ti")
+            final = ti is None or ti.try_number > self.retries
+            self._record_failure(dag_id, exc, final=final)
+            raise
+        finally:
+            if self._board is not None:
+                self._board.close()
 
+    def _execute(self, context, dag_id: str | None) -> dict:
+        from operators.deploy import runner_location
         from operators.results_hook import ResultsHook
 
         board = self._board = board_for(self.board_conn_id)
         settings = board.settings
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{self.sweep_id}/{point_label(self.point)}")
-        self._job_dir = job_dir = f"{settings.work_dir}/runs/{slug}"
-        env = {"REQUESTFLOW_CACHE": f"{settings.work_dir}/cache", "TF_CPP_MIN_LOG_LEVEL": "2"}
-        data_dir = self.data_dir or os.environ.get("REQUESTFLOW_DATA")
-        if data_dir:
-            env["REQUESTFLOW_DATA"] = data_dir
-        command = runner_command(settings.python, self.point)
+        python, work_dir = runner_location(board)
+        # the runner reads only its work dir: the data provisioning copied there, its own cache
+        env = {"REQUESTFLOW_CACHE": f"{work_dir}/cache", "REQUESTFLOW_DATA": f"{work_dir}/data",
+               "TF_CPP_MIN_LOG_LEVEL": "2"}
+        label = point_label(self.point)
+        if _true(self.resume):
+            stored = self._stored_result(board, python, env)
+            if stored is not None:
+                self.log.info("board %s: %s is already stored (result %d): skipped (resume)", settings.name,
+                              label, stored)
+                return {"board": settings.name, "point": label, "status": "already stored", "result_id": stored}
+        if self.cooldown_c not in (None, ""):
+            self._cool_down(board, python)
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{self.sweep_id}/{label}")
+        self._job_dir = job_dir = f"{work_dir}/runs/{slug}"
+        command = runner_command(python, self.point)
         self.log.info("board %s: %s (in %s)", settings.name, command, job_dir)
         board_jobs.start(board, job_dir, command, env)
         lines: list[str] = []
@@ -90,21 +127,71 @@ class RunPointOperator(BaseOperator):
                                    f"({exc})") from None
             document = json.loads(local.read_text())
         report = ResultsHook(self.results_conn_id).load([(f"{settings.name}:{job_dir}", document)],
-                                                        board=settings.name, sweep=self.sweep_id,
-                                                        dag_id=context["dag"].dag_id if context.get("dag") else None)
-        summary = {"board": settings.name, "point": point_label(self.point), "status": document["status"],
+                                                        board=settings.name, sweep=self.sweep_id, dag_id=dag_id)
+        summary = {"board": settings.name, "point": label, "status": document["status"],
                    "loaded": bool(report.loaded)}
         if "performance" in document:
             summary["median_ms"] = round(document["performance"]["median"] * 1e3, 4)
         if "accuracy" in document:
             summary["top1"] = document["accuracy"]["top1"]
         if document["status"] != "ok":  # stored with its error; the sweep goes on with the other points
+            self._stored_document = True
             raise AirflowFailException(f"point failed on {settings.name}: {document['error']['type']}: "
                                        f"{document['error']['message']}")
-        board.close()
         return summary
+
+    def _stored_result(self, board, python: str, env: dict) -> int | None:
+        """Resume: the point's identity, computed on the board by the runner (``--identify``), looked up in the
+        store; the id of its successful result, or None."""
+        from operators.results_hook import ResultsHook
+        from requestflow.results.identity import point_id
+        from requestflow.results.sweeps import stored_ok
+
+        exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in env.items())
+        result = board.run(exports + runner_command(python, self.point, out=None), warn=True, timeout=600)
+        if result.return_code == 2:
+            raise AirflowFailException(f"board {board.settings.name} refused the point: "
+                                       f"{result.stderr.strip().splitlines()[-1:]}")
+        if result.return_code != 0:
+            raise RuntimeError(f"board {board.settings.name}: identifying the point failed "
+                               f"({result.return_code}): {result.stderr.strip()[-300:]}")
+        context = json.loads(result.stdout.strip().splitlines()[-1])["context"]
+        engine = ResultsHook(self.results_conn_id).get_conn()
+        try:
+            return stored_ok(engine, point_id(board.settings.name, context))
+        finally:
+            engine.dispose()
+
+    def _cool_down(self, board, python: str) -> None:
+        from operators.provision import board_cli
+
+        s = board.settings
+        report = board_cli(board, ["cooldown", "--below", str(self.cooldown_c), "--timeout",
+                                   str(self.cooldown_timeout_s), "--root", s.sysfs_root],
+                           timeout=self.cooldown_timeout_s + 60)
+        if report.get("reached") is None:
+            self.log.warning("board %s: no cool-down (%s)", s.name, report.get("reason"))
+        elif report["reached"]:
+            self.log.info("board %s: %.1f C after %.0f s of cool-down (below %s C)", s.name, report["celsius"],
+                          report.get("waited_s", 0), self.cooldown_c)
+        else:
+            self.log.warning("board %s: still %.1f C after %.0f s; running anyway (the result records its "
+                             "temperatures)", s.name, report["celsius"], report.get("waited_s", 0))
+
+    def _record_failure(self, dag_id: str | None, exc: BaseException, final: bool) -> None:
+        """On the last attempt, a point without a stored document is stored in ``point_failures``."""
+        if final and not self._stored_document:
+            from operators.results_hook import ResultsHook
+
+            ResultsHook(self.results_conn_id).record_failures(self.sweep_id, dag_id, self.board_conn_id,
+                                                              [self.point], exc, attempts=self.retries + 1)
 
     def on_kill(self) -> None:
         if self._board is not None and self._job_dir is not None:
             self.log.info("stopping the job on board %s", self._board.settings.name)
             board_jobs.kill(self._board, self._job_dir)
+
+
+def _true(value) -> bool:
+    """A templated flag: True, or the text a template renders it to."""
+    return value is True or str(value).strip().lower() in ("true", "1", "yes")

@@ -1,9 +1,15 @@
 """Building the sweep DAGs: Params (the trigger form), the plan of points, and one task group per board.
 
 Airflow cannot map ``pool``, so exclusivity per board is built at parse time: one task group per board of the
-inventory (``config/boards.json``), whose mapped run task sits in that board's pool ``board_<name>`` (1 slot:
-create them with ``requestflow airflow-pools`` or ``airflow pools set``). Points of one board never overlap; boards
-run in parallel.
+inventory (``config/boards.json``), whose tasks that touch the board all sit in that board's pool ``board_<name>``
+(1 slot; ``requestflow sweep`` creates them, or ``airflow pools set board_<name> 1 ...``). Tasks of one board never
+overlap, whichever sweep they belong to; boards run in parallel.
+
+Per board: ``plan`` (the board's points; skipped when the board is not chosen or on a dry run) >> ``provision``
+(runner, platform, data) >> ``pin_clocks`` (a setup task) >> ``run`` (mapped: one task per point, named
+"<model> <backend> <mode>" in the UI) >> ``restore_clocks`` (its teardown: Airflow runs it even when points fail
+or the run is marked failed). ``summary`` accounts for every planned point (stored ok, stored failed, stored
+without a result, skipped because already stored) and fails the run when one did not succeed.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ def params(defaults: dict | None = None) -> dict:
 
     d = {"boards": ["local"], "models": MODEL_IDS, "backends": ["tflite"], "modes": ["performance", "accuracy"],
          "precision": None, "release": None, "repetitions": 20, "warmup": 3, "batch_size": 1, "threads": None,
-         "cpus": None, "image_limit": 500, "dry_run": False}
+         "cpus": None, "cluster": "all", "image_limit": 500, "cooldown_c": None, "resume": False, "dry_run": False}
     d.update(defaults or {})
     boards = inventory()
     # boards of the defaults that the inventory lacks are dropped (a schedule needs valid defaults)
@@ -66,8 +72,15 @@ def params(defaults: dict | None = None) -> dict:
         "threads": Param(d["threads"], type=["null", "integer"], minimum=1, maximum=256, title="Threads"),
         "cpus": Param(d["cpus"], type=["null", "string"], pattern=r"^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$",
                       title="CPU affinity", description="e.g. 4-7 (the big cluster of a HiKey960)"),
+        "cluster": Param(d["cluster"], type="string", enum=["all", "big", "LITTLE"], title="CPU cluster",
+                         description="big.LITTLE boards: run on one cluster (instead of CPU affinity)"),
         "image_limit": Param(d["image_limit"], type="integer", minimum=1, maximum=50000,
                              title="Images (accuracy)"),
+        "cooldown_c": Param(d["cooldown_c"], type=["null", "number"], minimum=20, maximum=110,
+                            title="Cool-down below (C)",
+                            description="before each point, wait until the board is below this temperature"),
+        "resume": Param(d["resume"], type="boolean", title="Resume",
+                        description="skip points already stored with the same identity"),
         "dry_run": Param(d["dry_run"], type="boolean", title="Dry run", description="list the points only"),
     }
 
@@ -80,7 +93,7 @@ def plan(board: str, p: dict) -> list[dict]:
     for model, backend, mode in product(p["models"], p["backends"], p["modes"]):
         point = {"model": model, "backend": backend, "mode": mode, "precision": p.get("precision"),
                  "release": p.get("release"), "batch_size": p["batch_size"], "threads": p.get("threads"),
-                 "cpus": p.get("cpus")}
+                 "cpus": p.get("cpus"), "cluster": None if p.get("cluster") in (None, "all") else p["cluster"]}
         if mode == "performance":
             point.update(repetitions=p["repetitions"], warmup=p["warmup"])
         else:
@@ -89,44 +102,109 @@ def plan(board: str, p: dict) -> list[dict]:
     return points
 
 
+def retry_delay_s() -> float:
+    """Seconds between a task's attempts: 30, or $REQUESTFLOW_RETRY_DELAY_S (the tests' farm faults use 1)."""
+    return float(os.environ.get("REQUESTFLOW_RETRY_DELAY_S", "30"))
+
+
 def build(dag_id: str, schedule, defaults: dict | None, doc: str, tags: list[str]):
     import pendulum
     from airflow.sdk import DAG, Asset, TaskGroup, task
+    from airflow.sdk.exceptions import AirflowSkipException
 
+    from operators.provision import ClocksOperator, ProvisionBoardOperator
     from operators.run_point import RunPointOperator
 
     with DAG(dag_id=dag_id, schedule=schedule, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False,
              params=params(defaults), tags=tags, doc_md=doc, max_active_runs=4,
-             default_args={"retries": 2, "retry_delay": pendulum.duration(seconds=30)}) as dag:
-        results = []
+             default_args={"retries": 2, "retry_delay": pendulum.duration(seconds=retry_delay_s())}) as dag:
+        ends = []
         for board in inventory():
             with TaskGroup(group_id=f"board_{board}"):
                 @task(task_id="plan")
                 def plan_points(board: str = board, **context) -> list[dict]:
                     points = plan(board, context["params"])
-                    print(f"{len(points)} point(s) on board {board}: " + "; ".join(
-                        f"{p['model']} {p['backend']} {p['mode']}" for p in points))
-                    return [] if context["params"]["dry_run"] else points
+                    print(f"{len(points)} point(s) on board {board}" + "".join(
+                        f"\n  {p['model']} {p['backend']} {p['mode']}" for p in points))
+                    if not points:
+                        raise AirflowSkipException(f"board {board} is not part of this sweep")
+                    if context["params"]["dry_run"]:
+                        raise AirflowSkipException(f"dry run: {len(points)} point(s) listed, none run")
+                    return points
 
+                points = plan_points()
+                provision = ProvisionBoardOperator(task_id="provision", board_conn_id=board, points=points,
+                                                   pool=pool_name(board))
+                pin = ClocksOperator(task_id="pin_clocks", board_conn_id=board, action="pin", pool=pool_name(board))
+                restore = ClocksOperator(task_id="restore_clocks", board_conn_id=board, action="restore",
+                                         pool=pool_name(board))
                 runs = RunPointOperator.partial(
                     task_id="run", board_conn_id=board, pool=pool_name(board),
+                    resume="{{ params.resume }}", cooldown_c="{{ params.cooldown_c or '' }}",
                     map_index_template="{{ task.point['model'] }} {{ task.point['backend'] }} "
                                        "{{ task.point['mode'] }}",
-                ).expand(point=plan_points())
-                results.append(runs)
+                ).expand(point=points)
+                provision >> pin >> runs >> restore.as_teardown(setups=pin)
+                ends += [runs, restore]
 
         @task(task_id="summary", trigger_rule="all_done", outlets=[Asset(RESULTS_ASSET)])
-        def summary(**context) -> None:
-            from operators.results_hook import ResultsHook
-            from requestflow.results.query import read_only, render
+        def summary(**context) -> dict:
+            return summarize(context)
 
-            engine = ResultsHook().get_conn()
-            try:
-                print(render(*read_only(engine, "SELECT board, model, backend, precision, latency_median_s, top1 "
-                                                "FROM scoreboard WHERE sweep = %(run)s ORDER BY board, model",
-                                        {"run": context["run_id"]}), "table"))
-            finally:
-                engine.dispose()
-
-        results >> summary()
+        ends >> summary()
     return dag
+
+
+def summarize(context) -> dict:
+    """Account for every planned point of the sweep, print the sweep's scoreboard, fail when a point failed.
+
+    A planned point with neither a result nor a stored failure (its board's provisioning failed, or the task was
+    killed before it could store anything) is stored now as ``NotRun``: every point of a sweep ends in the store.
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from operators.results_hook import ResultsHook
+    from operators.run_point import point_label
+    from requestflow.results.query import read_only, render
+    from requestflow.results.sweeps import record_failure, sweep_tally
+
+    ti, run_id, p = context["ti"], context["run_id"], context["params"]
+    dag_id = context["dag"].dag_id
+    if p["dry_run"]:
+        print("dry run: the points are listed in each board's plan task; nothing ran")
+        return {}
+    engine = ResultsHook().get_conn()
+    try:
+        tally = sweep_tally(engine, run_id)
+        counts, bad = {}, []
+        for board in inventory():
+            planned = ti.xcom_pull(task_ids=f"board_{board}.plan") or []
+            if not planned:
+                continue
+            runs = ti.xcom_pull(task_ids=f"board_{board}.run") or []
+            runs = [runs] if isinstance(runs, dict) else list(runs)
+            already = {r["point"] for r in runs if r and r.get("status") == "already stored"}
+            t = tally.get(board, {"ok": [], "failed": [], "no_result": []})
+            seen = {e["point"] for kind in t.values() for e in kind} | already
+            for point in planned:
+                if point_label(point) not in seen:
+                    message = (f"board {board}: the point never ran (an earlier task of the board failed or the "
+                               f"task was stopped; see the task logs of board_{board})")
+                    record_failure(engine, run_id, dag_id, board, point, "NotRun", message, attempts=0)
+                    t["no_result"].append({"point": point_label(point), "error": f"NotRun: {message}"})
+            counts[board] = {"planned": len(planned), "ok": len(t["ok"]), "already_stored": len(already),
+                             "failed": len(t["failed"]), "no_result": len(t["no_result"])}
+            print(f"board {board}: {len(planned)} point(s): {len(t['ok'])} ok, {len(already)} already stored, "
+                  f"{len(t['failed'])} failed, {len(t['no_result'])} without a result")
+            for entry in t["failed"] + t["no_result"]:
+                print(f"  FAILED {entry['point']}: {entry['error']}")
+                bad.append(f"{board}: {entry['point']}")
+        print(render(*read_only(engine, "SELECT board, model, backend, precision, latency_median_s, top1 "
+                                        "FROM scoreboard WHERE sweep = %(run)s ORDER BY board, model, backend",
+                                {"run": run_id}), "table"))
+    finally:
+        engine.dispose()
+    if bad:
+        raise AirflowFailException(f"{len(bad)} point(s) failed: {'; '.join(bad[:10])}"
+                                   + (" ..." if len(bad) > 10 else ""))
+    return counts

@@ -48,7 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, default=1)
     run.add_argument("--threads", type=int, help="default: the number of CPUs in the affinity set")
     run.add_argument("--cpus", help="CPU affinity, e.g. 4-7 for the big cluster of a HiKey960")
-    run.add_argument("--out", required=True, help="result JSON file")
+    run.add_argument("--cluster", choices=("all", "big", "LITTLE"),
+                     help="run on one CPU cluster of a big.LITTLE board (instead of --cpus)")
+    run.add_argument("--out", help="result JSON file (required unless --identify)")
+    run.add_argument("--identify", action="store_true",
+                     help="print the point's context as JSON (backend loaded, nothing measured) and exit: what "
+                          "resuming a sweep hashes to find points already stored")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
     classify = sub.add_parser("classify", help="top-5 classes of images, with class names")
@@ -97,6 +102,50 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("query")
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
     sql.add_argument("--db", help=db_help)
+
+    airflow_db_help = ("PostgreSQL URL of Airflow's metadata (default: $REQUESTFLOW_AIRFLOW_DATABASE_URL, else the "
+                       "database airflow of the embedded PostgreSQL)")
+    sweep = sub.add_parser("sweep", help="run one sweep through a local Airflow (the DAG mobilenets_sweep, once) and "
+                                         "print its scoreboard rows")
+    sweep.add_argument("--models", nargs="+", required=True, metavar="MODEL",
+                       help="model ids, space- or comma-separated (see `requestflow models`)")
+    sweep.add_argument("--backends", nargs="+", metavar="BACKEND", help="tf, tflite (default: the DAG's)")
+    sweep.add_argument("--modes", nargs="+", metavar="MODE", help="performance, accuracy (default: the DAG's)")
+    sweep.add_argument("--repetitions", type=int, help="timed runs of each performance point (default: the DAG's)")
+    sweep.add_argument("--warmup", type=int, help="untimed runs before them (default: the DAG's)")
+    sweep.add_argument("--image-limit", type=int, help="images of each accuracy point (default: the DAG's)")
+    sweep.add_argument("--board", default="local", help="a board of the inventory (default: local, this machine)")
+    sweep.add_argument("--dag", default="mobilenets_sweep", help="the DAG to run (default: mobilenets_sweep)")
+    sweep.add_argument("--db", help=db_help)
+    sweep.add_argument("--airflow-db", metavar="URL", help=airflow_db_help)
+
+    airflow_env = sub.add_parser("airflow-env", help="set up the local Airflow and print its environment as export "
+                                                     "lines: eval \"$(requestflow airflow-env)\"; airflow standalone")
+    airflow_env.add_argument("--db", help=db_help)
+    airflow_env.add_argument("--airflow-db", metavar="URL", help=airflow_db_help)
+
+    root_help = "the sysfs/procfs root to read (default: /; a fake tree in tests)"
+    platform_cmd = sub.add_parser("platform", help="this board as one JSON document: CPUs and clusters, GPU clocks, "
+                                                   "OpenCL, compilers, known board id")
+    platform_cmd.add_argument("--root", type=_folder, default="/", help=root_help)
+
+    clocks_cmd = sub.add_parser("clocks", help="pin the CPU and GPU clocks at their maximum, restore them, or show "
+                                               "them (one JSON document)")
+    clocks_cmd.add_argument("action", choices=("pin", "restore", "status"))
+    clocks_cmd.add_argument("--state", required=True, metavar="FILE",
+                            help="the state file: original settings and holders, kept from pin to restore")
+    clocks_cmd.add_argument("--holder", default="default", metavar="ID",
+                            help="who pins, e.g. a sweep's run id: restore unpins only when no holder is left")
+    clocks_cmd.add_argument("--force", action="store_true",
+                            help="restore the originals even while other holders remain")
+    clocks_cmd.add_argument("--root", type=_folder, default="/", help=root_help)
+
+    cooldown_cmd = sub.add_parser("cooldown", help="wait until the hottest thermal zone is below a temperature "
+                                                   "(one JSON document)")
+    cooldown_cmd.add_argument("--below", type=float, required=True, metavar="CELSIUS")
+    cooldown_cmd.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+                              help="give up after this long (default: 300)")
+    cooldown_cmd.add_argument("--root", type=_folder, default="/", help=root_help)
     return parser
 
 
@@ -129,17 +178,28 @@ def cmd_run(args, argv) -> int:
     from requestflow.board.files import atomic_write_text
     from requestflow.board.runner import RunConfig, Runner, parse_cpus
 
-    out = os.path.abspath(args.out)
-    if not os.path.isdir(os.path.dirname(out)):
+    if args.out is None and not args.identify:
+        raise UserError("--out FILE is required (or --identify)")
+    out = os.path.abspath(args.out or ".")
+    if args.out and not os.path.isdir(os.path.dirname(out)):
         raise UserError(f"--out {args.out}: folder {os.path.dirname(out)} does not exist")
+    if args.cpus and args.cluster:
+        raise UserError("give --cpus or --cluster, not both")
+    cpus = parse_cpus(args.cpus) if args.cpus else None
+    if args.cluster and args.cluster != "all":
+        from requestflow.board.machine import cluster_cpus
+        cpus = cluster_cpus("/", args.cluster)
     config = RunConfig(
         model=args.model, backend=args.backend, mode=args.mode, weights=args.weights, precision=args.precision,
         release=args.release, images=args.images, val_txt=args.val_txt, synset_words=args.synset_words,
         limit=args.limit, repetitions=args.repetitions, warmup=args.warmup, batch_size=args.batch_size,
-        threads=args.threads, cpus=parse_cpus(args.cpus) if args.cpus else None,
-        allow_download=not args.offline, progress=not args.quiet, command=["requestflow", *argv])
+        threads=args.threads, cpus=cpus, allow_download=not args.offline, progress=not args.quiet,
+        command=["requestflow", *argv])
     runner = Runner(config)
     runner.prepare()
+    if args.identify:
+        print(json.dumps({"context": runner.identify()}, sort_keys=True))
+        return 0
     document = runner.run()
     atomic_write_text(out, json.dumps(document, indent=1) + "\n")
     print(summary(document))
@@ -340,10 +400,169 @@ def cmd_sql(args, argv) -> int:
     return 0
 
 
+def _folder(text: str) -> str:
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is not a folder")
+    return text
+
+
+def _print_json_report(produce) -> int:
+    """Print what ``produce()`` returns as the only thing on stdout, one JSON document: the controller parses it over
+    SSH, so whatever is written meanwhile, by Python or by a native library (an OpenCL driver's banner), goes to
+    stderr."""
+    import contextlib
+    import ctypes
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            report = produce()
+    finally:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).fflush(None)  # C stdio buffers, before file descriptor 1 is stdout again
+        os.dup2(saved, 1)
+        os.close(saved)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def cmd_platform(args, argv) -> int:
+    from requestflow.board.machine import platform_snapshot
+
+    return _print_json_report(lambda: platform_snapshot(args.root))
+
+
+def cmd_clocks(args, argv) -> int:
+    from requestflow.board import clocks
+
+    if args.force and args.action != "restore":
+        raise UserError("--force goes with clocks restore only")
+    actions = {"pin": lambda: clocks.pin(args.root, args.state, args.holder),
+               "restore": lambda: clocks.restore(args.root, args.state, args.holder, force=args.force),
+               "status": lambda: clocks.status(args.root, args.state)}
+    return _print_json_report(actions[args.action])
+
+
+def cmd_cooldown(args, argv) -> int:
+    from requestflow.board.clocks import cool_down
+
+    return _print_json_report(lambda: cool_down(args.root, args.below, args.timeout))
+
+
+def _controller_checkout() -> None:
+    """Put the source checkout on sys.path: the controller's operators/ and dags/ live there beside requestflow/,
+    not in the installed package (as in an Airflow deployment, where they sit on the PYTHONPATH)."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "operators" / "local_airflow.py").is_file():
+        raise UserError(f"no operators/ beside {root / 'requestflow'}: the Airflow commands run from a source "
+                        "checkout of requestflow")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+
+
+def _names(values: list[str] | None, known, what: str) -> list[str] | None:
+    """Space- or comma-separated names, each one checked; None when the option was not given."""
+    if values is None:
+        return None
+    names = list(dict.fromkeys(n.strip() for v in values for n in v.split(",") if n.strip()))
+    if not names:
+        raise UserError(f"no {what} given")
+    for name in names:
+        if known is not None and name not in known:
+            raise UserError(f"unknown {what} {name!r}; known: {', '.join(known)}")
+    return names
+
+
+def cmd_sweep(args, argv) -> int:
+    from urllib.parse import quote
+
+    from requestflow.board import catalogue
+    from requestflow.results.query import read_only, render
+
+    models = _names(args.models, None, "model")
+    for model in models:
+        catalogue.get_model(model)  # an unknown id: the nearest ones suggested
+    conf = {"models": models, "backends": _names(args.backends, catalogue.BACKENDS, "backend"),
+            "modes": _names(args.modes, catalogue.MODES, "mode"), "repetitions": args.repetitions,
+            "warmup": args.warmup, "image_limit": args.image_limit}
+    for option, key, minimum in (("--repetitions", "repetitions", 1), ("--warmup", "warmup", 0),
+                                 ("--image-limit", "image_limit", 1)):
+        if conf[key] is not None and conf[key] < minimum:
+            raise UserError(f"{option} must be at least {minimum}, got {conf[key]}")
+    _controller_checkout()
+    from operators import local_airflow
+    from operators.sweep import inventory
+
+    try:
+        boards = inventory()
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if args.board not in boards:
+        raise UserError(f"board {args.board!r} is not in the inventory (config/boards.json or $REQUESTFLOW_BOARDS): "
+                        f"{', '.join(boards)}")
+    conf = {"boards": [args.board], **{k: v for k, v in conf.items() if v is not None}}  # only what was chosen
+    if args.airflow_db:
+        local_airflow.airflow_url(args.airflow_db)  # PostgreSQL only, checked before anything starts
+
+    engine, results_url = _store(args)
+    try:
+        env = local_airflow.prepare(args.airflow_db, results_url, boards)
+        conflict = local_airflow.scheduler_conflict(env, args.dag)
+        if conflict:
+            raise UserError(conflict)
+        print(f"requestflow: running {args.dag} through Airflow on board {args.board}: {json.dumps(conf)}",
+              flush=True)
+        outcome = local_airflow.run_dag(env, conf, args.dag)
+    except RuntimeError as exc:  # airflow db migrate, pools import or the run itself failed: their own words
+        print(f"requestflow: error: {exc}", file=sys.stderr)
+        return 1
+    run_id = outcome["run_id"]
+    columns, rows = read_only(
+        engine, "SELECT board, model, backend, precision, threads, "
+                "round((latency_median_s * 1000)::numeric, 3) AS median_ms, round(throughput_ips::numeric, 1) AS "
+                "images_per_s, top1, top5, image_count FROM scoreboard WHERE sweep = %(run)s "
+                "ORDER BY board, model, backend, precision, threads", {"run": run_id})
+    print(f"\nsweep {run_id} on board {args.board}, from the results store:")
+    print(render(columns, rows, "table"))
+    rf = Path(sys.executable).with_name("requestflow")
+    print(f"\nthe Airflow UI (README: Running Airflow locally):\n  eval \"$({rf} airflow-env)\"\n"
+          "  setsid sh -c 'echo $$ > \"$AIRFLOW_HOME/standalone.pgid\"; exec airflow standalone' "
+          "> \"$AIRFLOW_HOME/standalone.log\" 2>&1 < /dev/null &\n"
+          f"  then http://127.0.0.1:8080/dags/{args.dag}/runs/{quote(run_id, safe='')}")
+    failed = [t for t in outcome["failed"] if t["state"] == "failed"] or outcome["failed"]
+    if outcome["state"] != "success" or failed:
+        names = "; ".join(f"{t['task_id']}{' [' + t['label'] + ']' if t.get('label') else ''} {t['state']}"
+                          for t in failed[:6])
+        print(f"requestflow: sweep {run_id} FAILED ({outcome['state']}): {names or 'see the log above'}"
+              f"{f' and {len(failed) - 6} more' if len(failed) > 6 else ''}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_airflow_env(args, argv) -> int:
+    _controller_checkout()
+    from operators import local_airflow
+
+    if args.airflow_db:
+        local_airflow.airflow_url(args.airflow_db)  # PostgreSQL only, checked before anything starts
+    _, results_url = _store(args)
+    try:
+        env = local_airflow.prepare(args.airflow_db, results_url)
+    except RuntimeError as exc:
+        print(f"requestflow: error: {exc}", file=sys.stderr)
+        return 1
+    print(local_airflow.exports(env))
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run, "classify": cmd_classify, "import-weights": cmd_import_weights, "models": cmd_models,
     "validate": cmd_validate, "db": cmd_db, "load": cmd_load, "scoreboard": cmd_scoreboard, "sql": cmd_sql,
     "board": cmd_board,
+    "sweep": cmd_sweep, "airflow-env": cmd_airflow_env,
+    "platform": cmd_platform, "clocks": cmd_clocks, "cooldown": cmd_cooldown,
 }
 
 if __name__ == "__main__":

@@ -2,12 +2,88 @@
 run gets the environment the test gives it). Prints the run's final state as the last line, as JSON.
 
     python tests/airflow_run.py DAG_ID '{"models": [...]}'
+
+Imported by the tests for the pieces around it: a throwaway Airflow home with its metadata and the results in
+fresh PostgreSQL databases (``airflow_databases``), ``run_dag``, and Airflow Connections for farm boards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import subprocess
 import sys
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVER = os.environ.get("REQUESTFLOW_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+
+
+@contextlib.contextmanager
+def airflow_databases(home: Path, boards=("local", "rfb1", "rfb2")):
+    """(environment, results engine): an Airflow home whose metadata is a fresh PostgreSQL database, migrated,
+    with one-slot pools for ``boards``, and a fresh results database; both dropped afterwards."""
+    from sqlalchemy import create_engine, text
+
+    from requestflow.results.database import sqlalchemy_url, upgrade
+
+    names = {k: f"rf_test_{k}_{uuid.uuid4().hex[:8]}" for k in ("airflow", "results")}
+    admin = create_engine(sqlalchemy_url(f"{SERVER}/postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        for name in names.values():
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"{SERVER.replace('postgresql://', 'postgresql+psycopg2://')}"
+                                                  f"/{names['airflow']}",
+           "AIRFLOW_CONN_REQUESTFLOW_RESULTS": f"{SERVER}/{names['results']}",
+           "REQUESTFLOW_STATE": str(home / "state"), "PYTHONPATH": str(ROOT), "REQUESTFLOW_RETRY_DELAY_S": "1"}
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    results = create_engine(sqlalchemy_url(env["AIRFLOW_CONN_REQUESTFLOW_RESULTS"]))
+    try:
+        upgrade(sqlalchemy_url(env["AIRFLOW_CONN_REQUESTFLOW_RESULTS"]))
+        subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
+        for board in boards:
+            subprocess.run([airflow, "pools", "set", f"board_{board}", "1", f"one task at a time on {board}"],
+                           env=env, check=True, capture_output=True)
+        yield env, results
+    finally:
+        results.dispose()
+        with admin.connect() as connection:
+            for name in names.values():
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def run_dag(env: dict, conf: dict, dag_id: str = "mobilenets_sweep", expect: str | None = "success") -> dict:
+    """Run ``dag_id`` once with ``conf`` through ``dag.test()``: {"state", "run_id", "output"}."""
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "airflow_run.py"), dag_id, json.dumps(conf)],
+                            env=env, capture_output=True, text=True, timeout=1500)
+    last = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and last.startswith("{"), output[-6000:]
+    run = json.loads(last)
+    assert expect is None or run["state"] == expect, output[-6000:]
+    return {**run, "output": output}
+
+
+def farm_connections(farm, work_root: Path, **extra) -> dict[str, str]:
+    """``AIRFLOW_CONN_<BOARD>`` variables for the farm's boards: the throwaway key, the pinned host key, a work dir
+    per board under ``work_root`` (kept across farms, so the deployed runner is reused), and ``extra``; a value of
+    ``extra`` that is a dict maps board names to per-board values."""
+    env = {}
+    for board in farm.boards:
+        extras = {"key_file": str(board.key_file), "host_key": board.host_public_key,
+                  "work_dir": str(work_root / board.name), "python": os.path.realpath(sys.executable)}
+        for key, value in extra.items():
+            value = value.get(board.name) if isinstance(value, dict) else value
+            if value is not None:
+                extras[key] = value
+        env[f"AIRFLOW_CONN_{board.name.upper()}"] = json.dumps({
+            "conn_type": "ssh", "host": board.host, "login": "root", "extra": extras})
+    return env
 
 
 def main() -> int:

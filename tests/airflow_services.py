@@ -122,6 +122,20 @@ class AirflowServices:
                                f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
         return result.stdout
 
+    def api(self, method: str, path: str, body: dict | None = None) -> dict:
+        """Call the REST API as an admin (the simple auth manager's token: every user is an admin here)."""
+        import json
+
+        base = f"http://127.0.0.1:{self.port}"
+        with urllib.request.urlopen(f"{base}/auth/token", timeout=30) as response:  # GET: no credentials needed
+            token = json.loads(response.read())["access_token"]
+        request = urllib.request.Request(f"{base}{path}", method=method,
+                                         data=json.dumps(body).encode() if body is not None else None,
+                                         headers={"Content-Type": "application/json",
+                                                  "Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read() or b"{}")
+
     def check_alive(self) -> None:
         for service, process in self.processes.items():
             if process.poll() is not None:

@@ -85,3 +85,10 @@ def _restore_cpu_affinity():
                 os.sched_setaffinity(int(task), saved)
             except OSError:
                 pass
+
+
+@pytest.fixture(scope="session")
+def board_work_root(tmp_path_factory) -> Path:
+    """Work dirs of the simulated boards, kept for the whole session: a runner deployed to board rfb1 by one test
+    module is reused by the next one, as it would be on a real board."""
+    return tmp_path_factory.mktemp("boards")

@@ -6,16 +6,13 @@ from __future__ import annotations
 import copy
 import json
 import os
-import subprocess
-import sys
-import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 
-from requestflow.results.database import sqlalchemy_url
 from requestflow.results.query import read_only
+from tests.airflow_run import airflow_databases, farm_connections, run_dag
+from tests.fake_sysfs import hikey960_tree
 from tests.farm import farm_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +31,7 @@ def dagbag():
 class TestTheDags:
     def test_import_with_no_errors(self, dagbag):
         assert dagbag.import_errors == {}
-        assert set(dagbag.dags) == {"mobilenets_sweep", "mobilenets_nightly"}
+        assert set(dagbag.dags) == {"mobilenets_sweep", "mobilenets_nightly", "board_provision"}
 
     def test_every_dag_has_tags_a_doc_and_retries(self, dagbag):
         for dag in dagbag.dags.values():
@@ -42,9 +39,18 @@ class TestTheDags:
             assert dag.doc_md and len(dag.doc_md) > 50
             assert all(task.retries >= 1 for task in dag.tasks), dag.dag_id
 
-    def test_each_board_runs_in_its_own_one_slot_pool(self, dagbag):
-        run = dagbag.dags["mobilenets_sweep"].get_task("board_local.run")
-        assert run.pool == "board_local"
+    def test_every_task_that_touches_a_board_is_in_that_boards_pool(self, dagbag):
+        for dag_id in ("mobilenets_sweep", "board_provision"):
+            touching = [t for t in dagbag.dags[dag_id].tasks if t.task_id.split(".")[-1] in
+                        ("provision", "pin_clocks", "run", "restore_clocks")]
+            assert len(touching) == (4 if dag_id == "mobilenets_sweep" else 3)
+            assert all(t.pool == "board_local" for t in touching), dag_id
+
+    def test_clocks_are_restored_by_a_teardown_of_the_pinning(self, dagbag):
+        dag = dagbag.dags["mobilenets_sweep"]
+        pin, restore = dag.get_task("board_local.pin_clocks"), dag.get_task("board_local.restore_clocks")
+        assert pin.is_setup and restore.is_teardown
+        assert "board_local.run" in restore.upstream_task_ids and pin.task_id in restore.upstream_task_ids
 
     def test_the_nightly_sweep_is_scheduled_from_the_versioned_config(self, dagbag):
         config = json.loads((ROOT / "config" / "nightly.json").read_text())
@@ -63,6 +69,9 @@ class TestTheTriggerForm:
         ("models", [], "non-empty"),
         ("backends", ["onnx"], "is not one of"),
         ("image_limit", 0, "less than the minimum of 1"),
+        ("cluster", "middle", "is not one of"),
+        ("cooldown_c", "45; DROP TABLE results", "is not of type"),
+        ("release", "2018'--", "is not one of"),
     ])
     def test_bad_params_are_rejected_before_anything_runs(self, dagbag, field, value, message):
         from airflow.sdk.exceptions import ParamValidationError
@@ -80,42 +89,13 @@ class TestTheTriggerForm:
 
 @pytest.fixture(scope="module")
 def airflow_env(tmp_path_factory):
-    """An Airflow home with its metadata in a fresh PostgreSQL database, and a fresh results database."""
-    names = {k: f"rf_test_{k}_{uuid.uuid4().hex[:8]}" for k in ("airflow", "results")}
-    admin = create_engine(sqlalchemy_url(f"{SERVER}/postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        for name in names.values():
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    home = tmp_path_factory.mktemp("airflow-home")
-    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-           "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"{SERVER.replace('postgresql://', 'postgresql+psycopg2://')}"
-                                                  f"/{names['airflow']}",
-           "AIRFLOW_CONN_REQUESTFLOW_RESULTS": f"{SERVER}/{names['results']}",
-           "REQUESTFLOW_STATE": str(home / "state"), "PYTHONPATH": str(ROOT)}
-    airflow = str(Path(sys.executable).with_name("airflow"))
-    subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
-    for board in ("local", "rfb1", "rfb2"):
-        subprocess.run([airflow, "pools", "set", f"board_{board}", "1", f"one point at a time on {board}"],
-                       env=env, check=True, capture_output=True)
-    yield env, create_engine(sqlalchemy_url(env["AIRFLOW_CONN_REQUESTFLOW_RESULTS"]))
-    with admin.connect() as connection:
-        for name in names.values():
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with airflow_databases(tmp_path_factory.mktemp("airflow-home")) as env_and_store:
+        yield env_and_store
 
 
-def run_dag(env: dict, conf: dict, dag_id: str = "mobilenets_sweep") -> dict:
-    result = subprocess.run([sys.executable, str(ROOT / "tests" / "airflow_run.py"), dag_id, json.dumps(conf)],
-                            env=env, capture_output=True, text=True, timeout=900)
-    last = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
-    assert result.returncode == 0 and last.startswith("{"), result.stdout[-3000:] + result.stderr[-3000:]
-    return json.loads(last)
-
-
-def result_documents(state_dir: Path, run_id: str) -> list[dict]:
+def result_documents(root: Path, run_id: str) -> list[dict]:
     slug = "".join(c if c.isalnum() or c in "_.-" else "_" for c in run_id)
-    return [json.loads(p.read_text()) for p in state_dir.glob(f"**/runs/{slug}_*/result.json")]
+    return [json.loads(p.read_text()) for p in root.glob(f"**/runs/{slug}_*/result.json")]
 
 
 class TestSweeps:
@@ -143,19 +123,31 @@ class TestSweeps:
         _, rows = read_only(store, "SELECT count(*) FROM scoreboard WHERE sweep = %(s)s", {"s": run["run_id"]})
         assert rows == [(0,)]
 
-    def test_a_sweep_across_two_sshd_boards(self, airflow_env, farm):
+    def test_a_sweep_across_two_sshd_boards(self, airflow_env, farm, board_work_root, tmp_path):
         env, store = airflow_env
-        env = dict(env, REQUESTFLOW_BOARDS="rfb1,rfb2")
-        for board in farm.boards:
-            env[f"AIRFLOW_CONN_{board.name.upper()}"] = json.dumps({
-                "conn_type": "ssh", "host": board.host, "login": "root",
-                "extra": {"key_file": str(board.key_file), "host_key": board.host_public_key,
-                          "work_dir": str(board.work_dir), "python": sys.executable}})
-        run = run_dag(env, {"boards": ["rfb1", "rfb2"], "models": ["mobilenet-v1-0.25-128"],
-                            "backends": ["tflite"], "modes": ["performance"], "repetitions": 3, "warmup": 1})
-        assert run["state"] == "success"
-        _, rows = read_only(store, "SELECT board, model FROM scoreboard WHERE sweep = %(s)s ORDER BY board",
-                            {"s": run["run_id"]})
-        assert rows == [("rfb1", "mobilenet-v1-0.25-128"), ("rfb2", "mobilenet-v1-0.25-128")]
-        for board in farm.boards:  # the runner ran in the board's own work dir
-            assert list(board.work_dir.glob("runs/*/result.json"))
+        sysfs = {b.name: str(hikey960_tree(tmp_path / b.name, celsius=41.0)) for b in farm.boards}
+        env = dict(env, REQUESTFLOW_BOARDS="rfb1,rfb2", **farm_connections(farm, board_work_root, sysfs_root=sysfs))
+        run = run_dag(env, {"boards": ["rfb1", "rfb2"], "models": ["mobilenet-v1-0.25-128"], "backends": ["tflite"],
+                            "modes": ["performance", "accuracy"], "repetitions": 3, "warmup": 1, "image_limit": 10,
+                            "cooldown_c": 45})
+        columns, rows = read_only(store, "SELECT * FROM scoreboard WHERE sweep = %(s)s ORDER BY board",
+                                  {"s": run["run_id"]})
+        rows = [dict(zip(columns, row, strict=True)) for row in rows]
+        assert [(r["board"], r["model"]) for r in rows] == [("rfb1", "mobilenet-v1-0.25-128"),
+                                                           ("rfb2", "mobilenet-v1-0.25-128")]
+        for board, row in zip(farm.boards, rows, strict=True):  # the runner ran in the board's own work dir
+            documents = result_documents(board_work_root / board.name, run["run_id"])
+            perf = next(d for d in documents if "performance" in d)
+            acc = next(d for d in documents if "accuracy" in d)
+            assert row["latency_median_s"] == perf["performance"]["median"] and row["top1"] == acc["accuracy"]["top1"]
+            assert len(perf["performance"]["samples"]) == 3 and acc["accuracy"]["n"] == 10
+            # the runner read only its work dir: weights and images came from the board's copy of the data
+            work = str(board_work_root / board.name)
+            assert all(d["context"]["weights"]["files"][0].startswith(work) for d in documents)
+            assert acc["context"]["dataset"]["path"].startswith(work)
+            cooled = [line for line in run["output"].splitlines() if "cool-down" in line and board.name in line]
+            assert cooled and all("41.0 C after 0 s of cool-down (below 45" in line for line in cooled), cooled
+            # provisioning stored the board's platform, read from its (fake) sysfs tree
+            _, platform = read_only(store, "SELECT info->'platform'->'board'->>'id', kind FROM boards "
+                                           "WHERE name = %(b)s", {"b": board.name})
+            assert platform == [("hikey960", "ssh")]

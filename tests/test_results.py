@@ -91,7 +91,7 @@ class TestTheSchema:
             materialized = set(connection.execute(text("SELECT matviewname FROM pg_matviews")).scalars())
         engine.dispose()
         assert views == {"scoreboard_live", "pareto_frontier"} and materialized == {"scoreboard"}
-        assert version == "0004"
+        assert version == "0005"
 
     def test_upgrading_twice_is_harmless(self, database):
         upgrade(database)
@@ -416,3 +416,63 @@ class TestWhereTheDatabaseIs:
         monkeypatch.setenv("AIRFLOW_CONN_REQUESTFLOW_RESULTS", value)
         assert resolve_url(None) == ("postgresql+psycopg://rf:s3cret@db.example:5432/results",
                                      "Airflow Connection requestflow_results")
+
+
+class TestWhatSweepsStore:
+    def test_identify_gives_the_point_id_that_a_run_stores(self, models_dir, documents):
+        from requestflow.board.runner import Runner
+
+        runner = Runner(RunConfig(model="mobilenet-v1-0.25-128", backend="tflite", repetitions=3, progress=False,
+                                  weights=[str(models_dir / "mobilenet_v1_0.25_128_quant.tflite")]))
+        runner.prepare()
+        assert point_id("b", runner.identify()) == point_id("b", documents["perf_tflite"]["context"])
+        other = Runner(RunConfig(model="mobilenet-v1-0.25-128", backend="tflite", threads=7, progress=False,
+                                 weights=[str(models_dir / "mobilenet_v1_0.25_128_quant.tflite")]))
+        other.prepare()
+        assert point_id("b", other.identify()) != point_id("b", documents["perf_tflite"]["context"])
+
+    def test_resume_finds_successful_results_only(self, store, documents):
+        from requestflow.results.sweeps import stored_ok
+
+        pid = point_id("b1", documents["perf_tflite"]["context"])
+        load_documents(store, [("failed", documents["failed"])], "b1", "sweep-1")
+        assert stored_ok(store, pid) is None
+        report = load_documents(store, [("ok", documents["perf_tflite"])], "b1", "sweep-1")
+        assert stored_ok(store, pid) == report.result_ids[0]
+        assert stored_ok(store, point_id("b2", documents["perf_tflite"]["context"])) is None  # another board
+
+    def test_a_sweeps_tally_counts_results_and_failures_without_a_document(self, store, documents):
+        from requestflow.results.sweeps import record_failure, sweep_tally
+
+        load_documents(store, [("ok", documents["perf_tflite"]), ("acc", documents["acc_tflite"]),
+                               ("failed", documents["failed"])], "b1", "sweep-1")
+        record_failure(store, "sweep-1", "mobilenets_sweep", "b2",
+                       {"model": "mobilenet-v1-0.5-160", "backend": "tf", "mode": "accuracy"},
+                       "BoardUnreachable", "board b2 unreachable after 3 attempts", attempts=3)
+        record_failure(store, "sweep-2", None, "b1", {"model": "x", "backend": "y", "mode": "z"}, "E", "m", 1)
+        assert sweep_tally(store, "sweep-1") == {
+            "b1": {"ok": [{"point": "mobilenet-v1-0.25-128 tflite accuracy", "error": None},
+                          {"point": "mobilenet-v1-0.25-128 tflite performance", "error": None}],
+                   "failed": [{"point": "mobilenet-v1-0.25-128 tflite performance",
+                               "error": "RuntimeError: board fell over"}],
+                   "no_result": []},
+            "b2": {"ok": [], "failed": [], "no_result": [{
+                "point": "mobilenet-v1-0.5-160 tf accuracy",
+                "error": "BoardUnreachable: board b2 unreachable after 3 attempts"}]}}
+
+    def test_clock_reports_and_platforms_are_kept_per_board(self, store):
+        from requestflow.results.boards import record_platform
+        from requestflow.results.sweeps import record_sweep_info
+
+        record_sweep_info(store, "sweep-1", "mobilenets_sweep", "b1", "clocks_pin", {"cpus": [{"cpu": 0}]})
+        record_sweep_info(store, "sweep-1", "mobilenets_sweep", "b2", "clocks_pin", {"reason": "no cpufreq"})
+        record_sweep_info(store, "sweep-1", "mobilenets_sweep", "b1", "clocks_restore", {"cpus": []})
+        record_platform(store, "b1", "ssh", {"arch": "aarch64", "known_board": {"id": "hikey960"}})
+        record_platform(store, "b1", "ssh", {"arch": "aarch64", "known_board": {"id": "hikey960", "v": 2}})
+        with store.connect() as connection:
+            info = connection.execute(text("SELECT info FROM sweeps WHERE run_id = 'sweep-1'")).scalar_one()
+            board = connection.execute(text("SELECT kind, info FROM boards WHERE name = 'b1'")).one()
+        assert info == {"boards": {"b1": {"clocks_pin": {"cpus": [{"cpu": 0}]}, "clocks_restore": {"cpus": []}},
+                                   "b2": {"clocks_pin": {"reason": "no cpufreq"}}}}
+        assert board.kind == "ssh" and board.info["platform"]["known_board"] == {"id": "hikey960", "v": 2}
+        assert "provisioned_at" in board.info

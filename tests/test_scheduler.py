@@ -1,11 +1,12 @@
-"""Parallelism and exclusivity under a real scheduler (LocalExecutor, metadata in PostgreSQL, tasks through the
-api-server's execution API), not ``dag.test()``: two sweeps at once on two sshd boards. Each board's points never
-overlap (its pool has one slot), across both sweeps; the two boards do run at the same time."""
+"""Parallelism, exclusivity and kills under a real scheduler (LocalExecutor, metadata in PostgreSQL, tasks through
+the api-server's execution API), not ``dag.test()``: two sweeps at once on two sshd boards. Each board's points
+never overlap (its pool has one slot), across both sweeps; the two boards do run at the same time. A point killed
+while it runs leaves no runner process on its board, and the board's clocks are restored."""
 
 from __future__ import annotations
 
 import json
-import sys
+import os
 import time
 from itertools import combinations
 
@@ -13,7 +14,9 @@ import pytest
 from sqlalchemy import text
 
 from requestflow.results.query import read_only
+from tests.airflow_run import farm_connections
 from tests.airflow_services import AirflowServices
+from tests.fake_sysfs import governors, hikey960_tree
 from tests.farm import farm_fixture
 
 DAG_ID = "mobilenets_sweep"
@@ -24,14 +27,16 @@ farm = farm_fixture(2, scope="module")
 
 
 @pytest.fixture(scope="module")
-def airflow(tmp_path_factory, farm, data_dir):
-    # the tasks (and the runners on the boards) find the shared data through REQUESTFLOW_DATA, set by conftest
-    env = {"REQUESTFLOW_BOARDS": ",".join(BOARDS), "AIRFLOW__CORE__PARALLELISM": "4"}
-    for board in farm.boards:
-        env[f"AIRFLOW_CONN_{board.name.upper()}"] = json.dumps({
-            "conn_type": "ssh", "host": board.host, "login": "root",
-            "extra": {"key_file": str(board.key_file), "host_key": board.host_public_key,
-                      "work_dir": str(board.work_dir), "python": sys.executable}})
+def sysfs(tmp_path_factory, farm):
+    return {board.name: hikey960_tree(tmp_path_factory.mktemp(f"sysfs-{board.name}")) for board in farm.boards}
+
+
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory, farm, data_dir, board_work_root, sysfs):
+    # the provisioning tasks copy the shared data (REQUESTFLOW_DATA, set by conftest) to the boards
+    env = {"REQUESTFLOW_BOARDS": ",".join(BOARDS), "AIRFLOW__CORE__PARALLELISM": "4",
+           "REQUESTFLOW_RETRY_DELAY_S": "1",
+           **farm_connections(farm, board_work_root, sysfs_root={b: str(p) for b, p in sysfs.items()})}
     pools = tuple(f"board_{b}" for b in ("local", *BOARDS))
     with AirflowServices(tmp_path_factory.mktemp("airflow-home"), env, pools=pools) as services:
         services.wait_for_dag(DAG_ID, timeout=180)
@@ -89,3 +94,46 @@ def scoreboard(engine, run_id: str) -> list[tuple]:
     _, rows = read_only(engine, "SELECT board, model FROM scoreboard WHERE sweep = %(s)s ORDER BY board, model",
                         {"s": run_id})
     return [tuple(row) for row in rows]
+
+
+def test_killing_a_running_point_stops_its_runner_and_restores_the_clocks(airflow, board_work_root, sysfs):
+    run_id = f"kill_test_{int(time.time())}"
+    airflow.cli("dags", "unpause", DAG_ID)
+    airflow.cli("dags", "trigger", DAG_ID, "--run-id", run_id, "--conf", json.dumps({
+        "boards": ["rfb1"], "models": MODELS[:1], "backends": ["tflite"], "modes": ["performance"],
+        "repetitions": 100000, "warmup": 1}))
+    slug = "".join(c if c.isalnum() or c in "_.-" else "_" for c in run_id)
+    pid_file = None
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and pid_file is None:  # the runner has started on the board
+        airflow.check_alive()
+        pid_file = next(iter((board_work_root / "rfb1" / "runs").glob(f"{slug}_*/pid")), None)
+        time.sleep(0.5)
+    assert pid_file is not None, airflow.log_tail("scheduler")
+    group = int(pid_file.read_text())
+    assert alive(group)
+    assert set(governors(sysfs["rfb1"]).values()) == {"performance"}  # pinned for the sweep
+
+    airflow.api("PATCH", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/board_rfb1.run/0",
+                {"new_state": "failed"})
+
+    states = airflow.wait_for_runs(DAG_ID, [run_id], timeout=180)
+    assert states == {run_id: "failed"}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and alive(group):
+        time.sleep(0.2)
+    assert not alive(group), "the runner's process group survived the kill"
+    with airflow.metadata.connect() as connection:
+        restore = connection.execute(text(
+            "SELECT state FROM task_instance WHERE dag_id = :d AND run_id = :r AND task_id = :t"),
+            {"d": DAG_ID, "r": run_id, "t": "board_rfb1.restore_clocks"}).scalar()
+    assert restore == "success"
+    assert governors(sysfs["rfb1"]) == dict.fromkeys(range(8), "schedutil")  # the originals are back
+
+
+def alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+        return True
+    except ProcessLookupError:
+        return False

@@ -1,35 +1,52 @@
-"""What the board is, read from the board itself: CPU, clusters, frequencies, temperatures, OS, OpenCL.
+"""What the board is, read from the board itself: CPU, clusters, frequencies, temperatures, OS, OpenCL, GPU clocks,
+compilers, and which known board it is.
 
 Every reader is best effort: what cannot be read is left out (or null), never guessed. The sysfs/procfs root is a
-parameter so that tests can point it at a fake tree.
+parameter so that tests can point it at a fake tree. ``machine_info`` goes into every result document;
+``platform_snapshot`` adds what provisioning needs (``requestflow platform``): the known board id, the GPU devfreq
+devices whose clocks ``clocks.pin`` fixes, the compilers, and OpenCL details such as non-uniform work-group support.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
+from requestflow.errors import UserError
 
-def _read(path: Path) -> str | None:
+_PROBE_TIMEOUT_S = 5
+
+
+def read_value(path: Path) -> str | None:
+    """A sysfs/procfs file's stripped text, or None when it cannot be read."""
     try:
         return path.read_text().strip()
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return None
 
 
-def _int(path: Path) -> int | None:
-    text = _read(path)
+def read_int(path: Path) -> int | None:
+    text = read_value(path)
     try:
         return int(text) if text is not None else None
     except ValueError:
         return None
 
 
+def read_words(path: Path) -> list[str] | None:
+    """A space-separated list (``scaling_available_governors``, ``available_frequencies``), or None."""
+    text = read_value(path)
+    return text.split() if text is not None else None
+
+
 def cpu_model(root: Path) -> str | None:
-    cpuinfo = _read(root / "proc/cpuinfo") or ""
+    cpuinfo = read_value(root / "proc/cpuinfo") or ""
     for key in ("model name", "Hardware", "Processor", "cpu model"):
         match = re.search(rf"^{key}\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
         if match:
@@ -41,10 +58,44 @@ def cpu_model(root: Path) -> str | None:
 def board_model(root: Path) -> str | None:
     """The device-tree model string (HiKey960, RK3399 boards, Jetson, Raspberry Pi), or the DMI product name."""
     for path in ("proc/device-tree/model", "sys/firmware/devicetree/base/model", "sys/class/dmi/id/product_name"):
-        text = _read(root / path)
+        text = read_value(root / path)
         if text:
             return text.rstrip("\x00")
     return None
+
+
+# (regular expression, id, name), first match wins, so specific entries come before the general ones of their
+# family. Ids and names may use the match's groups (\1). Searched case-insensitively in the device-tree/DMI model
+# string first, then in /proc/cpuinfo (whose "Model" line names a Raspberry Pi on its vendor kernel).
+KNOWN_BOARDS: tuple[tuple[str, str, str], ...] = (
+    (r"hikey\s*960", "hikey960", "HiKey960"),
+    (r"firefly\W*rk3399|rk3399\W.*firefly", "firefly-rk3399", "Firefly RK3399"),
+    (r"rk3399", "rk3399", "RK3399 board"),
+    (r"jetson\W*agx\W*orin", "jetson-agx-orin", "Jetson AGX Orin"),
+    (r"jetson\W*orin\W*nx", "jetson-orin-nx", "Jetson Orin NX"),
+    (r"jetson\W*orin\W*nano", "jetson-orin-nano", "Jetson Orin Nano"),
+    (r"jetson\W*xavier\W*nx", "jetson-xavier-nx", "Jetson Xavier NX"),
+    (r"jetson\W*agx(\W*xavier)?\b|jetson\W*xavier", "jetson-agx-xavier", "Jetson AGX Xavier"),
+    (r"jetson\W*nano", "jetson-nano", "Jetson Nano"),
+    (r"jetson\W*tx2|^quill$", "jetson-tx2", "Jetson TX2"),
+    (r"jetson\W*tx1", "jetson-tx1", "Jetson TX1"),
+    (r"jetson", "jetson", "NVIDIA Jetson"),
+    (r"raspberry pi compute module (\d+)", r"raspberry-pi-cm\1", r"Raspberry Pi Compute Module \1"),
+    (r"raspberry pi zero 2", "raspberry-pi-zero-2", "Raspberry Pi Zero 2"),
+    (r"raspberry pi (\d+)", r"raspberry-pi-\1", r"Raspberry Pi \1"),
+    (r"raspberry pi", "raspberry-pi", "Raspberry Pi"),
+)
+
+
+def known_board(model_string: str | None, cpu_info: str | None) -> dict:
+    """``{"id", "name"}`` of the known board a model string (and /proc/cpuinfo text) names, else id ``generic``
+    with the model string itself (or null) as name."""
+    for text in (model_string, cpu_info):
+        for pattern, board_id, name in KNOWN_BOARDS:
+            match = re.search(pattern, text or "", re.IGNORECASE | re.MULTILINE)
+            if match:
+                return {"id": match.expand(board_id), "name": match.expand(name)}
+    return {"id": "generic", "name": model_string or None}
 
 
 def cpus(root: Path) -> list[dict]:
@@ -55,59 +106,247 @@ def cpus(root: Path) -> list[dict]:
         freq = entry / "cpufreq"
         out.append({
             "cpu": int(entry.name[3:]),
-            "online": _int(entry / "online") != 0,
-            "cur_khz": _int(freq / "scaling_cur_freq"),
-            "min_khz": _int(freq / "cpuinfo_min_freq"),
-            "max_khz": _int(freq / "cpuinfo_max_freq"),
-            "governor": _read(freq / "scaling_governor"),
+            "online": read_int(entry / "online") != 0,
+            "cur_khz": read_int(freq / "scaling_cur_freq"),
+            "min_khz": read_int(freq / "cpuinfo_min_freq"),
+            "max_khz": read_int(freq / "cpuinfo_max_freq"),
+            "governor": read_value(freq / "scaling_governor"),
         })
     return out
 
 
 def clusters(cpu_list: list[dict]) -> list[dict]:
-    """CPUs grouped by maximum frequency, fastest first (big.LITTLE: big, then LITTLE)."""
+    """CPUs grouped by maximum frequency, fastest first. Two groups of known frequency are named ``big`` and
+    ``LITTLE``; a single group is ``all``; any other grouping (three clusters, an unreadable frequency) is
+    ``cluster0``, ``cluster1``, ... in that order, since calling one of them big or LITTLE would be a guess."""
     groups: dict[int | None, list[int]] = {}
     for cpu in cpu_list:
         groups.setdefault(cpu["max_khz"], []).append(cpu["cpu"])
     ordered = sorted(groups.items(), key=lambda kv: -(kv[0] or 0))
-    return [{"max_khz": khz, "cpus": ids} for khz, ids in ordered]
+    if len(ordered) == 1:
+        names = ["all"]
+    elif len(ordered) == 2 and None not in groups:
+        names = ["big", "LITTLE"]
+    else:
+        names = [f"cluster{i}" for i in range(len(ordered))]
+    return [{"name": name, "max_khz": khz, "cpus": ids} for name, (khz, ids) in zip(names, ordered, strict=True)]
+
+
+CLUSTER_CHOICES = ("all", "big", "LITTLE")
+
+
+def cluster_cpus(info_or_root: dict | str | os.PathLike, which: str) -> list[int]:
+    """The CPU ids of cluster ``which`` (``all``, ``big`` or ``LITTLE``, any case) of a board, given its
+    ``machine_info``/``platform_snapshot`` or its root folder. A cluster the board does not have is a UserError that
+    says what it has."""
+    wanted = {choice.lower(): choice for choice in CLUSTER_CHOICES}.get(str(which).lower())
+    if wanted is None:
+        raise UserError(f"unknown cluster {which!r}: expected one of {', '.join(CLUSTER_CHOICES)}")
+    groups = info_or_root["clusters"] if isinstance(info_or_root, dict) else clusters(cpus(Path(info_or_root)))
+    if not groups:
+        raise UserError("no CPUs listed under sys/devices/system/cpu: no cluster to choose from")
+    if wanted == "all":
+        return sorted(cpu for group in groups for cpu in group["cpus"])
+    for group in groups:
+        if group["name"] == wanted:
+            return sorted(group["cpus"])
+    has = ", ".join(f"{g['name']} (CPUs {format_cpus(g['cpus'])}"
+                    + (f", {g['max_khz'] // 1000} MHz)" if g["max_khz"] else ")") for g in groups)
+    raise UserError(f"this board has no {wanted} cluster; it has {has}")
+
+
+def format_cpus(ids: list[int]) -> str:
+    """[0, 1, 2, 3, 6] -> ``0-3,6`` (the form ``run --cpus`` takes)."""
+    ids = sorted(ids)
+    parts = []
+    start = previous = None
+    for cpu in [*ids, None]:
+        if previous is not None and cpu == previous + 1:
+            previous = cpu
+            continue
+        if start is not None:
+            parts.append(str(start) if start == previous else f"{start}-{previous}")
+        start = previous = cpu
+    return ",".join(parts)
+
+
+# Markers of a GPU in a devfreq device name (``e82c0000.mali``, ``ff9a0000.gpu``, ``17000000.gv11b``) or in its
+# device-tree compatible string; other devfreq devices (memory controllers, buses) are not GPUs.
+_GPU_MARKERS = re.compile(r"gpu|mali|gk20a|gm20b|gp10b|gv11b|ga10b|adreno|kgsl", re.IGNORECASE)
+
+
+def gpu_devfreq(root: Path) -> list[dict]:
+    """The GPU devfreq devices (``sys/class/devfreq/*``): governor, current/min/max and available frequencies (Hz)."""
+    out = []
+    for device in sorted((root / "sys/class/devfreq").glob("*")):
+        compatible = (read_value(device / "device/of_node/compatible") or "").replace("\x00", " ")
+        if not _GPU_MARKERS.search(f"{device.name} {compatible}"):
+            continue
+        available = read_words(device / "available_frequencies")
+        out.append({
+            "name": device.name,
+            "governor": read_value(device / "governor"),
+            "available_governors": read_words(device / "available_governors"),
+            "cur_hz": read_int(device / "cur_freq"),
+            "min_hz": read_int(device / "min_freq"),
+            "max_hz": read_int(device / "max_freq"),
+            "available_hz": sorted(int(f) for f in available if f.isdigit()) if available is not None else None,
+        })
+    return out
 
 
 def temperatures(root: Path) -> list[dict]:
     out = []
     for zone in sorted((root / "sys/class/thermal").glob("thermal_zone*")):
-        millideg = _int(zone / "temp")
+        millideg = read_int(zone / "temp")
         if millideg is not None:
-            out.append({"zone": zone.name, "type": _read(zone / "type"), "celsius": millideg / 1000})
+            out.append({"zone": zone.name, "type": read_value(zone / "type"), "celsius": millideg / 1000})
     return out
 
 
 def memory_bytes(root: Path) -> int | None:
-    match = re.search(r"^MemTotal:\s+(\d+) kB", _read(root / "proc/meminfo") or "", re.MULTILINE)
+    match = re.search(r"^MemTotal:\s+(\d+) kB", read_value(root / "proc/meminfo") or "", re.MULTILINE)
     return int(match.group(1)) * 1024 if match else None
 
 
 def os_release(root: Path) -> str | None:
-    match = re.search(r'^PRETTY_NAME="?([^"\n]+)"?', _read(root / "etc/os-release") or "", re.MULTILINE)
+    match = re.search(r'^PRETTY_NAME="?([^"\n]+)"?', read_value(root / "etc/os-release") or "", re.MULTILINE)
     return match.group(1) if match else None
 
 
+COMPILERS = ("gcc", "g++", "clang", "cc", "ccache")
+
+
+def compilers(path: str | None = None) -> dict:
+    """For each of gcc, g++, clang, cc and ccache on ``path`` (default: $PATH): ``{"path", "version"}`` with the
+    first line of its ``--version``, or null when absent. These run on this machine whatever the sysfs root."""
+    out = {}
+    for name in COMPILERS:
+        found = shutil.which(name, path=path)
+        out[name] = {"path": found, "version": _first_line_of([found, "--version"])} if found else None
+    return out
+
+
+def _first_line_of(command: list[str]) -> str | None:
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=_PROBE_TIMEOUT_S,
+                                env={**os.environ, "LC_ALL": "C"})
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = result.stdout.strip().splitlines()
+    return lines[0].strip() if result.returncode == 0 and lines else None
+
+
 def opencl() -> dict:
-    """Platforms and devices through pyopencl, when it and a driver are present."""
+    """Platforms and devices through pyopencl, when it and a driver are present; without pyopencl, through
+    ``clinfo --json`` (clinfo 3.x), else ``clinfo -l`` (names only). Each device has
+    ``non_uniform_work_group_support``: true/false where the device answers (OpenCL 2.0+), else null."""
     try:
         import pyopencl as cl
     except ImportError:
-        return {"available": False, "reason": "pyopencl not installed"}
+        return _opencl_from_clinfo()
     try:
         platforms = cl.get_platforms()
     except Exception as exc:  # pyopencl raises its own LogicError/RuntimeError without an ICD
-        return {"available": False, "reason": f"{type(exc).__name__}: {exc}"}
-    return {"available": True, "platforms": [
+        return {"available": False, "source": "pyopencl", "reason": f"{type(exc).__name__}: {exc}"}
+    return {"available": True, "source": "pyopencl", "platforms": [
         {"name": p.name, "vendor": p.vendor, "version": p.version,
          "devices": [{"name": d.name, "type": cl.device_type.to_string(d.type), "version": d.version,
                       "driver_version": d.driver_version, "compute_units": d.max_compute_units,
-                      "max_clock_mhz": d.max_clock_frequency} for d in p.get_devices()]}
+                      "max_clock_mhz": d.max_clock_frequency,
+                      "non_uniform_work_group_support": _optional_bool(d, "non_uniform_work_group_support")}
+                     for d in p.get_devices()]}
         for p in platforms]}
+
+
+def _optional_bool(device, attribute: str) -> bool | None:
+    try:  # absent from older pyopencl; an OpenCL 1.x device answers CL_INVALID_VALUE
+        return bool(getattr(device, attribute))
+    except Exception:
+        return None
+
+
+def _opencl_from_clinfo() -> dict:
+    clinfo = shutil.which("clinfo")
+    if clinfo is None:
+        return {"available": False, "source": None, "reason": "neither pyopencl nor clinfo installed"}
+    text = _run_text([clinfo, "--json"])
+    try:
+        platforms = _platforms_from_clinfo_json(json.loads(text)) if text else None
+    except (ValueError, KeyError, TypeError, AttributeError):  # an older clinfo, or a JSON shape not yet seen
+        platforms = None
+    if platforms is not None:
+        source = "clinfo --json"
+    else:
+        source, platforms = "clinfo -l", _platforms_from_clinfo_list(_run_text([clinfo, "-l"]) or "")
+    if not platforms:
+        return {"available": False, "source": source, "reason": "clinfo lists no OpenCL platform"}
+    return {"available": True, "source": source, "platforms": platforms}
+
+
+def _run_text(command: list[str]) -> str | None:
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=_PROBE_TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout if result.returncode == 0 else None
+
+
+def _platforms_from_clinfo_json(document: dict) -> list[dict]:
+    """clinfo --json: ``platforms`` [{CL_PLATFORM_*}] and, platform by platform, ``devices``
+    [{"online": [{CL_DEVICE_*}]}]."""
+    platforms = []
+    for index, plat in enumerate(document["platforms"]):
+        devices = document.get("devices", [])
+        online = devices[index].get("online", []) if index < len(devices) else []
+        platforms.append({
+            "name": plat.get("CL_PLATFORM_NAME"), "vendor": plat.get("CL_PLATFORM_VENDOR"),
+            "version": plat.get("CL_PLATFORM_VERSION"),
+            "devices": [{"name": d.get("CL_DEVICE_NAME"), "type": _clinfo_type(d.get("CL_DEVICE_TYPE")),
+                         "version": d.get("CL_DEVICE_VERSION"), "driver_version": d.get("CL_DRIVER_VERSION"),
+                         "compute_units": _clinfo_raw(d.get("CL_DEVICE_MAX_COMPUTE_UNITS")),
+                         "max_clock_mhz": _clinfo_raw(d.get("CL_DEVICE_MAX_CLOCK_FREQUENCY")),
+                         "non_uniform_work_group_support":
+                             _clinfo_bool(d.get("CL_DEVICE_NON_UNIFORM_WORK_GROUP_SUPPORT"))}
+                        for d in online]})
+    return platforms
+
+
+def _clinfo_raw(value):
+    """clinfo writes some values plainly and others as ``{"raw": ..., ...}``."""
+    return value.get("raw") if isinstance(value, dict) else value
+
+
+def _clinfo_type(value) -> str | None:
+    if isinstance(value, dict) and isinstance(value.get("type"), list):
+        return " ".join(str(t) for t in value["type"])
+    return value if isinstance(value, str) else None
+
+
+def _clinfo_bool(value) -> bool | None:
+    value = _clinfo_raw(value)
+    if isinstance(value, bool | int):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in ("yes", "true", "no", "false"):
+        return value.lower() in ("yes", "true")
+    return None
+
+
+def _platforms_from_clinfo_list(text: str) -> list[dict]:
+    """clinfo -l: ``Platform #0: NAME`` lines, each followed by its `` +-- Device #0: NAME`` lines (the last one
+    drawn with a backquote instead of the +)."""
+    platforms: list[dict] = []
+    for line in text.splitlines():
+        platform_match = re.match(r"^Platform #\d+: (.*)$", line)
+        device_match = re.match(r"^\s*[+`]-- Device #\d+: (.*)$", line)
+        if platform_match:
+            platforms.append({"name": platform_match.group(1).strip(), "vendor": None, "version": None,
+                              "devices": []})
+        elif device_match and platforms:
+            platforms[-1]["devices"].append({
+                "name": device_match.group(1).strip(), "type": None, "version": None, "driver_version": None,
+                "compute_units": None, "max_clock_mhz": None, "non_uniform_work_group_support": None})
+    return platforms
 
 
 def machine_info(root: str | os.PathLike = "/", with_opencl: bool = True) -> dict:
@@ -129,6 +368,17 @@ def machine_info(root: str | os.PathLike = "/", with_opencl: bool = True) -> dic
     }
     if with_opencl:
         info["opencl"] = opencl()
+    return info
+
+
+def platform_snapshot(root: str | os.PathLike = "/", with_opencl: bool = True) -> dict:
+    """``machine_info`` plus the known board (``board``), the GPU devfreq devices (``gpus``) and the compilers
+    (``compilers``): what provisioning records about a board. JSON-able; every key is always present."""
+    root = Path(root)
+    info = machine_info(root, with_opencl=with_opencl)
+    info["board"] = known_board(info["board_model"], read_value(root / "proc/cpuinfo"))
+    info["gpus"] = gpu_devfreq(root)
+    info["compilers"] = compilers()
     return info
 
 

@@ -157,9 +157,10 @@ def candidate_releases(backend: str, precision: str | None, release: str | None)
     return order
 
 
-def local_files(model: ModelConfig, release: str) -> list[Path] | None:
-    """The shared data folder's copy of a release's files, verified by sha256; None when there is none."""
-    data = shared_data_dir()
+def local_files(model: ModelConfig, release: str, data: Path | None = None) -> list[Path] | None:
+    """The shared data folder's copy of a release's files, verified by sha256; None when there is none.
+    ``data`` is the folder to look in (default: ``shared_data_dir()``)."""
+    data = data or shared_data_dir()
     if data is None:
         return None
     for entry in load_registry()["local"]:
@@ -195,14 +196,25 @@ def _release_files(model: ModelConfig, release: str, download: bool) -> tuple[li
     return members, origin, url
 
 
+def local_choice(model: ModelConfig, backend: str, precision: str | None = None, release: str | None = None,
+                 data: Path | None = None) -> tuple[str, list[Path]] | None:
+    """(release, files) of the shared data folder that ``resolve`` uses first; None when it holds none.
+    ``data`` is the folder to look in (default: ``shared_data_dir()``): the controller asks which files a board
+    needs with its own data folder."""
+    for rel in candidate_releases(backend, precision, release):
+        paths = local_files(model, rel, data)
+        if paths:
+            return rel, paths
+    return None
+
+
 def resolve(model: ModelConfig, backend: str, precision: str | None = None, release: str | None = None,
             allow_download: bool = True, allow_random: bool = False) -> ResolvedWeights:
     """The registry's weights for ``model``: on disk first, then downloaded, then (if allowed) random."""
     order = candidate_releases(backend, precision, release)
-    for rel in order:
-        paths = local_files(model, rel)
-        if paths:
-            return ResolvedWeights(paths, releases()[rel]["format"], rel, "local")
+    local = local_choice(model, backend, precision, release)
+    if local:
+        return ResolvedWeights(local[1], releases()[local[0]]["format"], local[0], "local")
     for rel in order:
         found = _release_files(model, rel, download=False)
         if found:

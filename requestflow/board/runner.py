@@ -231,6 +231,20 @@ class Runner:
         document["finished_at"] = _now()
         return document
 
+    def identify(self) -> dict:
+        """The point's context as ``run`` records it, with the backend loaded but nothing measured: what resuming
+        a sweep hashes (``requestflow.results.identity``) to find the points already stored."""
+        from requestflow.board.backends import create_backend
+
+        config = self.config
+        threads = config.threads or len(os.sched_getaffinity(0))
+        backend = create_backend(config.backend, self.model, self.weights, config.batch_size, threads)
+        try:
+            backend.load()
+            return self._context(backend.info(), backend.precision, backend.input_dtype.name, backend.classes)
+        finally:
+            backend.close()
+
     def _context(self, backend_info, precision, input_dtype=None, classes=None) -> dict:
         from requestflow.board.dataset import preprocessing_parameters
 

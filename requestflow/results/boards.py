@@ -42,3 +42,18 @@ def set_board(engine: Engine, name: str, **figures) -> dict:
         row = connection.execute(select(Board.name, Board.kind, *(getattr(Board, f) for f in FIGURES),
                                         Board.read_only).where(Board.name == name)).one()
     return dict(row._mapping)
+
+
+def record_platform(engine: Engine, name: str, kind: str, snapshot: dict) -> None:
+    """Store what provisioning detected on a board (``info -> platform``, with when) and its kind (local, ssh)."""
+    import json
+
+    from sqlalchemy import text
+
+    with engine.begin() as connection:
+        connection.execute(insert(Board).values(name=name).on_conflict_do_nothing(index_elements=["name"]))
+        if connection.execute(select(Board.read_only).where(Board.name == name)).scalar_one():
+            raise UserError(f"board {name!r} is a read-only reference board")
+        connection.execute(update(Board).where(Board.name == name).values(kind=kind, info=text(
+            "info || jsonb_build_object('platform', CAST(:snapshot AS jsonb), 'provisioned_at', now())"
+        ).bindparams(snapshot=json.dumps(snapshot, sort_keys=True, default=str))))

@@ -119,6 +119,22 @@ class Sweep(Base):
     info: Mapped[dict] = mapped_column(JSONB, server_default="{}")
 
 
+class PointFailure(Base):
+    """A point of a sweep that produced no result document: the board was unreachable, the runner was killed or
+    crashed. Written by the controller once the task's retries are spent, so that every point of a sweep is
+    stored, with a result or with its error."""
+
+    __tablename__ = "point_failures"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id"), index=True)
+    board_id: Mapped[int] = mapped_column(ForeignKey("boards.id"))
+    point: Mapped[dict] = mapped_column(JSONB, comment="the point as the sweep planned it (model, backend, mode...)")
+    error_type: Mapped[str] = mapped_column(Text)
+    message: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer)
+    failed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
 class Point(Base):
     __tablename__ = "points"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

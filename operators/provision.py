@@ -1,0 +1,202 @@
+"""Provisioning a board: what it is, the runner and its data on it, its clocks.
+
+Three operators, used by the ``board_provision`` DAG and by every sweep (each inside the board's one-slot pool, so
+that nothing else runs on the board meanwhile):
+
+* ``ProvisionBoardOperator`` deploys the runner (``operators.deploy``: the project's wheel and a wheelhouse built
+  here, so boards need no internet), detects the platform with the deployed runner (``requestflow platform``) and
+  stores that snapshot in the results store, and copies the weights and images the sweep's points need into the
+  board's work dir (keyed by sha256: copied once).
+* ``ClocksOperator`` pins the clocks to their maximum (a sweep's setup task) or restores them (its teardown task,
+  which Airflow runs even when points fail or the run is marked failed). The board side keeps the original values
+  and a set of holders, so two sweeps on one board do not unpin each other's clocks; what could not be pinned is
+  reported with the reason and never claimed.
+
+Board-side commands are the runner's own CLI (``requestflow platform``, ``clocks``, ``cooldown``), which print one
+JSON document; ``sudo -n`` is used for clocks when the board's Connection says ``sudo``.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+from airflow.sdk import BaseOperator
+
+from operators.board_hook import board_for
+from requestflow.results.database import CONN_ID
+
+
+def board_cli(board, args: list[str], *, sudo: bool = False, timeout: float | None = 120) -> dict:
+    """Run ``requestflow <args>`` with the board's deployed runner; its one JSON document."""
+    from operators.deploy import runner_python
+
+    command = " ".join(shlex.quote(a) for a in [runner_python(board), "-m", "requestflow.cli", *args])
+    if sudo:
+        command = f"sudo -n {command}"
+    result = board.run(command, timeout=timeout, warn=True)
+    if result.return_code != 0:
+        last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"board {board.settings.name}: `requestflow {args[0]}` exited {result.return_code}: "
+                           f"{last[0]}")
+    try:
+        return json.loads(result.stdout)
+    except json.JSONDecodeError:
+        raise RuntimeError(f"board {board.settings.name}: `requestflow {args[0]}` did not print JSON: "
+                           f"{result.stdout[:200]!r}") from None
+
+
+def describe_platform(snapshot: dict) -> str:
+    known = snapshot.get("board") or {}
+    clusters = ", ".join(f"{c.get('name', '?')} {c['cpus']} @ {c['max_khz'] or '?'} kHz"
+                         for c in snapshot.get("clusters", []))
+    return (f"{known.get('name') or snapshot.get('board_model') or 'unknown board'}: {snapshot.get('cpu_model')}, "
+            f"{snapshot.get('cpu_count')} CPUs ({clusters}), {snapshot.get('os')}, {snapshot.get('arch')}")
+
+
+class ProvisionBoardOperator(BaseOperator):
+    """Deploy the runner, detect and store the platform, copy the points' data to the board."""
+
+    template_fields = ("points",)
+    ui_color = "#fdebd0"
+
+    def __init__(self, *, board_conn_id: str, points: list[dict] | None = None, results_conn_id: str = CONN_ID,
+                 data_dir: str | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.board_conn_id = board_conn_id
+        self.points = points
+        self.results_conn_id = results_conn_id
+        self.data_dir = data_dir
+
+    def execute(self, context) -> dict:
+        from operators.results_hook import ResultsHook
+
+        try:
+            return self._provision(context)
+        except Exception as exc:
+            ti = context.get("ti")
+            if self.points and (ti is None or ti.try_number > self.retries):  # no attempt left: the points fail
+                dag = context.get("dag")
+                ResultsHook(self.results_conn_id).record_failures(
+                    context["run_id"], dag.dag_id if dag else None, self.board_conn_id, self.points,
+                    exc, attempts=self.retries + 1)
+            raise
+
+    def _provision(self, context) -> dict:
+        import os
+
+        from operators import deploy
+        from operators.board_hook import LocalBoard
+        from operators.results_hook import ResultsHook
+        from requestflow.board.files import shared_data_dir
+        from requestflow.results.boards import record_platform
+
+        board = board_for(self.board_conn_id)
+        name = board.settings.name
+        try:
+            # the local board runs this very installation: no bundle to build or deploy
+            bundle = None if isinstance(board, LocalBoard) else deploy.build_bundle(deploy.board_target(board),
+                                                                                    log=self.log.info)
+            python = deploy.deploy_runner(board, bundle, log=self.log.info)
+            self.log.info("board %s: runner %s", name, python)
+            snapshot = board_cli(board, ["platform", "--root", board.settings.sysfs_root])
+            self.log.info("board %s: %s", name, describe_platform(snapshot))
+            engine = ResultsHook(self.results_conn_id).get_conn()
+            try:
+                record_platform(engine, name, "local" if isinstance(board, LocalBoard) else "ssh", snapshot)
+            finally:
+                engine.dispose()
+            data = None
+            if self.points:
+                source = self.data_dir or os.environ.get("REQUESTFLOW_DATA") or shared_data_dir()
+                files = deploy.data_files_for_points(self.points, source)
+                data = deploy.push_data(board, files, log=self.log.info)
+                self.log.info("board %s: %d data file(s) in %s", name, len(files), data)
+            return {"board": name, "python": python, "data_dir": data,
+                    "known_board": (snapshot.get("board") or {}).get("id"), "arch": snapshot.get("arch")}
+        finally:
+            board.close()
+
+
+class ClocksOperator(BaseOperator):
+    """Pin a board's CPU/GPU clocks to their maximum (``action="pin"``) or restore them (``"restore"``).
+
+    The holder is ``<dag_id>/<run_id>``. Before acting, holders whose run has ended are released: a sweep whose
+    teardown could not reach its board (it went away mid-sweep) leaves its holder behind, and the next sweep on that
+    board, at its pin or at its restore, gives the clocks back.
+    """
+
+    template_fields = ("holder",)
+    ui_color = "#e8daef"
+
+    def __init__(self, *, board_conn_id: str, action: str, holder: str = "{{ dag.dag_id }}/{{ run_id }}",
+                 results_conn_id: str = CONN_ID, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if action not in ("pin", "restore"):
+            raise ValueError(f"ClocksOperator action must be pin or restore, got {action!r}")
+        self.board_conn_id = board_conn_id
+        self.action = action
+        self.holder = holder
+        self.results_conn_id = results_conn_id
+
+    def execute(self, context) -> dict:
+        from operators.results_hook import ResultsHook
+        from requestflow.results.sweeps import record_sweep_info
+
+        board = board_for(self.board_conn_id)
+        s = board.settings
+        where = ["--state", f"{s.work_dir}/clocks.json", "--root", s.sysfs_root]
+        try:
+            for holder in self._ended_holders(board_cli(board, ["clocks", "status", *where]), context.get("ti")):
+                released = board_cli(board, ["clocks", "restore", *where, "--holder", holder], sudo=s.sudo)
+                self.log.warning("board %s: released the clocks held by %s, a run that has ended (its teardown "
+                                 "could not restore them): %s", s.name, holder,
+                                 "restored" if released.get("restored") else released.get("reason"))
+            report = board_cli(board, ["clocks", self.action, *where, "--holder", self.holder], sudo=s.sudo)
+        finally:
+            board.close()
+        for line in clock_lines(report):
+            self.log.info("board %s: %s", s.name, line)
+        engine = ResultsHook(self.results_conn_id).get_conn()
+        try:
+            dag = context.get("dag")
+            record_sweep_info(engine, context["run_id"], dag.dag_id if dag else None, s.name,
+                              f"clocks_{self.action}", report)
+        finally:
+            engine.dispose()
+        return report
+
+    def _ended_holders(self, status: dict, ti) -> list[str]:
+        """Holders (``dag_id/run_id``) other than this run whose Dag run is no longer queued or running."""
+        ended = []
+        for holder in status.get("holders") or []:
+            if holder == self.holder or "/" not in holder or ti is None:
+                continue
+            dag_id, run_id = holder.split("/", 1)
+            try:
+                state = ti.get_dagrun_state(dag_id, run_id)
+            except Exception as exc:  # unknown to this Airflow: leave it, and say so
+                self.log.warning("clocks holder %s: run state unknown (%s); left in place", holder, exc)
+                continue
+            if str(state).lower() not in ("queued", "running"):
+                ended.append(holder)
+        return ended
+
+
+def clock_lines(report: dict) -> list[str]:
+    """One readable line per device of a clocks report (pinned, or why not), plus the report's own reason."""
+    lines = [f"clocks: {report['reason']}"] if report.get("reason") else []
+    for kind in ("cpus", "gpus"):
+        for device in report.get(kind) or []:
+            label = device.get("cpu", device.get("name", "?"))
+            if device.get("pinned"):
+                speed = f"{device['khz']} kHz" if device.get("khz") else f"{device.get('hz')} Hz"
+                lines.append(f"{kind[:-1]} {label}: pinned by {device.get('method')} at {speed}"
+                             + (f" ({device['warning']})" if device.get("warning") else ""))
+            elif "pinned" in device:
+                lines.append(f"{kind[:-1]} {label}: NOT pinned: {device.get('reason')}")
+            elif device.get("restored"):
+                lines.append(f"{kind[:-1]} {label}: restored")
+            elif "restored" in device:
+                lines.append(f"{kind[:-1]} {label}: NOT restored: {device.get('reason')}")
+    return lines

@@ -1,0 +1,76 @@
+"""What a sweep (one Airflow run) leaves in the results store besides result documents: the failures of points that
+produced no document, each board's clock-pinning report, and the per-board tally its summary prints. Also the
+resume check: is a point of this identity already stored with a successful result?"""
+
+from __future__ import annotations
+
+from sqlalchemy import select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.engine import Engine
+
+from requestflow.results import models as m
+from requestflow.results.load import _board, _sweep
+
+
+def stored_ok(engine: Engine, point_id: str) -> int | None:
+    """The id of the latest successful result of the point ``point_id``, or None."""
+    with engine.connect() as connection:
+        return connection.execute(
+            select(m.Result.id).join(m.Point, m.Point.id == m.Result.point_id)
+            .where(m.Point.point_id == point_id, m.Result.status == "ok")
+            .order_by(m.Result.started_at.desc()).limit(1)).scalar()
+
+
+def record_failure(engine: Engine, sweep: str, dag_id: str | None, board: str, point: dict, error_type: str,
+                   message: str, attempts: int) -> None:
+    with engine.begin() as connection:
+        connection.execute(insert(m.PointFailure).values(
+            sweep_id=_sweep(connection, sweep, dag_id), board_id=_board(connection, board), point=point,
+            error_type=error_type, message=message, attempts=attempts))
+
+
+def record_sweep_info(engine: Engine, sweep: str, dag_id: str | None, board: str, key: str, value) -> None:
+    """Set ``info -> boards -> <board> -> <key>`` of the sweep (e.g. the clocks report of a board)."""
+    with engine.begin() as connection:
+        sweep_id = _sweep(connection, sweep, dag_id)
+        connection.execute(update(m.Sweep).where(m.Sweep.id == sweep_id).values(info=text(
+            "jsonb_set(jsonb_set(info, '{boards}', COALESCE(info->'boards', '{}'::jsonb)), "
+            "ARRAY['boards', :board], COALESCE(info->'boards'->:board, '{}'::jsonb) || "
+            "jsonb_build_object(:key, CAST(:value AS jsonb)))"
+        ).bindparams(board=board, key=key, value=_json(value))))
+
+
+def sweep_tally(engine: Engine, sweep: str) -> dict[str, dict]:
+    """Per board: the points with a result ``ok``, with a ``failed`` result and with ``no_result`` (stored failures
+    without a document); each a list of ``{"point": "<model> <backend> <mode>", "error": ...}``."""
+    tally: dict[str, dict] = {}
+
+    def board(name: str) -> dict:
+        return tally.setdefault(name, {"ok": [], "failed": [], "no_result": []})
+
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(m.Board.name, m.Point.model_id, m.Point.backend, m.Point.mode, m.Result.status,
+                   m.Error.type, m.Error.message)
+            .select_from(m.Result).join(m.Sweep, m.Sweep.id == m.Result.sweep_id)
+            .join(m.Point, m.Point.id == m.Result.point_id).join(m.Board, m.Board.id == m.Point.board_id)
+            .outerjoin(m.Error, m.Error.result_id == m.Result.id)
+            .where(m.Sweep.run_id == sweep).order_by(m.Board.name, m.Point.model_id, m.Point.backend, m.Point.mode))
+        for name, model, backend, mode, status, error_type, message in rows:
+            board(name)["ok" if status == "ok" else "failed"].append(
+                {"point": f"{model} {backend} {mode}", "error": None if status == "ok" else f"{error_type}: {message}"})
+        rows = connection.execute(
+            select(m.Board.name, m.PointFailure.point, m.PointFailure.error_type, m.PointFailure.message)
+            .join(m.Sweep, m.Sweep.id == m.PointFailure.sweep_id).join(m.Board, m.Board.id == m.PointFailure.board_id)
+            .where(m.Sweep.run_id == sweep).order_by(m.Board.name, m.PointFailure.id))
+        for name, point, error_type, message in rows:
+            label = f"{point.get('model')} {point.get('backend')} {point.get('mode')}"
+            board(name)["no_result"].append({"point": label, "error": f"{error_type}: {message}"})
+    return tally
+
+
+
+def _json(value) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True, default=str)
