@@ -50,7 +50,8 @@ def describe_platform(snapshot: dict) -> str:
     known = snapshot.get("board") or {}
     clusters = ", ".join(f"{c.get('name', '?')} {c['cpus']} @ {c['max_khz'] or '?'} kHz"
                          for c in snapshot.get("clusters", []))
-    return (f"{known.get('name') or snapshot.get('board_model') or 'unknown board'}: {snapshot.get('cpu_model')}, "
+    name = known.get("name") or snapshot.get("board_model") or f"{known.get('id', 'unknown')} board"
+    return (f"{name}: {snapshot.get('cpu_model')}, "
             f"{snapshot.get('cpu_count')} CPUs ({clusters}), {snapshot.get('os')}, {snapshot.get('arch')}")
 
 
