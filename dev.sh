@@ -77,6 +77,12 @@ ensure_postgres() {
     log "PostgreSQL did not come up on 127.0.0.1:5432"; exit 1
 }
 
+# ArmCL builds (tests/test_armcl_build.py): SCons and a C++ compiler; ccache makes a rebuild of known sources
+# take seconds instead of minutes.
+ensure_armcl_tools() {
+    apt_install scons g++ ccache
+}
+
 check_data() {
     if [ ! -f "$REQUESTFLOW_DATA/README.md" ]; then
         log "shared data not found at $REQUESTFLOW_DATA: weights are downloaded, or random (performance only)"
@@ -108,9 +114,11 @@ demo() {
 run_tests() {
     ensure_venv
     ensure_postgres
+    ensure_armcl_tools
+    apt_install pocl-opencl-icd ocl-icd-opencl-dev opencl-headers clinfo gcc  # real OpenCL (PoCL) for test_clshim
     if [ "$(id -u)" -eq 0 ]; then
         bash "$ROOT/tests/farm-setup.sh"
-        apt_install docker-compose  # validates docker-compose.yml; no engine runs here
+        apt_install docker-compose chromium  # compose: docker-compose.yml checked (no engine); chromium: browser test
     else
         log "not root: the board-farm and compose tests skip"
     fi

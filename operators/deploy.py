@@ -162,7 +162,7 @@ def build_bundle(target: str | None = None, cache_dir: str | os.PathLike | None 
         _copy(constraints, source / constraints.relative_to(root))
         digest = source_digest(source, source / constraints.relative_to(root), arch, python)
         final = bundles / digest
-        with _file_lock(bundles / f".{digest}.lock"):
+        with file_lock(bundles / f".{digest}.lock"):
             if (final / "manifest.json").is_file():  # another task built it while this one waited
                 return Bundle.load(final)
             log(f"building the runner bundle {digest} for {arch} / Python {python} (in {bundles})")
@@ -189,16 +189,18 @@ def build_bundle(target: str | None = None, cache_dir: str | os.PathLike | None 
 
 
 def source_digest(root: Path, constraints: Path, arch: str, python: str) -> str:
-    """16 hex digits of sha256 over the project's source files (``requestflow/`` with its JSON files,
-    ``pyproject.toml``, ``README.md``), the constraints file and the target."""
+    """16 hex digits of sha256 over the project's source files (``requestflow/`` with its JSON files, ``native/``
+    (shipped in the wheel as ``requestflow.native``), ``pyproject.toml``, ``README.md``), the constraints file and
+    the target."""
     lines = [f"bundle_format {BUNDLE_FORMAT}", f"target {arch} {python}", f"constraints {_sha256(constraints)}"]
     lines += [f"{path.relative_to(root).as_posix()} {_sha256(path)}" for path in _source_files(root)]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
 def _source_files(root: Path) -> list[Path]:
-    files = [path for path in (root / "requestflow").rglob("*")
-             if path.is_file() and "__pycache__" not in path.parts and path.suffix not in (".pyc", ".pyo")]
+    files = [path for folder in ("requestflow", "native") for path in (root / folder).rglob("*")
+             if path.is_file() and not {"__pycache__", "build"} & set(path.relative_to(root).parts)
+             and path.suffix not in (".pyc", ".pyo")]
     files += [root / name for name in ("pyproject.toml", "README.md") if (root / name).is_file()]
     return sorted(files)
 
@@ -235,7 +237,8 @@ def _pip(args: list[str], log: Log) -> None:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path):
+def file_lock(path: Path):
+    """Hold an exclusive lock on ``path`` (created if missing) for the ``with`` block: one builder at a time."""
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

@@ -12,6 +12,7 @@ from operators import board_jobs
 from operators.board_hook import BoardHook
 from operators.board_settings import BoardSettings
 from tests.farm import farm_fixture
+from tests.processes import commands_under
 
 farm = farm_fixture(1, scope="module")
 
@@ -105,30 +106,11 @@ class TestRunPointOperatorOnKill:
         thread.start()
         marker = str(tmp_path / "board" / "runs")
         deadline = time.monotonic() + 60
-        while not any("requestflow.cli" in line for line in _commands(marker)) and time.monotonic() < deadline:
+        while not any("requestflow.cli" in line for line in commands_under(marker)) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert any("requestflow.cli" in line for line in _commands(marker)), "the runner never started"
+        assert any("requestflow.cli" in line for line in commands_under(marker)), "the runner never started"
         operator.on_kill()
         thread.join(timeout=30)
         assert not thread.is_alive()
         assert "without a result" in str(outcome.get("error"))
-        assert _commands(marker) == []
-
-
-def _commands(fragment: str) -> list[str]:
-    """Command lines of processes started in ``fragment`` (their cwd), i.e. the job's processes."""
-    import os
-
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cwd = os.readlink(f"/proc/{pid}/cwd")
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                command = handle.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if cwd.startswith(fragment):
-            found.append(command)
-    return found
+        assert commands_under(marker) == []

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -168,6 +169,9 @@ class TestBundle:
             (PYTHON, f"cp{PYTHON.replace('.', '')}", deploy.normalize_arch(platform.machine()))
         manifest = json.loads((bundle.path / "manifest.json").read_text())
         assert manifest["digest"] == bundle.digest == bundle.path.name
+        project = next(w for w in bundle.wheels if w.name == bundle.project_wheel)
+        with zipfile.ZipFile(project) as wheel:  # the native sources ship to the boards inside the wheel
+            assert "requestflow/native/clshim/clshim.c" in wheel.namelist()
         for wheel in bundle.wheels:
             assert deploy._sha256(wheel) == manifest["files"][wheel.name]["sha256"]
 

@@ -54,3 +54,13 @@ def test_the_checker_itself_sees_a_forbidden_import(tmp_path):
     sample = tmp_path / "sample.py"
     sample.write_text("import sqlalchemy\nfrom airflow.sdk import dag\n")
     assert _imported_modules(sample) == {"sqlalchemy", "airflow.sdk"}
+
+
+def test_the_wheel_lists_every_package_of_requestflow():
+    """pyproject.toml names its packages (so that native/ can ship as requestflow.native): none may be forgotten."""
+    import tomllib
+
+    root = BOARD.parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(init.parent.relative_to(root).parts) for init in (root / "requestflow").rglob("__init__.py")}
+    assert found | {"requestflow.native"} == listed
