@@ -5,9 +5,12 @@ COPY --chown=airflow:root pyproject.toml README.md /opt/requestflow/
 COPY --chown=airflow:root requestflow/ /opt/requestflow/requestflow/
 COPY --chown=airflow:root operators/ /opt/requestflow/operators/
 COPY --chown=airflow:root dags/ /opt/requestflow/dags/
+COPY --chown=airflow:root plugins/ /opt/requestflow/plugins/
+COPY --chown=airflow:root native/ /opt/requestflow/native/
 COPY --chown=airflow:root config/ /opt/requestflow/config/
 COPY --chown=airflow:root sql/ /opt/requestflow/sql/
 RUN pip install --no-cache-dir -c /opt/requestflow/requirements/constraints-x86_64.txt \
         -e "/opt/requestflow[results,controller]" apache-airflow-providers-celery
 ENV PYTHONPATH=/opt/requestflow \
-    AIRFLOW__CORE__DAGS_FOLDER=/opt/requestflow/dags
+    AIRFLOW__CORE__DAGS_FOLDER=/opt/requestflow/dags \
+    AIRFLOW__CORE__PLUGINS_FOLDER=/opt/requestflow/plugins

@@ -123,7 +123,7 @@ run_tests() {
         log "not root: the board-farm and compose tests skip"
     fi
     cd "$ROOT"
-    "$VENV/bin/python" -m ruff check requestflow operators dags tests bench
+    "$VENV/bin/python" -m ruff check requestflow operators dags plugins tests bench
     "$VENV/bin/python" -m pytest "$@"
 }
 

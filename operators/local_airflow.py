@@ -133,6 +133,7 @@ def environment(metadata: str, results: str | None = None, state: Path | None = 
     env = {
         "AIRFLOW_HOME": str(airflow_home(state)),
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),  # the scoreboard page
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_url(metadata),
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
@@ -152,7 +153,7 @@ def environment(metadata: str, results: str | None = None, state: Path | None = 
     if os.environ.get("REQUESTFLOW_DATA"):
         env["REQUESTFLOW_DATA"] = os.environ["REQUESTFLOW_DATA"]
     for key, value in env.items():  # Airflow's own variables: whatever the user exported wins
-        if key.startswith("AIRFLOW__") and key not in ("AIRFLOW__CORE__DAGS_FOLDER",
+        if key.startswith("AIRFLOW__") and key not in ("AIRFLOW__CORE__DAGS_FOLDER", "AIRFLOW__CORE__PLUGINS_FOLDER",
                                                        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"):
             env[key] = os.environ.get(key, value)
     return env

@@ -103,6 +103,22 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
     sql.add_argument("--db", help=db_help)
 
+    plot = sub.add_parser("plot", help="the scoreboard as a figure, any metric against any other, with the Pareto "
+                                       "frontier: the plot of the scoreboard page, as an SVG or PNG file")
+    metrics_help = ("latency_median_s (median), latency_min_s (min), latency_p90_s (p90), throughput_ips "
+                    "(throughput), top1, top5, model_size_bytes (size), macs, energy_est_j (energy), "
+                    "cost_per_million_images_usd (cost)")
+    plot.add_argument("--x", default="latency_median_s", metavar="METRIC", help=f"default median; {metrics_help}")
+    plot.add_argument("--y", default="top1", metavar="METRIC", help="default top1")
+    for option, what in (("board", "boards"), ("backend", "backends"), ("variant", "backend variants (JSON text)"),
+                         ("width", "width multipliers"), ("resolution", "resolutions"), ("precision", "precisions"),
+                         ("sweep", "sweeps (run ids)"), ("images", "dataset sizes (images of the accuracy run)")):
+        plot.add_argument(f"--{option}", nargs="+", metavar="VALUE", help=f"only these {what}")
+    plot.add_argument("--log-x", action="store_true", help="logarithmic X axis")
+    plot.add_argument("--log-y", action="store_true", help="logarithmic Y axis")
+    plot.add_argument("--out", required=True, metavar="FILE", help="FILE.svg or FILE.png")
+    plot.add_argument("--db", help=db_help)
+
     airflow_db_help = ("PostgreSQL URL of Airflow's metadata (default: $REQUESTFLOW_AIRFLOW_DATABASE_URL, else the "
                        "database airflow of the embedded PostgreSQL)")
     sweep = sub.add_parser("sweep", help="run one sweep through a local Airflow (the DAG mobilenets_sweep, once) and "
@@ -400,6 +416,33 @@ def cmd_sql(args, argv) -> int:
     return 0
 
 
+def cmd_plot(args, argv) -> int:
+    from requestflow.board.files import atomic_write_bytes
+    from requestflow.results.scoreboard_data import FILTERS, Selection, draw
+
+    out = Path(args.out)
+    fmt = out.suffix.lower().removeprefix(".")
+    if fmt not in ("svg", "png"):
+        raise UserError(f"--out {args.out}: the file name must end in .svg or .png")
+    if not out.parent.resolve().is_dir():
+        raise UserError(f"--out {args.out}: folder {out.parent} does not exist")
+    query = {key: [v for value in getattr(args, key) or [] for v in
+                   (value.split(",") if key not in ("variant", "sweep") else [value]) if v] for key in FILTERS}
+    query.update(x=[args.x], y=[args.y], log_x=["1"] if args.log_x else [], log_y=["1"] if args.log_y else [])
+    selection = Selection.from_query(query)  # an unknown metric: one line naming the known ones
+    engine, _ = _store(args)
+    rows, drawing = draw(engine, selection, fmt)
+    atomic_write_bytes(out, drawing.data)
+    print(f"{out}: {len(drawing.drawn)} point(s) drawn ({selection.describe()})"
+          + (f", {drawing.missing} without both figures left out" if drawing.missing else "")
+          + f"; {len(drawing.frontier)} on the Pareto frontier:")
+    for row in rows:
+        if row["point_id"] in drawing.frontier:
+            print(f"  {row['board']}  {row['model']}  {row['backend']}  {row['precision']}  "
+                  f"{selection.x}={row[selection.x]:.6g}  {selection.y}={row[selection.y]:.6g}")
+    return 0
+
+
 def _folder(text: str) -> str:
     if not os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"{text} is not a folder")
@@ -560,7 +603,7 @@ def cmd_airflow_env(args, argv) -> int:
 COMMANDS = {
     "run": cmd_run, "classify": cmd_classify, "import-weights": cmd_import_weights, "models": cmd_models,
     "validate": cmd_validate, "db": cmd_db, "load": cmd_load, "scoreboard": cmd_scoreboard, "sql": cmd_sql,
-    "board": cmd_board,
+    "board": cmd_board, "plot": cmd_plot,
     "sweep": cmd_sweep, "airflow-env": cmd_airflow_env,
     "platform": cmd_platform, "clocks": cmd_clocks, "cooldown": cmd_cooldown,
 }

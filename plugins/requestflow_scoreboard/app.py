@@ -1,0 +1,200 @@
+"""The scoreboard page: a FastAPI app that Airflow's api-server serves under ``/requestflow`` (see
+``requestflow_scoreboard_plugin.py``).
+
+- ``scoreboard/``: selectors (board, backend, variant, width, resolution, precision, sweep, dataset size, X and Y
+  metrics, log axes) in a GET form, so the whole state is the URL; the plot (the same figure as
+  ``requestflow plot``, inline SVG, each point linking to its page); the sortable table of every dimension;
+- ``scoreboard/plot.svg``, ``scoreboard/plot.png``, ``scoreboard/data.json``: the same selection as files / JSON;
+- ``scoreboard/point/<point id>``: one point, its provenance, the command that replays it and its raw latency
+  samples as a histogram (``.../data.json``: the same as JSON);
+- ``scoreboard/static/<file>``: the page's own JavaScript and CSS (no third-party script, no CDN).
+
+Every request needs Airflow's login (``auth.AirflowLoginRequired`` wraps the whole app). The results store is read
+through ``operators.results_hook.ResultsHook``'s URL (the Connection ``requestflow_results``, else requestflow's
+own resolution), with one engine per process; every query is read-only with bound parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from urllib.parse import quote
+
+from fastapi import FastAPI, HTTPException
+from requestflow_scoreboard.auth import AirflowLoginRequired
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+
+log = logging.getLogger(__name__)
+
+URL_PREFIX = "/requestflow"
+HERE = Path(__file__).resolve().parent
+STATIC_FILES = {"scoreboard.js": "text/javascript", "scoreboard.css": "text/css"}
+NO_STORE = {"Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff",
+            "X-Frame-Options": "SAMEORIGIN"}
+
+_engine = None
+_engine_lock = threading.Lock()
+
+
+def results_engine():
+    """The results store's engine, created once per process from the ResultsHook's URL."""
+    global _engine
+    with _engine_lock:
+        if _engine is None:
+            from requestflow.results.database import engine_for
+
+            try:
+                from operators.results_hook import ResultsHook
+            except ImportError:  # the checkout's operators/ not on the PYTHONPATH: requestflow's own resolution
+                from requestflow.results.database import resolve_url
+
+                log.warning("requestflow scoreboard: operators.results_hook not importable; using requestflow's "
+                            "own resolution of the results store")
+                url = resolve_url(None)[0]
+            else:
+                url = ResultsHook().url
+            _engine = engine_for(url)
+        return _engine
+
+
+def _templates():
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    from requestflow_scoreboard import present
+
+    env.filters.update(cell=present.cell, metric_value=present.metric_value, header=present.header)
+    env.globals.update(quote=quote)
+    return env
+
+
+class ResultsUnavailable(Exception):
+    """The results store could not be read (not reachable, no schema yet)."""
+
+
+def _query(request: Request) -> dict[str, list[str]]:
+    return {key: request.query_params.getlist(key) for key in request.query_params}
+
+
+def _airflow_home(request: Request) -> str:
+    """Airflow's own base path (the app is mounted at ``<base>/requestflow``)."""
+    return request.scope.get("root_path", "").removesuffix(URL_PREFIX) + "/"
+
+
+def create_app() -> FastAPI:
+    from requestflow.errors import UserError
+    from requestflow.results import scoreboard_data as data
+    from requestflow.results.plot import METRICS, inline_svg
+
+    # no /docs, /redoc or /openapi.json: nothing is served that the login middleware has not seen first
+    app = FastAPI(title="requestflow scoreboard", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(AirflowLoginRequired)
+    templates = _templates()
+
+    def engine():
+        try:
+            return results_engine()
+        except Exception as exc:
+            raise ResultsUnavailable(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)) from None
+
+    def selection(request: Request):
+        return data.Selection.from_query(_query(request))
+
+    def page(name: str, status: int = 200, **context) -> HTMLResponse:
+        return HTMLResponse(templates.get_template(name).render(**context), status_code=status, headers=NO_STORE)
+
+    @app.exception_handler(UserError)
+    async def bad_request(request: Request, exc: UserError):
+        if "text/html" in request.headers.get("accept", ""):
+            return page("error.html", 400, title="Bad request", message=str(exc), home=_airflow_home(request))
+        return JSONResponse({"detail": str(exc)}, status_code=400, headers=NO_STORE)
+
+    @app.exception_handler(ResultsUnavailable)
+    async def unavailable(request: Request, exc: ResultsUnavailable):
+        message = f"the results store cannot be read: {exc}"
+        if "text/html" in request.headers.get("accept", ""):
+            return page("error.html", 503, title="Results store unavailable", message=message,
+                        home=_airflow_home(request))
+        return JSONResponse({"detail": message}, status_code=503, headers=NO_STORE)
+
+    def read(function, *args):
+        """Run a store read; a store that is down or has no schema is a 503, a bad request a 400."""
+        try:
+            return function(engine(), *args)
+        except UserError as exc:
+            if str(exc).startswith("SQL error"):
+                raise ResultsUnavailable(str(exc)) from None
+            raise
+        except ResultsUnavailable:
+            raise
+        except Exception as exc:  # connection refused, authentication failed, ...
+            log.exception("requestflow scoreboard: reading the results store failed")
+            raise ResultsUnavailable(str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]) from None
+
+    @app.get("/scoreboard", include_in_schema=False)
+    def scoreboard_without_slash(request: Request):
+        query = request.url.query
+        return RedirectResponse("scoreboard/" + (f"?{query}" if query else ""), status_code=307)
+
+    @app.get("/scoreboard/", response_class=HTMLResponse)
+    def scoreboard_page(request: Request):
+        chosen = selection(request)
+        query = chosen.query()
+        options = read(data.options)
+        rows, drawing = read(data.draw, chosen, "svg", lambda row: f"point/{row['point_id']}?{query}")
+        return page("scoreboard.html", selection=chosen, query=query, options=options, rows=rows,
+                    drawing=drawing, svg=inline_svg(drawing.data), filters=data.FILTERS,
+                    filter_labels=data.FILTER_LABELS, metrics=METRICS, columns=data.COLUMNS,
+                    home=_airflow_home(request))
+
+    @app.get("/scoreboard/plot.{fmt}")
+    def scoreboard_plot(request: Request, fmt: str):
+        if fmt not in ("svg", "png"):
+            raise UserError(f"plot.{fmt}: a plot is plot.svg or plot.png")
+        _, drawing = read(data.draw, selection(request), fmt)
+        return Response(drawing.data, media_type="image/svg+xml" if fmt == "svg" else "image/png", headers=NO_STORE)
+
+    @app.get("/scoreboard/data.json")
+    def scoreboard_data(request: Request):
+        chosen = selection(request)
+        rows, drawing = read(data.draw, chosen, "svg")
+        return JSONResponse({"selection": {"x": chosen.x, "y": chosen.y, "log_x": chosen.log_x,
+                                           "log_y": chosen.log_y, "filters": chosen.filters},
+                             "rows": rows, "frontier": sorted(drawing.frontier), "drawn": drawing.drawn},
+                            headers=NO_STORE)
+
+    def point_or_404(point_id: str) -> dict:
+        point = read(data.read_point, point_id)
+        if point is None:
+            raise HTTPException(404, f"no point {point_id!r} on the scoreboard")
+        return point
+
+    @app.get("/scoreboard/point/{point_id}", response_class=HTMLResponse)
+    async def point_page(request: Request, point_id: str):
+        point = await run_in_threadpool(point_or_404, point_id)
+        row = point["row"]
+        marks = {k: row[f"latency_{k}_s"] for k in ("min", "median", "p90") if row.get(f"latency_{k}_s") is not None}
+        from requestflow.results.plot import histogram
+
+        svg = await run_in_threadpool(histogram, point["samples"], "svg",
+                                      title=f"{row['model']} {row['backend']} {row['precision']} on {row['board']}",
+                                      marks=marks)
+        return page("point.html", point=point, row=row, histogram=inline_svg(svg), query=request.url.query,
+                    columns=data.COLUMNS, metrics=METRICS, pretty_json=data.pretty_json,
+                    home=_airflow_home(request))
+
+    @app.get("/scoreboard/point/{point_id}/data.json")
+    def point_data(point_id: str):
+        return JSONResponse(point_or_404(point_id), headers=NO_STORE)
+
+    @app.get("/scoreboard/static/{name}")
+    def static(name: str):
+        if name not in STATIC_FILES:
+            return JSONResponse({"detail": "Not Found"}, status_code=404)
+        return FileResponse(HERE / "static" / name, media_type=STATIC_FILES[name], headers=NO_STORE)
+
+    return app

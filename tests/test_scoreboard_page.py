@@ -1,0 +1,458 @@
+"""The scoreboard page inside Airflow: a real api-server (SimpleAuthManager with real users and passwords, metadata
+in a throwaway PostgreSQL database) with this checkout's plugins folder, on a seeded results store.
+
+- Nobody gets anything without Airflow's login: anonymous requests, forged tokens, expired tokens and users the
+  auth manager does not authorize are refused on every route (page, plot files, JSON, point pages, static files).
+- In headless Chromium (Debian's /usr/bin/chromium, driven by Playwright; no browser is downloaded): log in through
+  Airflow's login form, open the page from Airflow's navigation, check that the points drawn on the frontier are
+  exactly those of a frontier computed by hand, change a selector and see the plot, the table and the URL follow,
+  open a point's page (command line, histogram), and save screenshots in ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from requestflow.results.database import sqlalchemy_url, upgrade
+from tests.airflow_services import AIRFLOW, SERVER, _signal_group, free_port
+from tests.scoreboard_seed import SEEDS, command, frontier_by_hand, seed_store
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("REQUESTFLOW_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(os.environ.get("REQUESTFLOW_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+PAGE = "/requestflow/scoreboard/"
+USERS = {"admin": "admin", "viewer": "viewer"}  # user -> role
+
+
+class ApiServer:
+    """Only Airflow's api-server (no scheduler: nothing runs here), its metadata and the results store in fresh
+    PostgreSQL databases, users with known passwords, the plugins folder of this checkout."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.names = {k: f"rf_test_{k}_{uuid.uuid4().hex[:8]}" for k in ("airflow", "results")}
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.passwords = {user: secrets.token_urlsafe(12) for user in USERS}
+        self.jwt_secret = secrets.token_hex(32)
+        self.admin = create_engine(sqlalchemy_url(f"{SERVER}/postgres"), isolation_level="AUTOCOMMIT")
+        self.results_url = sqlalchemy_url(f"{SERVER}/{self.names['results']}")
+        passwords_file = home / "passwords.json"
+        passwords_file.write_text(json.dumps(self.passwords))
+        self.env = {
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"{SERVER.replace('postgresql://', 'postgresql+psycopg2://')}"
+                                                   f"/{self.names['airflow']}",
+            "AIRFLOW_CONN_REQUESTFLOW_RESULTS": f"{SERVER}/{self.names['results']}",
+            "AIRFLOW__API__BASE_URL": self.base,
+            "AIRFLOW__API_AUTH__JWT_SECRET": self.jwt_secret,
+            "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in USERS.items()),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file),
+            "PYTHONPATH": str(ROOT),
+        }
+        (home / "dags").mkdir(exist_ok=True)
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> ApiServer:
+        try:
+            with self.admin.connect() as connection:
+                for name in self.names.values():
+                    connection.execute(text(f'CREATE DATABASE "{name}"'))
+            upgrade(self.results_url)
+            migrate = subprocess.run([AIRFLOW, "db", "migrate"], env=self.env, capture_output=True, text=True,
+                                     timeout=600, stdin=subprocess.DEVNULL)
+            assert migrate.returncode == 0, migrate.stdout[-3000:] + migrate.stderr[-3000:]
+            log = open(self.home / "api-server.log", "wb")  # noqa: SIM115 - the child process keeps it
+            self.process = subprocess.Popen(
+                [AIRFLOW, "api-server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            log.close()
+            self.wait(timeout=180)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.process is not None:
+            _signal_group(self.process.pid, 15)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                pass
+            _signal_group(self.process.pid, 9)
+            self.process.wait(timeout=10)
+            self.process = None
+        with self.admin.connect() as connection:
+            for name in self.names.values():
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        self.admin.dispose()
+
+    def log_tail(self, chars: int = 5000) -> str:
+        path = self.home / "api-server.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    def wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the api-server exited ({self.process.returncode}):\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.base}/api/v2/monitor/health", timeout=5):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the api-server did not answer in {timeout:.0f} s:\n"
+                                       f"{self.log_tail()}") from None
+                time.sleep(1)
+
+    def token(self, user: str) -> str:
+        """A real JWT from Airflow's own login endpoint (POST /auth/token with the user's password)."""
+        request = urllib.request.Request(f"{self.base}/auth/token", method="POST",
+                                         data=json.dumps({"username": user, "password": self.passwords[user]}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())["access_token"]
+
+    def get(self, path: str, token: str | None = None, cookie: str | None = None,
+            accept: str = "application/json") -> tuple[int, dict[str, str], bytes]:
+        """(status, headers with lower-case names, body), redirects not followed."""
+        headers = {"Accept": accept}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        if cookie is not None:
+            headers["Cookie"] = f"_token={cookie}"
+        request = urllib.request.Request(f"{self.base}{path}", headers=headers)
+        opener = urllib.request.build_opener(_NoRedirect)
+        try:
+            with opener.open(request, timeout=60) as response:
+                return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def _jwt(claims: dict, key: bytes) -> str:
+    """An HS512 JWT (what Airflow issues with a JWT secret) over ``claims``, signed with ``key``."""
+    import jwt
+
+    return jwt.encode(claims, key, algorithm="HS512")
+
+
+def _claims(token: str) -> dict:
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory, models_dir):
+    with ApiServer(tmp_path_factory.mktemp("airflow-home")) as server:
+        engine = create_engine(server.results_url)
+        server.point_ids = seed_store(engine, models_dir)
+        engine.dispose()
+        yield server
+
+
+def routes(server: ApiServer) -> list[str]:
+    """Every kind of path the app serves (and one it does not): each must refuse a request without a login."""
+    point = server.point_ids[SEEDS[0].key()]
+    return [PAGE, "/requestflow/scoreboard", f"{PAGE}?backend=tflite&x=top5", f"{PAGE}plot.svg", f"{PAGE}plot.png",
+            f"{PAGE}data.json", f"{PAGE}point/{point}", f"{PAGE}point/{point}/data.json",
+            f"{PAGE}static/scoreboard.js", f"{PAGE}static/scoreboard.css", f"{PAGE}static/nothing.js",
+            "/requestflow/", "/requestflow/docs", "/requestflow/openapi.json", "/requestflow/no/such/page"]
+
+
+class TestNobodyGetsInWithoutAirflowsLogin:
+    def test_anonymous_requests_are_refused_on_every_route(self, airflow):
+        for path in routes(airflow):
+            status, headers, body = airflow.get(path)
+            assert status == 401, (path, status, body[:300])
+            assert json.loads(body) == {"detail": "Not authenticated"}, path
+            assert headers.get("www-authenticate") == "Bearer"
+
+    def test_an_anonymous_browser_is_sent_to_airflows_login_page_and_shown_nothing(self, airflow):
+        status, _, body = airflow.get(f"{PAGE}?backend=tf", accept="text/html")
+        page = body.decode()
+        assert status == 401
+        next_url = urllib.parse.quote(f"{airflow.base}{PAGE}?backend=tf", safe="")
+        assert f"/auth/login?next={next_url}" in page and "<svg" not in page and "mobilenet" not in page
+
+    def test_forged_tokens_are_refused_as_bearer_and_as_cookie(self, airflow):
+        real = airflow.token("admin")
+        forged = _jwt(_claims(real), b"not-the-secret" * 5)  # same claims, another key
+        tampered = ".".join([real.split(".")[0], base64.urlsafe_b64encode(json.dumps(
+            {**_claims(real), "sub": "root"}).encode()).decode().rstrip("="), real.split(".")[2]])
+        for token in (forged, tampered, "garbage", real + "x"):
+            for path in routes(airflow):
+                assert airflow.get(path, token=token)[0] == 403, (path, token[:20])
+                assert airflow.get(path, cookie=token)[0] == 403, (path, token[:20])
+
+    def test_an_expired_token_is_refused(self, airflow):
+        claims = _claims(airflow.token("viewer"))
+        expired = _jwt({**claims, "iat": claims["iat"] - 7200, "nbf": claims["nbf"] - 7200,
+                        "exp": int(time.time()) - 3600}, airflow.jwt_secret.encode())
+        status, _, body = airflow.get(PAGE, token=expired)
+        assert status == 401 and json.loads(body) == {"detail": "Token Expired"}
+
+    def test_a_user_the_auth_manager_does_not_authorize_is_refused(self, airflow):
+        # a genuinely signed token whose user has no role: Airflow knows who it is but grants it nothing
+        claims = _claims(airflow.token("viewer"))
+        nobody = _jwt({**claims, "sub": "nobody", "role": None}, airflow.jwt_secret.encode())
+        assert airflow.get("/api/v2/dags", token=nobody)[0] == 403  # Airflow's own API refuses it too
+        for path in routes(airflow):
+            status, _, body = airflow.get(path, token=nobody)
+            assert status == 403, (path, status)
+            assert "read access to DAG runs and assets" in json.loads(body)["detail"]
+
+    def test_a_real_login_works_with_the_token_as_bearer_or_cookie(self, airflow):
+        token = airflow.token("viewer")  # the least privileged role
+        for kind in ("token", "cookie"):
+            status, headers, body = airflow.get(f"{PAGE}data.json", **{kind: token})
+            assert status == 200, (kind, body[:300])
+            data = json.loads(body)
+            assert len(data["rows"]) == len(SEEDS)
+            assert headers["cache-control"] == "private, no-store"
+        status, headers, body = airflow.get(f"{PAGE}plot.png", token=token)
+        assert status == 200 and body.startswith(b"\x89PNG") and headers["content-type"] == "image/png"
+        status, _, body = airflow.get(f"{PAGE}static/scoreboard.js", token=token)
+        assert status == 200 and b"sortTable" in body
+        assert airflow.get(f"{PAGE}static/..%2f..%2fauth.py", token=token)[0] == 404
+
+    def test_airflow_lists_the_plugin_its_app_and_its_navigation_link(self, airflow):
+        status, _, body = airflow.get("/api/v2/plugins", token=airflow.token("admin"))
+        assert status == 200
+        plugin = next(p for p in json.loads(body)["plugins"] if p["name"] == "requestflow_scoreboard")
+        assert [a["url_prefix"] for a in plugin["fastapi_apps"]] == ["/requestflow"]
+        assert [(v["name"], v["href"], v["category"]) for v in plugin["external_views"]] == [
+            ("Scoreboard", "requestflow/scoreboard/", "browse")]
+        status, _, body = airflow.get("/api/v2/importErrors", token=airflow.token("admin"))
+        assert "Plugin" not in body.decode()
+
+
+def asgi_get(app, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    """One GET through an ASGI app, in this process: (status, JSON body)."""
+    import asyncio
+
+    messages = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        messages.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+             "client": ("127.0.0.1", 50000), "server": ("testserver", 80)}
+    asyncio.run(app(scope, receive, send))
+    status = next(m["status"] for m in messages if m["type"] == "http.response.start")
+    return status, json.loads(b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body"))
+
+
+class TestFailingClosedInProcess:
+    """The app alone (no api-server, no auth manager): whatever cannot be checked is refused."""
+
+    @pytest.fixture
+    def app(self, monkeypatch):
+        monkeypatch.syspath_prepend(str(ROOT / "plugins"))  # as Airflow does with its plugins folder
+        from requestflow_scoreboard.app import create_app
+
+        return create_app()
+
+    def test_every_route_of_the_app_refuses_an_anonymous_request(self, app):
+        paths = [route.path.replace("{point_id}", "0" * 64).replace("{fmt}", "svg").replace("{name}", "scoreboard.js")
+                 for route in app.routes]
+        assert len(paths) >= 7
+        for path in paths + ["/", "/docs", "/openapi.json"]:
+            assert asgi_get(app, path) == (401, {"detail": "Not authenticated"}), path
+
+    def test_a_token_that_cannot_be_checked_is_refused(self, app):
+        # no auth manager in this process: checking the token fails, and the request is refused, not let through
+        status, body = asgi_get(app, "/scoreboard/data.json", {"Authorization": "Bearer eyJ.e30.x"})
+        assert status == 403 and "could not be checked" in body["detail"]
+
+
+class TestTheEndpoints:
+    def test_the_json_frontier_is_the_frontier_computed_by_hand(self, airflow):
+        status, _, body = airflow.get(f"{PAGE}data.json", token=airflow.token("viewer"))
+        assert status == 200
+        assert set(json.loads(body)["frontier"]) == frontier_by_hand(SEEDS, airflow.point_ids)
+
+    def test_a_bad_metric_is_a_clear_400_and_an_unknown_point_a_404(self, airflow):
+        token = airflow.token("viewer")
+        status, _, body = airflow.get(f"{PAGE}data.json?x=speed", token=token)
+        assert status == 400 and "unknown metric 'speed'" in json.loads(body)["detail"]
+        assert airflow.get(f"{PAGE}point/{'0' * 64}", token=token)[0] == 404
+        assert airflow.get(f"{PAGE}point/not-a-point-id", token=token)[0] == 404
+
+    def test_an_empty_selection_and_a_bad_metric_are_pages_too(self, airflow):
+        token = airflow.token("viewer")
+        status, _, body = airflow.get(f"{PAGE}?board=nowhere", token=token, accept="text/html")
+        assert status == 200 and "no point has both" in body.decode() and 'id="count-rows">0<' in body.decode()
+        status, _, body = airflow.get(f"{PAGE}?y=speed", token=token, accept="text/html")
+        assert status == 400 and "unknown metric &#39;speed&#39;" in body.decode()
+
+    def test_every_point_has_its_page_even_without_latency_or_accuracy(self, airflow):
+        token = airflow.token("viewer")
+        for seed in SEEDS:
+            status, _, body = airflow.get(f"{PAGE}point/{airflow.point_ids[seed.key()]}", token=token,
+                                          accept="text/html")
+            page = body.decode()
+            assert status == 200, (seed, page[-500:])
+            assert ('id="command-performance"' in page) == (seed.median_s is not None)
+            assert ('id="command-accuracy"' in page) == (seed.top1 is not None)
+            assert ("no raw samples" in page) == (seed.median_s is None)
+
+    def test_the_page_and_the_cli_draw_the_same_figure(self, airflow, run_cli, tmp_path):
+        query = "x=throughput_ips&y=top5&board=hikey960&backend=tflite&backend=armcl&log_x=1"
+        status, headers, served = airflow.get(f"{PAGE}plot.svg?{query}", token=airflow.token("viewer"))
+        assert status == 200 and headers["content-type"] == "image/svg+xml"
+        code, _, stderr = run_cli("plot", "--x", "throughput", "--y", "top5", "--board", "hikey960", "--backend",
+                                  "tflite,armcl", "--log-x", "--out", tmp_path / "cli.svg", "--db", airflow.results_url)
+        assert code == 0, stderr
+        assert (tmp_path / "cli.svg").read_bytes() == served
+
+    def test_selector_values_are_bound_parameters_not_sql(self, airflow):
+        token = airflow.token("viewer")
+        quote = urllib.parse.quote
+        status, _, body = airflow.get(f"{PAGE}data.json?board={quote(chr(39) + ' OR 1=1 --')}&sweep={quote('x%')}",
+                                      token=token)
+        assert status == 200 and json.loads(body)["rows"] == []
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing in CI (Debian's chromium: dev.sh installs it)")
+        pytest.skip(f"no {CHROMIUM}")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        # Debian's own Chromium through Playwright's executable_path: Playwright never downloads a browser here.
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield instance
+        instance.close()
+
+
+def drawn(page) -> dict[str, dict]:
+    """The points drawn in the page's plot: point id -> its data attributes."""
+    attributes = "gs => gs.map(g => Object.fromEntries(Array.from(g.attributes).map(a => [a.name, a.value])))"
+    return {g["data-point-id"]: g for g in page.eval_on_selector_all("#plot svg g.point", attributes)}
+
+
+def table_ids(page, selector: str = "#points tbody tr") -> list[str]:
+    return page.eval_on_selector_all(selector, "rows => rows.map(r => r.dataset.pointId)")
+
+
+class TestInABrowser:
+    def test_log_in_read_the_frontier_change_a_selector_open_a_point(self, airflow, browser):
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        context = browser.new_context(viewport={"width": 1500, "height": 1000})
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        ids = airflow.point_ids
+
+        # 1. anonymous: the page sends the browser to Airflow's login form, which comes back to the page
+        page.goto(f"{airflow.base}{PAGE}")
+        page.wait_for_url("**/auth/login**")
+        page.fill("input[name=username]", "viewer")
+        page.fill("input[name=password]", airflow.passwords["viewer"])
+        page.click("button[type=submit]")
+        page.wait_for_url(f"**{PAGE}")
+        page.wait_for_selector("#plot svg g.point")
+
+        # 2. every seeded point is in the table; the drawn ones in the plot; the frontier is the one by hand
+        by_hand = frontier_by_hand(SEEDS, ids)
+        points = drawn(page)
+        assert set(table_ids(page)) == set(ids.values())
+        assert set(points) == {ids[s.key()] for s in SEEDS if s.median_s is not None and s.top1 is not None}
+        assert {pid for pid, g in points.items() if g["data-frontier"] == "true"} == by_hand
+        assert set(table_ids(page, "#points tbody tr.frontier")) == by_hand
+        assert page.inner_text("#count-frontier") == str(len(by_hand))
+        everything = set(points)
+        page.screenshot(path=str(ARTIFACTS / "scoreboard.png"), full_page=True)
+
+        # 3. a selector: only tflite; the URL, the plot and the table follow
+        page.check("#filter-backend input[value=tflite]")  # the form submits itself
+        page.wait_for_url("**backend=tflite**")
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(page.url).query)
+        assert query["backend"] == ["tflite"] and query["x"] == ["latency_median_s"] and query["y"] == ["top1"]
+        tflite = [s for s in SEEDS if s.backend == "tflite"]
+        points = drawn(page)
+        assert {g["data-backend"] for g in points.values()} == {"tflite"}
+        assert set(points) == {ids[s.key()] for s in tflite if s.median_s is not None and s.top1 is not None}
+        assert set(table_ids(page)) == {ids[s.key()] for s in tflite}
+        assert {pid for pid, g in points.items() if g["data-frontier"] == "true"} == frontier_by_hand(tflite, ids)
+        assert frontier_by_hand(tflite, ids) != by_hand
+        assert page.is_checked("#filter-backend input[value=tflite]")
+
+        # 4. another axis: the same URL state, Y becomes throughput; a shared URL shows the same view
+        page.select_option("#y", "throughput_ips")
+        page.wait_for_url("**y=throughput_ips**")
+        shared = page.url
+        other = context.new_page()
+        other.goto(shared)
+        assert drawn(other).keys() == drawn(page).keys() and other.input_value("#y") == "throughput_ips"
+        other.close()
+
+        # 5. the table sorts by a column (numbers as numbers)
+        page.click("#points th[data-column=latency_median_s]")
+        medians = page.eval_on_selector_all("#points tbody td[data-column=latency_median_s]",
+                                            "cells => cells.map(c => c.dataset.value)")
+        present = [float(m) for m in medians if m]
+        assert present == sorted(present) and medians[len(present):] == [""] * (len(medians) - len(present))
+
+        # 6. a point's page: provenance, the command that replays it, the raw samples as a histogram
+        seed = SEEDS[0]
+        page.goto(f"{airflow.base}{PAGE}")
+        page.click(f"#plot a.point-link:has(g[data-point-id='{ids[seed.key()]}'])")
+        page.wait_for_url(f"**/point/{ids[seed.key()]}**")
+        assert page.inner_text("#command-performance") == shlex.join(command(seed, "performance"))
+        assert page.inner_text("#command-accuracy") == shlex.join(command(seed, "accuracy"))
+        assert page.locator("#latency-histogram svg g[id^=histogram-bar-]").count() >= 5
+        assert "(21 runs)" in page.text_content("#latency-histogram svg")
+        assert "mobilenets_sweep" in page.inner_text("#provenance")
+        page.screenshot(path=str(ARTIFACTS / "scoreboard-point.png"), full_page=True)
+
+        # 7. Airflow's own navigation opens the page (Browse > Scoreboard, in a tab of its own)
+        page.goto(f"{airflow.base}/")
+        page.get_by_role("button", name="Browse").click()
+        with context.expect_page() as opened:
+            page.get_by_role("menuitem", name="Scoreboard").click()
+        tab = opened.value
+        tab.wait_for_selector("#plot svg g.point")
+        assert tab.url == f"{airflow.base}{PAGE}" and set(drawn(tab)) == everything
+        context.close()
+        if os.environ.get("REQUESTFLOW_UPDATE_DOCS_SCREENSHOT"):
+            shutil.copy(ARTIFACTS / "scoreboard.png", ROOT / "docs" / "scoreboard.png")
