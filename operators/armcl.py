@@ -602,7 +602,8 @@ class ArmclBuildOperator(BaseOperator):
     Put it in the board's pool, once per board and spec, before the points that need the library; ``points``
     (templated) are those points: when the build fails for good they are stored in ``point_failures`` with its
     reason. Returns (XCom) the build's key, whether it was reused, its version, build time and library size.
-    ``cache_dir`` is the board's build cache (default ``<work_dir>/armcl/builds``); ``source_cache_dir`` the
+    ``cache_dir`` is the board's build cache (default ``<work_dir>/armcl/builds``; the local board's is the
+    machine's ArmCL cache, ``requestflow.board.armcl.default_cache()``); ``source_cache_dir`` the
     controller's source cache (default ``$REQUESTFLOW_CACHE/armcl``).
     """
 
@@ -646,8 +647,10 @@ class ArmclBuildOperator(BaseOperator):
 
     def _build(self) -> dict:
         from operators import board_jobs, deploy
+        from operators.board_hook import LocalBoard
         from operators.provision import board_cli
         from operators.results_hook import ResultsHook
+        from requestflow.board import armcl as board_armcl
         from requestflow.results.builds import record_build
 
         spec = self.spec
@@ -671,7 +674,9 @@ class ArmclBuildOperator(BaseOperator):
             source_args = ["--git", spec.source.location, "--tag", spec.source.tag,
                            "--origin", f"git {spec.source.location} {spec.source.tag}"]
             source_id = f"git {spec.source.location} {spec.source.tag}"
-        cache = self.cache_dir or f"{work}/armcl/builds"
+        # the local board is this machine: its builds are the machine's ArmCL cache, the one a build by hand uses
+        default = str(board_armcl.default_cache()) if isinstance(board, LocalBoard) else f"{work}/armcl/builds"
+        cache = self.cache_dir or default
         slug = hashlib.sha256(json.dumps([source_id, plan.options], sort_keys=True).encode()).hexdigest()[:16]
         self._job_dir = job_dir = f"{work}/armcl/jobs/{slug}"
         command = [python, "-m", "requestflow.board.armcl", "build", *source_args, "--version", spec.version,

@@ -116,6 +116,19 @@ class TestSweeps:
             assert row["latency_median_s"] == perf["performance"]["median"]
             assert row["top1"] == acc["accuracy"]["top1"] and row["image_count"] == 20
 
+    def test_provisioning_the_local_board_stores_its_platform_and_its_armcl_build(self, airflow_env):
+        """board_provision on this machine: the platform stored, the clocks reported, and the ArmCL build of
+        config/armcl.json made in the board's pool (here reused from the machine's ArmCL cache, which
+        tests/test_armcl_build.py filled) with its provenance in library_builds."""
+        env, store = airflow_env
+        run = run_dag(env, {"boards": ["local"]}, dag_id="board_provision")
+        _, rows = read_only(store, "SELECT kind, info->'platform'->>'arch' FROM boards WHERE name = 'local'")
+        assert rows == [("local", "x86_64")]
+        _, builds = read_only(store, "SELECT backend, library, version, info->'options'->>'opencl', "
+                                     "info->'options'->>'neon' FROM library_builds WHERE backend = 'armcl'")
+        assert builds == [("armcl", "arm_compute", "24.11", "1", "0")]
+        assert "clocks: no cpufreq" in run["output"] or "pinned by" in run["output"]
+
     def test_a_dry_run_lists_the_points_and_runs_none(self, airflow_env):
         env, store = airflow_env
         run = run_dag(env, {"models": ["mobilenet-v1-0.25-160"], "dry_run": True})
