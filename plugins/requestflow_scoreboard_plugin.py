@@ -11,6 +11,7 @@ one by one).
 from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
+
 from requestflow_scoreboard.app import URL_PREFIX, create_app
 
 

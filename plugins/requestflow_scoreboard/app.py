@@ -22,10 +22,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 from fastapi import FastAPI, HTTPException
-from requestflow_scoreboard.auth import AirflowLoginRequired
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from requestflow_scoreboard.auth import AirflowLoginRequired
 
 log = logging.getLogger(__name__)
 
