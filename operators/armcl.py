@@ -602,8 +602,7 @@ class ArmclBuildOperator(BaseOperator):
     Put it in the board's pool, once per board and spec, before the points that need the library; ``points``
     (templated) are those points: when the build fails for good they are stored in ``point_failures`` with its
     reason. Returns (XCom) the build's key, whether it was reused, its version, build time and library size.
-    ``cache_dir`` is the board's build cache (default ``<work_dir>/armcl/builds``; the local board's is the
-    machine's ArmCL cache, ``requestflow.board.armcl.default_cache()``); ``source_cache_dir`` the
+    ``cache_dir`` is the board's build cache (default ``<work_dir>/armcl/builds``); ``source_cache_dir`` the
     controller's source cache (default ``$REQUESTFLOW_CACHE/armcl``).
     """
 
@@ -674,9 +673,7 @@ class ArmclBuildOperator(BaseOperator):
             source_args = ["--git", spec.source.location, "--tag", spec.source.tag,
                            "--origin", f"git {spec.source.location} {spec.source.tag}"]
             source_id = f"git {spec.source.location} {spec.source.tag}"
-        # the local board is this machine: its builds are the machine's ArmCL cache, the one a build by hand uses
-        default = str(board_armcl.default_cache()) if isinstance(board, LocalBoard) else f"{work}/armcl/builds"
-        cache = self.cache_dir or default
+        cache = self.cache_dir or f"{work}/armcl/builds"
         slug = hashlib.sha256(json.dumps([source_id, plan.options], sort_keys=True).encode()).hexdigest()[:16]
         self._job_dir = job_dir = f"{work}/armcl/jobs/{slug}"
         command = [python, "-m", "requestflow.board.armcl", "build", *source_args, "--version", spec.version,

@@ -118,8 +118,8 @@ class TestSweeps:
 
     def test_provisioning_the_local_board_stores_its_platform_and_its_armcl_build(self, airflow_env):
         """board_provision on this machine: the platform stored, the clocks reported, and the ArmCL build of
-        config/armcl.json made in the board's pool (here reused from the machine's ArmCL cache, which
-        tests/test_armcl_build.py filled) with its provenance in library_builds."""
+        config/armcl.json made in the board's pool, into the local board's work dir (its compiles come from ccache,
+        which tests/test_armcl_build.py's real build filled), with its provenance in library_builds."""
         env, store = airflow_env
         run = run_dag(env, {"boards": ["local"]}, dag_id="board_provision")
         _, rows = read_only(store, "SELECT kind, info->'platform'->>'arch' FROM boards WHERE name = 'local'")
