@@ -646,10 +646,8 @@ class ArmclBuildOperator(BaseOperator):
 
     def _build(self) -> dict:
         from operators import board_jobs, deploy
-        from operators.board_hook import LocalBoard
         from operators.provision import board_cli
         from operators.results_hook import ResultsHook
-        from requestflow.board import armcl as board_armcl
         from requestflow.results.builds import record_build
 
         spec = self.spec

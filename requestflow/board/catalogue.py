@@ -24,7 +24,9 @@ from requestflow.errors import UserError
 WIDTHS = (0.25, 0.5, 0.75, 1.0)
 RESOLUTIONS = (128, 160, 192, 224)
 PRECISIONS = ("fp32", "uint8", "int8")
-BACKENDS = ("tf", "tflite")
+BACKENDS = ("tf", "tflite", "armcl")
+# backends that compute in float: they run quantized weights dequantized, and only fp32
+FLOAT_BACKENDS = ("tf", "armcl")
 MODES = ("performance", "accuracy")
 
 # (depthwise stride, pointwise output channels at width 1.0) of the 13 separable blocks.

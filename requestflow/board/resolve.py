@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from requestflow.board.catalogue import ModelConfig, width_text
+from requestflow.board.catalogue import FLOAT_BACKENDS, ModelConfig, width_text
 from requestflow.board.download import DownloadError, cached_download_path, extract_member, fetch
 from requestflow.board.files import sha256_file, shared_data_dir
 from requestflow.errors import UserError
@@ -144,12 +144,12 @@ def candidate_releases(backend: str, precision: str | None, release: str | None)
         if release not in known:
             raise UserError(f"unknown weights release {release!r}; known: {', '.join(known)}")
         return [release]
-    if backend == "tf":  # tf computes in float: float releases first, then dequantized quantized ones
+    if backend in FLOAT_BACKENDS:  # computing in float: float releases first, then dequantized quantized ones
         order = [r for r, s in known.items() if s["precision"] == "fp32"]
         order += [r for r, s in known.items() if s["precision"] != "fp32"]
     else:
         order = list(known)
-    if precision is not None and backend != "tf":
+    if precision is not None and backend not in FLOAT_BACKENDS:
         order = [r for r in order if known[r]["precision"] == precision]
         if not order:
             listing = ", ".join(f"{name} ({spec['precision']})" for name, spec in known.items())

@@ -88,4 +88,7 @@ def create_backend(name: str, model, weights, batch_size: int, threads: int) -> 
     if name == "tflite":
         from requestflow.board.backends.tflite_backend import TFLiteBackend
         return TFLiteBackend(model, weights, batch_size, threads)
-    raise UserError(f"unknown backend {name!r}; known: tf, tflite")
+    if name == "armcl":
+        from requestflow.board.backends.armcl_backend import ArmclBackend
+        return ArmclBackend(model, weights, batch_size, threads)
+    raise UserError(f"unknown backend {name!r}; known: tf, tflite, armcl")
