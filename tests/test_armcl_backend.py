@@ -23,6 +23,7 @@ from requestflow.board.runner import RunConfig, run
 from requestflow.board.schema import validate_document
 from requestflow.errors import UserError
 from requestflow.results.identity import point_id
+from tests.armcl_real import real_build
 
 IMAGES = int(os.environ.get("REQUESTFLOW_ARMCL_TEST_IMAGES", "500"))
 CASES = {"h5 0.25_224": ("mobilenet-v1-0.25-224", "mobilenet_v1_0.25_224.h5"),
@@ -31,16 +32,19 @@ CASES = {"h5 0.25_224": ("mobilenet-v1-0.25-224", "mobilenet_v1_0.25_224.h5"),
 
 @pytest.fixture(scope="module")
 def build() -> Path:
+    """The machine's real ArmCL build (built when cold), named to the backend by $REQUESTFLOW_ARMCL_BUILD."""
     from requestflow.board.machine import opencl
 
-    try:
-        found = armcl_program.find_build()
-    except UserError as exc:
-        pytest.fail(str(exc)) if os.environ.get("CI") else pytest.skip(str(exc))
+    found, _ = real_build()
+    saved = os.environ.get("REQUESTFLOW_ARMCL_BUILD")
+    os.environ["REQUESTFLOW_ARMCL_BUILD"] = str(found)
+    assert armcl_program.find_build() == found
     if not opencl().get("available"):
         message = "no OpenCL device (dev.sh installs pocl-opencl-icd)"
         pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
-    return found
+    yield found
+    os.environ.pop("REQUESTFLOW_ARMCL_BUILD") if saved is None else os.environ.__setitem__("REQUESTFLOW_ARMCL_BUILD",
+                                                                                          saved)
 
 
 @pytest.fixture(scope="module")

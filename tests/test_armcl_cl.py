@@ -16,25 +16,18 @@ import pytest
 
 from requestflow.board import armcl, clshim
 from requestflow.board.machine import opencl
+from tests.armcl_real import ARMCL_CACHE, real_build
 
-ARMCL_CACHE = Path(os.environ.get("REQUESTFLOW_ARMCL_CACHE") or Path.home() / ".cache" / "requestflow" / "armcl")
 RUN = ["--target=CL", "--type=F32", "--model-id=1"]  # MobileNet-v1 0.75_160, dummy weights (no --data)
 
 
 @pytest.fixture(scope="module")
-def graph_mobilenet(tmp_path_factory) -> Path:
+def graph_mobilenet() -> Path:
     """ArmCL's graph_mobilenet, compiled against the x86_64 OpenCL fp32 build of ArmCL 24.11 from Debian."""
-    from operators.armcl import ArmclSpec, fetch_debian_source, options_for
-    from requestflow.board.machine import platform_snapshot
-
     if platform.machine() != "x86_64":
         pytest.skip("the CL build of these tests is x86_64's")
-    source = fetch_debian_source("24.11", ARMCL_CACHE / "sources", log=lambda line: None)
-    spec = ArmclSpec("24.11", "debian", options={"opencl": 1, "neon": 0, "data_type_support": "fp32"})
-    plan = options_for(platform_snapshot("/"), spec)
-    built = armcl.build(options=plan.options, cache=ARMCL_CACHE / "builds", source=str(source.path),
-                        sha256=source.sha256, version="24.11", log=lambda line: None)
-    return armcl.build_example(built["path"], source.path, "graph_mobilenet", log=lambda line: None)
+    build, source = real_build()
+    return armcl.build_example(build, source, "graph_mobilenet", log=lambda line: None)
 
 
 @pytest.fixture(scope="module")
