@@ -21,7 +21,6 @@ import sys
 import tarfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -44,13 +43,13 @@ from operators.armcl import (
 from requestflow.board import armcl as board_armcl
 from requestflow.board.files import sha256_file
 from requestflow.errors import UserError
-from requestflow.results.database import sqlalchemy_url, upgrade
+from requestflow.results.database import sqlalchemy_url
+from tests.databases import throwaway_database
 from tests.farm import farm_fixture
 from tests.processes import commands_under
 
 farm = farm_fixture(1, scope="module")
 ROOT = Path(__file__).resolve().parents[1]
-SERVER = os.environ.get("REQUESTFLOW_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 ARMCL_CACHE = Path(os.environ.get("REQUESTFLOW_ARMCL_CACHE") or Path.home() / ".cache" / "requestflow" / "armcl")
 BUILDER = [sys.executable, "-m", "requestflow.board.armcl"]
 X86 = {"arch": "x86_64", "neon": "0", "opencl": "1", "build": "native", "os": "linux", "data_type_support": "fp32"}
@@ -158,17 +157,9 @@ def run_builder(*args: str, env: dict | None = None, timeout: float = 600) -> su
 @pytest.fixture
 def results_url(monkeypatch):
     """A throwaway results database, the ``requestflow_results`` Connection pointing at it; its URL."""
-    name = f"rf_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(sqlalchemy_url(f"{SERVER}/postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = sqlalchemy_url(f"{SERVER}/{name}")
-    upgrade(url)
-    monkeypatch.setenv("AIRFLOW_CONN_REQUESTFLOW_RESULTS", f"{SERVER}/{name}")
-    yield url
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with throwaway_database() as url:
+        monkeypatch.setenv("AIRFLOW_CONN_REQUESTFLOW_RESULTS", url)
+        yield sqlalchemy_url(url)
 
 
 def query(url: str, sql: str, **params) -> list[dict]:

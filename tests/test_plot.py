@@ -6,23 +6,20 @@ from __future__ import annotations
 
 import io
 import itertools
-import os
-import uuid
 import xml.etree.ElementTree as ET
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 
 from requestflow.errors import UserError
-from requestflow.results.database import sqlalchemy_url, upgrade
+from requestflow.results.database import sqlalchemy_url
 from requestflow.results.plot import METRICS, SVG_NS, frontier, histogram, metric, scatter
 from requestflow.results.query import read_only
 from requestflow.results.scoreboard_data import Selection, read_rows
+from tests.databases import throwaway_database
 from tests.scoreboard_seed import SEEDS, frontier_by_hand, seed_store
-
-SERVER = os.environ.get("REQUESTFLOW_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 
 
 def row(point_id: str, board: str = "b", random: bool = False, **figures) -> dict:
@@ -133,19 +130,12 @@ class TestTheFigure:
 @pytest.fixture(scope="module")
 def seeded(models_dir):
     """A results store holding the seeded points: (URL, engine, point ids by seed)."""
-    name = f"rf_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(sqlalchemy_url(f"{SERVER}/postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = sqlalchemy_url(f"{SERVER}/{name}")
-    upgrade(url)
-    engine = create_engine(url)
-    ids = seed_store(engine, models_dir)
-    yield url, engine, ids
-    engine.dispose()
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with throwaway_database() as plain:
+        url = sqlalchemy_url(plain)
+        engine = create_engine(url)
+        ids = seed_store(engine, models_dir)
+        yield url, engine, ids
+        engine.dispose()
 
 
 def svg_points(path) -> dict[str, dict]:

@@ -58,6 +58,22 @@ class Backend(abc.ABC):
     def scores(self) -> np.ndarray:
         """float32 [batch_size, 1000]."""
 
+
+class FloatBackend(Backend):
+    """A backend that computes in float32 on the canonical weights (tf, armcl): quantized weights run dequantized."""
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        return np.dtype(np.float32)
+
+    @property
+    def precision(self) -> str:
+        return "fp32"
+
+    @property
+    def classes(self) -> int:
+        return self.weights.canonical_for(self.model).classes
+
     @abc.abstractmethod
     def info(self) -> dict:
         """``{"name", "version", "variant": {...}, "threads"}``: what the point's identity needs to know."""

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from requestflow.board.backends import Backend, imagenet_scores, to_float_input
+from requestflow.board.backends import FloatBackend, imagenet_scores, to_float_input
 from requestflow.errors import UserError
 
 VARIANT_ENV = "REQUESTFLOW_ARMCL_VARIANT"
@@ -82,7 +82,7 @@ def canonical_folder(weights) -> Path:
     return folder
 
 
-class ArmclBackend(Backend):
+class ArmclBackend(FloatBackend):
     name = "armcl"
     timed_region = TIMED_REGION
 
@@ -90,18 +90,6 @@ class ArmclBackend(Backend):
         super().__init__(model, weights, batch_size, threads)
         self.variant = variant if variant is not None else parse_variant(os.environ.get(VARIANT_ENV))
         self._process = None
-
-    @property
-    def input_dtype(self) -> np.dtype:
-        return np.dtype(np.float32)
-
-    @property
-    def precision(self) -> str:
-        return "fp32"
-
-    @property
-    def classes(self) -> int:
-        return self.weights.canonical_for(self.model).classes
 
     def load(self) -> None:
         from requestflow.board import armcl_program, clshim
