@@ -37,15 +37,17 @@ def free_port() -> int:
 
 
 class AirflowServices:
-    def __init__(self, home: Path, extra_env: dict[str, str] | None = None, pools: tuple[str, ...] = ()) -> None:
+    def __init__(self, home: Path, extra_env: dict[str, str] | None = None, pools: tuple[str, ...] = (),
+                 services: tuple[str, ...] = SERVICES) -> None:
         self.home = home
         self.names = {k: f"rf_test_{k}_{uuid.uuid4().hex[:8]}" for k in ("airflow", "results")}
         self.port = free_port()
         self.pools = pools
+        self.services = services
         self.processes: dict[str, subprocess.Popen] = {}
         self.admin = create_engine(sqlalchemy_url(f"{SERVER}/postgres"), isolation_level="AUTOCOMMIT")
         self.env = {
-            **os.environ, **(extra_env or {}),
+            **os.environ,
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -61,6 +63,7 @@ class AirflowServices:
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "REQUESTFLOW_STATE": str(home / "state"), "PYTHONPATH": str(ROOT),
+            **(extra_env or {}),  # a test's own settings win (auth users, plugins folder, ...)
         }
         self.metadata = create_engine(self.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
         self.results = create_engine(sqlalchemy_url(self.env["AIRFLOW_CONN_REQUESTFLOW_RESULTS"]))
@@ -74,7 +77,7 @@ class AirflowServices:
             self.cli("db", "migrate", timeout=300)
             for pool in self.pools:
                 self.cli("pools", "set", pool, "1", f"one point at a time ({pool})")
-            for service in SERVICES:
+            for service in self.services:
                 args = [service] + (["--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
                                     if service == "api-server" else [])
                 log = open(self.home / f"{service}.log", "wb")  # noqa: SIM115 - the child process keeps it

@@ -17,20 +17,17 @@ import os
 import secrets
 import shlex
 import shutil
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 
 from requestflow.results.database import sqlalchemy_url, upgrade
-from tests.airflow_services import AIRFLOW, SERVER, _signal_group, free_port
+from tests.airflow_services import AirflowServices
 from tests.scoreboard_seed import SEEDS, command, frontier_by_hand, seed_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,96 +37,34 @@ PAGE = "/requestflow/scoreboard/"
 USERS = {"admin": "admin", "viewer": "viewer"}  # user -> role
 
 
-class ApiServer:
+class ApiServer(AirflowServices):
     """Only Airflow's api-server (no scheduler: nothing runs here), its metadata and the results store in fresh
     PostgreSQL databases, users with known passwords, the plugins folder of this checkout."""
 
     def __init__(self, home: Path) -> None:
-        self.home = home
-        self.names = {k: f"rf_test_{k}_{uuid.uuid4().hex[:8]}" for k in ("airflow", "results")}
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
         self.passwords = {user: secrets.token_urlsafe(12) for user in USERS}
-        self.jwt_secret = secrets.token_hex(32)
-        self.admin = create_engine(sqlalchemy_url(f"{SERVER}/postgres"), isolation_level="AUTOCOMMIT")
-        self.results_url = sqlalchemy_url(f"{SERVER}/{self.names['results']}")
         passwords_file = home / "passwords.json"
         passwords_file.write_text(json.dumps(self.passwords))
-        self.env = {
-            **os.environ,
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-            "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+        (home / "dags").mkdir(exist_ok=True)
+        super().__init__(home, {
+            "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"{SERVER.replace('postgresql://', 'postgresql+psycopg2://')}"
-                                                   f"/{self.names['airflow']}",
-            "AIRFLOW_CONN_REQUESTFLOW_RESULTS": f"{SERVER}/{self.names['results']}",
-            "AIRFLOW__API__BASE_URL": self.base,
-            "AIRFLOW__API_AUTH__JWT_SECRET": self.jwt_secret,
-            "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in USERS.items()),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file),
-            "PYTHONPATH": str(ROOT),
-        }
-        (home / "dags").mkdir(exist_ok=True)
-        self.process: subprocess.Popen | None = None
+        }, services=("api-server",))
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.jwt_secret = self.env["AIRFLOW__API_AUTH__JWT_SECRET"]
+        self.results_url = sqlalchemy_url(self.env["AIRFLOW_CONN_REQUESTFLOW_RESULTS"])
 
     def __enter__(self) -> ApiServer:
+        super().__enter__()
         try:
-            with self.admin.connect() as connection:
-                for name in self.names.values():
-                    connection.execute(text(f'CREATE DATABASE "{name}"'))
             upgrade(self.results_url)
-            migrate = subprocess.run([AIRFLOW, "db", "migrate"], env=self.env, capture_output=True, text=True,
-                                     timeout=600, stdin=subprocess.DEVNULL)
-            assert migrate.returncode == 0, migrate.stdout[-3000:] + migrate.stderr[-3000:]
-            log = open(self.home / "api-server.log", "wb")  # noqa: SIM115 - the child process keeps it
-            self.process = subprocess.Popen(
-                [AIRFLOW, "api-server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-            log.close()
-            self.wait(timeout=180)
         except BaseException:
             self.close()
             raise
         return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self.process is not None:
-            _signal_group(self.process.pid, 15)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                pass
-            _signal_group(self.process.pid, 9)
-            self.process.wait(timeout=10)
-            self.process = None
-        with self.admin.connect() as connection:
-            for name in self.names.values():
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        self.admin.dispose()
-
-    def log_tail(self, chars: int = 5000) -> str:
-        path = self.home / "api-server.log"
-        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
-
-    def wait(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the api-server exited ({self.process.returncode}):\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.base}/api/v2/monitor/health", timeout=5):
-                    return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the api-server did not answer in {timeout:.0f} s:\n"
-                                       f"{self.log_tail()}") from None
-                time.sleep(1)
 
     def token(self, user: str) -> str:
         """A real JWT from Airflow's own login endpoint (POST /auth/token with the user's password)."""
