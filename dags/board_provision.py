@@ -6,15 +6,13 @@ the clocks (pin then restore, so the log shows what this board lets us pin and w
 steps before its points; this DAG is for adding a board, or checking one.
 """
 
-import json
-
 import pendulum
 from airflow.sdk import DAG, Param, TaskGroup, task
 from airflow.sdk.exceptions import AirflowSkipException
 
-from operators.armcl import ArmclBuildOperator
+from operators.armcl import ArmclBuildOperator, configured_builds
 from operators.provision import ClocksOperator, ProvisionBoardOperator
-from operators.sweep import ROOT, inventory, pool_name, retry_delay_s
+from operators.sweep import inventory, pool_name, retry_delay_s
 
 DOC = """
 ### Provision boards
@@ -27,7 +25,7 @@ provenance lands in the results store, `library_builds`). Boards run in parallel
 """
 
 BOARDS = inventory()
-ARMCL_BUILDS = json.loads((ROOT / "config" / "armcl.json").read_text())["builds"]  # specs checked at parse time
+ARMCL_BUILDS = configured_builds()  # specs checked at parse time
 
 with DAG(dag_id="board_provision", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
          catchup=False, tags=["requestflow", "provisioning"], doc_md=DOC,

@@ -601,21 +601,26 @@ class ArmclBuildOperator(BaseOperator):
 
     Put it in the board's pool, once per board and spec, before the points that need the library; ``points``
     (templated) are those points: when the build fails for good they are stored in ``point_failures`` with its
-    reason. Returns (XCom) the build's key, whether it was reused, its version, build time and library size.
-    ``cache_dir`` is the board's build cache (default ``<work_dir>/armcl/builds``); ``source_cache_dir`` the
-    controller's source cache (default ``$REQUESTFLOW_CACHE/armcl``).
+    reason. With ``build_name`` (a sweep's build task), only the points whose ``armcl_build`` is that name count,
+    and the task skips itself when there are none. Then it compiles requestflow's MobileNet program against the
+    build (once per build and program source), so the points only run it. Returns (XCom) the build's key and
+    folder on the board, whether it was reused, its version, build time, library size and the program.
+    ``cache_dir`` is the board's build cache (default: the board's ``armcl_cache`` setting, else
+    ``<work_dir>/armcl/builds``); ``source_cache_dir`` the controller's source cache (default
+    ``$REQUESTFLOW_CACHE/armcl``).
     """
 
     template_fields = ("points",)
     ui_color = "#fcf3cf"
 
     def __init__(self, *, board_conn_id: str, spec: ArmclSpec | dict, points: list[dict] | None = None,
-                 results_conn_id: str = CONN_ID, cache_dir: str | None = None, source_cache_dir: str | None = None,
-                 build_timeout_s: float = 6 * 3600, **kwargs) -> None:
+                 build_name: str | None = None, results_conn_id: str = CONN_ID, cache_dir: str | None = None,
+                 source_cache_dir: str | None = None, build_timeout_s: float = 6 * 3600, **kwargs) -> None:
         super().__init__(**kwargs)
         self.board_conn_id = board_conn_id
         self.spec = ArmclSpec.from_value(spec)  # a bad option fails here, when the DAG is parsed
         self.points = points
+        self.build_name = build_name
         self.results_conn_id = results_conn_id
         self.cache_dir = cache_dir
         self.source_cache_dir = source_cache_dir
@@ -624,8 +629,15 @@ class ArmclBuildOperator(BaseOperator):
         self._job_dir: str | None = None
 
     def execute(self, context) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
         from operators.results_hook import ResultsHook
 
+        if self.build_name is not None:  # a sweep's build: only for the points that name it
+            self.points = [p for p in self.points or [] if p.get("armcl_build") == self.build_name]
+            if not self.points:
+                raise AirflowSkipException(f"no point of this sweep on board {self.board_conn_id} needs the ArmCL "
+                                           f"build {self.build_name}")
         try:
             try:
                 return self._build()
@@ -671,7 +683,7 @@ class ArmclBuildOperator(BaseOperator):
             source_args = ["--git", spec.source.location, "--tag", spec.source.tag,
                            "--origin", f"git {spec.source.location} {spec.source.tag}"]
             source_id = f"git {spec.source.location} {spec.source.tag}"
-        cache = self.cache_dir or f"{work}/armcl/builds"
+        cache = self.cache_dir or board.settings.armcl_cache or f"{work}/armcl/builds"
         slug = hashlib.sha256(json.dumps([source_id, plan.options], sort_keys=True).encode()).hexdigest()[:16]
         self._job_dir = job_dir = f"{work}/armcl/jobs/{slug}"
         command = [python, "-m", "requestflow.board.armcl", "build", *source_args, "--version", spec.version,
@@ -695,6 +707,7 @@ class ArmclBuildOperator(BaseOperator):
             raise ArmclBuildFailed(f"board {name}: {what}: {reason} (log: {job_dir}/stdout.log)")
         if not outcome or outcome.get("status") != "ok":
             raise RuntimeError(f"board {name}: the ArmCL build ended without its provenance ({job_dir}/result.json)")
+        program = self._compile_program(board, python, outcome["path"])
         engine = ResultsHook(self.results_conn_id).get_conn()
         try:
             build_id = record_build(engine, outcome, board=name)
@@ -707,7 +720,22 @@ class ArmclBuildOperator(BaseOperator):
         return {"board": name, "key": outcome["key"], "reused": bool(outcome.get("reused")),
                 "version": outcome.get("version"), "source_version": outcome.get("source_version"),
                 "build_seconds": outcome["build_seconds"], "library_bytes": outcome["library_bytes"],
-                "path": outcome.get("path"), "library_build_id": build_id}
+                "path": outcome.get("path"), "library_build_id": build_id, "program": program}
+
+    def _compile_program(self, board, python: str, build_path: str) -> dict:
+        """requestflow's MobileNet program (native/mobilenet) against the build, once per build and program source:
+        the points only run it."""
+        name = board.settings.name
+        command = [python, "-m", "requestflow.board.armcl_program", "compile", "--build", build_path]
+        result = board.run(" ".join(shlex.quote(a) for a in command), warn=True, timeout=900)
+        if result.return_code != 0:
+            reason = ((result.stderr or result.stdout).strip().splitlines() or [f"exit {result.return_code}"])[-1]
+            raise ArmclBuildFailed(f"board {name}: the ArmCL MobileNet program did not compile against "
+                                   f"{Path(build_path).name[:16]}: {reason.removeprefix('error: ')}")
+        program = json.loads(result.stdout.strip().splitlines()[-1])
+        self.log.info("board %s: MobileNet program %s (%s)", name, program["path"],
+                      "reused" if program.get("reused") else f"compiled in {program.get('compile_s')} s")
+        return {key: program.get(key) for key in ("path", "sha256", "compile_s", "reused")}
 
     def on_kill(self) -> None:
         if self._board is not None and self._job_dir is not None:
@@ -734,3 +762,17 @@ def _read_result(board, remote: str) -> dict | None:
             return json.loads(local.read_text())
         except (OSError, ValueError):
             return None
+
+
+def configured_builds() -> dict[str, dict]:
+    """The ArmCL builds of ``config/armcl.json`` (name -> spec), each spec checked (a bad option fails the DAG's
+    parse with its name)."""
+    from operators.sweep import ROOT
+
+    builds = json.loads((ROOT / "config" / "armcl.json").read_text())["builds"]
+    for name, spec in builds.items():
+        try:
+            ArmclSpec.from_value(spec)
+        except UserError as exc:
+            raise UserError(f"config/armcl.json: build {name!r}: {exc}") from None
+    return builds

@@ -128,15 +128,18 @@ LOCAL_BOARD = "local"
 
 
 class LocalBoard:
-    """This machine as a board, without SSH: the embedded default. Same ``run``/``put``/``get`` as BoardHook."""
+    """This machine as a board, without SSH: the embedded default. Same ``run``/``put``/``get`` as BoardHook. Its
+    ArmCL builds are the machine's cache (``requestflow.board.armcl.default_cache``), shared with the tests."""
 
     def __init__(self, python: str | None = None, work_dir: str | None = None) -> None:
         import os
         import sys
 
+        from requestflow.board.armcl import default_cache
+
         self.settings = BoardSettings(
             name=LOCAL_BOARD, host="localhost", key_file="-", no_host_key_check=True,
-            python=python or sys.executable,
+            python=python or sys.executable, armcl_cache=str(default_cache()),
             work_dir=work_dir or os.path.join(os.environ.get("REQUESTFLOW_STATE") or
                                               os.path.expanduser("~/.local/state/requestflow"), "board"))
 

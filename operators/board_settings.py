@@ -17,6 +17,7 @@ passphrase when a key is given, else a login password). Extras:
 ``work_dir``               the board's work dir (default ``~/requestflow``); the runner reads only there
 ``sudo``                   true when clock pinning may use sudo
 ``sysfs_root``             root of the sysfs tree for clocks (tests point it at a fake tree)
+``armcl_cache``            the board's ArmCL build cache (default ``<work_dir>/armcl/builds``)
 ``connect_timeout``        seconds (default 15)
 ``price_usd``, ``price_date``, ``service_life_years``, ``peak_power_w``: the scoreboard's cost and energy figures
 =========================  ==========================================================================================
@@ -32,7 +33,8 @@ from requestflow.errors import UserError
 SECRET_FIELDS = ("password", "private_key")
 EXTRAS = {
     "key_file": str, "private_key": str, "host_key": str, "known_hosts": str, "no_host_key_check": bool,
-    "python": str, "work_dir": str, "sudo": bool, "sysfs_root": str, "connect_timeout": float,
+    "python": str, "work_dir": str, "sudo": bool, "sysfs_root": str, "armcl_cache": str,
+    "connect_timeout": float,
     "price_usd": float, "price_date": str, "service_life_years": float, "peak_power_w": float,
 }
 
@@ -75,6 +77,7 @@ class BoardSettings:
     work_dir: str = "~/requestflow"
     sudo: bool = False
     sysfs_root: str = "/"
+    armcl_cache: str | None = None
     connect_timeout: float = 15.0
     price_usd: float | None = None
     price_date: str | None = None

@@ -18,27 +18,29 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from operators import board_jobs
 from operators.board_hook import board_for
+from requestflow.board.catalogue import point_label
 from requestflow.results.database import CONN_ID
 
 POINT_FIELDS = ("model", "backend", "mode", "precision", "release", "repetitions", "warmup", "batch_size",
-                "threads", "cpus", "cluster", "limit")
+                "threads", "cpus", "cluster", "limit", "variant")
 
 
-def point_label(point: dict) -> str:
-    return f"{point['model']} {point['backend']} {point['mode']}"
-
-
-def runner_command(python: str, point: dict, out: str | None = "result.json") -> str:
-    """The board-side command line of a point (``out=None``: ``--identify``, print its context); values quoted."""
-    unknown = set(point) - set(POINT_FIELDS) - {"board"}
+def runner_command(python: str, point: dict, out: str | None = "result.json", armcl_build: str | None = None) -> str:
+    """The board-side command line of a point (``out=None``: ``--identify``, print its context); values quoted.
+    ``armcl_build``: the folder, on the board, of the ArmCL build the point's ``armcl_build`` names."""
+    unknown = set(point) - set(POINT_FIELDS) - {"board", "armcl_build"}
     if unknown:
         raise ValueError(f"unknown point field {sorted(unknown)[0]!r}")
     args = [python, "-m", "requestflow.cli", "run", "--quiet", "--offline"]
     args += ["--out", out] if out else ["--identify"]
     for name in POINT_FIELDS:
         value = point.get(name)
+        if isinstance(value, dict):
+            value = json.dumps(value, sort_keys=True)
         if value is not None and value != "":
             args += [f"--{name.replace('_', '-')}", str(value)]
+    if armcl_build:
+        args += ["--armcl-build", armcl_build]
     return " ".join(shlex.quote(a) for a in args)
 
 
@@ -56,9 +58,11 @@ class RunPointOperator(BaseOperator):
 
     def __init__(self, *, board_conn_id: str, point: dict, sweep_id: str = "{{ run_id }}", resume: bool = False,
                  cooldown_c: float | None = None, cooldown_timeout_s: float = 600,
-                 results_conn_id: str = CONN_ID, **kwargs) -> None:
+                 armcl_build_tasks: dict[str, str] | None = None, results_conn_id: str = CONN_ID,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         self.board_conn_id = board_conn_id
+        self.armcl_build_tasks = armcl_build_tasks or {}
         self.point = point
         self.sweep_id = sweep_id
         self.resume = resume
@@ -96,8 +100,9 @@ class RunPointOperator(BaseOperator):
         env = {"REQUESTFLOW_CACHE": f"{work_dir}/cache", "REQUESTFLOW_DATA": f"{work_dir}/data",
                "TF_CPP_MIN_LOG_LEVEL": "2"}
         label = point_label(self.point)
+        armcl_build = self._armcl_build(context)
         if _true(self.resume):
-            stored = self._stored_result(board, python, env)
+            stored = self._stored_result(board, python, env, armcl_build)
             if stored is not None:
                 self.log.info("board %s: %s is already stored (result %d): skipped (resume)", settings.name,
                               label, stored)
@@ -106,7 +111,7 @@ class RunPointOperator(BaseOperator):
             self._cool_down(board, python)
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{self.sweep_id}/{label}")
         self._job_dir = job_dir = f"{work_dir}/runs/{slug}"
-        command = runner_command(python, self.point)
+        command = runner_command(python, self.point, armcl_build=armcl_build)
         self.log.info("board %s: %s (in %s)", settings.name, command, job_dir)
         board_jobs.start(board, job_dir, command, env)
         lines: list[str] = []
@@ -140,7 +145,20 @@ class RunPointOperator(BaseOperator):
                                        f"{document['error']['message']}")
         return summary
 
-    def _stored_result(self, board, python: str, env: dict) -> int | None:
+    def _armcl_build(self, context) -> str | None:
+        """The board's folder of the ArmCL build the point names: what its build task returned (XCom)."""
+        name = self.point.get("armcl_build")
+        if not name:
+            return None
+        if name not in self.armcl_build_tasks:
+            raise AirflowFailException(f"the point names the ArmCL build {name!r}, which no task of this sweep makes "
+                                       f"(known: {', '.join(self.armcl_build_tasks) or 'none'})")
+        built = context["ti"].xcom_pull(task_ids=self.armcl_build_tasks[name])
+        if not built or not built.get("path"):
+            raise AirflowFailException(f"the ArmCL build {name} of board {self.board_conn_id} did not complete")
+        return built["path"]
+
+    def _stored_result(self, board, python: str, env: dict, armcl_build: str | None) -> int | None:
         """Resume: the point's identity, computed on the board by the runner (``--identify``), looked up in the
         store; the id of its successful result, or None."""
         from operators.results_hook import ResultsHook
@@ -148,7 +166,8 @@ class RunPointOperator(BaseOperator):
         from requestflow.results.sweeps import stored_ok
 
         exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in env.items())
-        result = board.run(exports + runner_command(python, self.point, out=None), warn=True, timeout=600)
+        result = board.run(exports + runner_command(python, self.point, out=None, armcl_build=armcl_build),
+                           warn=True, timeout=600)
         if result.return_code == 2:
             raise AirflowFailException(f"board {board.settings.name} refused the point: "
                                        f"{result.stderr.strip().splitlines()[-1:]}")

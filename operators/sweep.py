@@ -6,10 +6,14 @@ inventory (``config/boards.json``), whose tasks that touch the board all sit in 
 overlap, whichever sweep they belong to; boards run in parallel.
 
 Per board: ``plan`` (the board's points; skipped when the board is not chosen or on a dry run) >> ``provision``
-(runner, platform, data) >> ``pin_clocks`` (a setup task) >> ``run`` (mapped: one task per point, named
+(runner, platform, data) >> ``armcl_<build>`` (one per build of ``config/armcl.json``: built or reused on the board,
+with requestflow's MobileNet program compiled against it; skipped when no armcl point names it) >> ``pin_clocks``
+(a setup task) >> ``run`` (mapped: one task per point, named
 "<model> <backend> <mode>" in the UI) >> ``restore_clocks`` (its teardown: Airflow runs it even when points fail
-or the run is marked failed). ``summary`` accounts for every planned point (stored ok, stored failed, stored
-without a result, skipped because already stored) and fails the run when one did not succeed.
+or the run is marked failed). armcl points are one per variant (the form's ArmCL targets x layouts x conv
+methods x tuners). ``summary`` accounts for every planned point (stored ok, stored failed, stored
+without a result, skipped because already stored) and updates the results Asset; ``verdict`` fails the run when a
+point did not succeed.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import re
 from itertools import product
 from pathlib import Path
 
-from requestflow.board.catalogue import BACKENDS, CONFIGS, MODES, PRECISIONS
+from requestflow.board.catalogue import ARMCL_VARIANT, BACKENDS, CONFIGS, MODES, PRECISIONS, point_label
 
 ROOT = Path(__file__).resolve().parents[1]
 BOARD_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
@@ -46,9 +50,14 @@ def params(defaults: dict | None = None) -> dict:
     """The trigger form: every field validated by JSON Schema before anything runs."""
     from airflow.sdk import Param
 
+    from operators.armcl import configured_builds
+
+    armcl_builds = list(configured_builds())
     d = {"boards": ["local"], "models": MODEL_IDS, "backends": ["tflite"], "modes": ["performance", "accuracy"],
          "precision": None, "release": None, "repetitions": 20, "warmup": 3, "batch_size": 1, "threads": None,
-         "cpus": None, "cluster": "all", "image_limit": 500, "cooldown_c": None, "resume": False, "dry_run": False}
+         "cpus": None, "cluster": "all", "image_limit": 500, "cooldown_c": None, "resume": False, "dry_run": False,
+         "armcl_build": armcl_builds[0] if armcl_builds else None,
+         **{f"armcl_{key}s": [choices[0]] for key, choices in ARMCL_VARIANT.items()}}
     d.update(defaults or {})
     boards = inventory()
     # boards of the defaults that the inventory lacks are dropped (a schedule needs valid defaults)
@@ -82,6 +91,13 @@ def params(defaults: dict | None = None) -> dict:
         "resume": Param(d["resume"], type="boolean", title="Resume",
                         description="skip points already stored with the same identity"),
         "dry_run": Param(d["dry_run"], type="boolean", title="Dry run", description="list the points only"),
+        "armcl_build": Param(d["armcl_build"], type=["null", "string"], enum=[None, *armcl_builds],
+                             title="ArmCL build", description="armcl points: a build of config/armcl.json, made "
+                             "(or reused) on each board before its points"),
+        **{f"armcl_{key}s": Param(d[f"armcl_{key}s"], type="array", items={"type": "string", "enum": list(choices)},
+                                  minItems=1, uniqueItems=True, title=f"ArmCL {key.replace('_', ' ')}s",
+                                  description=f"armcl points: one per combination ({', '.join(choices)})")
+           for key, choices in ARMCL_VARIANT.items()},
     }
 
 
@@ -89,16 +105,23 @@ def plan(board: str, p: dict) -> list[dict]:
     """The points of ``board`` for the sweep's params (none when the board was not chosen)."""
     if board not in p["boards"]:
         return []
+    keys = list(ARMCL_VARIANT)
+    armcl_variants = [dict(zip(keys, values, strict=True)) for values in
+                      product(*(p.get(f"armcl_{key}s") or [ARMCL_VARIANT[key][0]] for key in keys))]
+    if "armcl" in p["backends"] and not p.get("armcl_build"):
+        raise ValueError("armcl points need an ArmCL build: choose one (config/armcl.json)")
     points = []
     for model, backend, mode in product(p["models"], p["backends"], p["modes"]):
-        point = {"model": model, "backend": backend, "mode": mode, "precision": p.get("precision"),
-                 "release": p.get("release"), "batch_size": p["batch_size"], "threads": p.get("threads"),
-                 "cpus": p.get("cpus"), "cluster": None if p.get("cluster") in (None, "all") else p["cluster"]}
-        if mode == "performance":
-            point.update(repetitions=p["repetitions"], warmup=p["warmup"])
-        else:
-            point["limit"] = p["image_limit"]
-        points.append({k: v for k, v in point.items() if v is not None})
+        for variant in armcl_variants if backend == "armcl" else [None]:
+            point = {"model": model, "backend": backend, "mode": mode, "precision": p.get("precision"),
+                     "release": p.get("release"), "batch_size": p["batch_size"], "threads": p.get("threads"),
+                     "cpus": p.get("cpus"), "cluster": None if p.get("cluster") in (None, "all") else p["cluster"],
+                     "variant": variant, "armcl_build": p["armcl_build"] if variant else None}
+            if mode == "performance":
+                point.update(repetitions=p["repetitions"], warmup=p["warmup"])
+            else:
+                point["limit"] = p["image_limit"]
+            points.append({k: v for k, v in point.items() if v is not None})
     return points
 
 
@@ -110,8 +133,9 @@ def retry_delay_s() -> float:
 def build(dag_id: str, schedule, defaults: dict | None, doc: str, tags: list[str]):
     import pendulum
     from airflow.sdk import DAG, Asset, TaskGroup, task
-    from airflow.sdk.exceptions import AirflowSkipException
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+    from operators.armcl import ArmclBuildOperator, configured_builds
     from operators.provision import ClocksOperator, ProvisionBoardOperator
     from operators.run_point import RunPointOperator
 
@@ -125,7 +149,7 @@ def build(dag_id: str, schedule, defaults: dict | None, doc: str, tags: list[str
                 def plan_points(board: str = board, **context) -> list[dict]:
                     points = plan(board, context["params"])
                     print(f"{len(points)} point(s) on board {board}" + "".join(
-                        f"\n  {p['model']} {p['backend']} {p['mode']}" for p in points))
+                        f"\n  {point_label(p)}" for p in points))
                     if not points:
                         raise AirflowSkipException(f"board {board} is not part of this sweep")
                     if context["params"]["dry_run"]:
@@ -135,36 +159,52 @@ def build(dag_id: str, schedule, defaults: dict | None, doc: str, tags: list[str
                 points = plan_points()
                 provision = ProvisionBoardOperator(task_id="provision", board_conn_id=board, points=points,
                                                    pool=pool_name(board))
-                pin = ClocksOperator(task_id="pin_clocks", board_conn_id=board, action="pin", pool=pool_name(board))
+                # the ArmCL builds the board's armcl points name (each skips itself when none does); the clocks
+                # are pinned once they are all done or skipped
+                builds = {name: ArmclBuildOperator(task_id=f"armcl_{name}", board_conn_id=board, spec=spec,
+                                                   points=points, build_name=name, pool=pool_name(board))
+                          for name, spec in configured_builds().items()}
+                pin = ClocksOperator(task_id="pin_clocks", board_conn_id=board, action="pin", pool=pool_name(board),
+                                     trigger_rule="none_failed_min_one_success")
                 restore = ClocksOperator(task_id="restore_clocks", board_conn_id=board, action="restore",
                                          pool=pool_name(board))
                 runs = RunPointOperator.partial(
                     task_id="run", board_conn_id=board, pool=pool_name(board),
                     resume="{{ params.resume }}", cooldown_c="{{ params.cooldown_c or '' }}",
+                    armcl_build_tasks={name: build.task_id for name, build in builds.items()},
                     map_index_template="{{ task.point['model'] }} {{ task.point['backend'] }} "
-                                       "{{ task.point['mode'] }}",
+                                       "{{ task.point['mode'] }}{% if task.point.get('variant') %} "
+                                       "{{ task.point['variant'].values() | join('/') }}{% endif %}",
                 ).expand(point=points)
                 provision >> pin >> runs >> restore.as_teardown(setups=pin)
+                provision >> list(builds.values()) >> pin
                 ends += [runs, restore]
 
+        # summary stores what never ran and always updates the results Asset (regression_check follows it, also
+        # after a sweep with failed points); verdict then fails the run when a point did not succeed
         @task(task_id="summary", trigger_rule="all_done", outlets=[Asset(RESULTS_ASSET)])
         def summary(**context) -> dict:
             return summarize(context)
 
-        ends >> summary()
+        @task(task_id="verdict", retries=0)
+        def verdict(counts: dict) -> None:
+            failed = counts.get("failed_points") or []
+            if failed:
+                raise AirflowFailException(f"{len(failed)} point(s) failed: {'; '.join(failed[:10])}"
+                                           + (" ..." if len(failed) > 10 else ""))
+
+        ends >> verdict(summary())
     return dag
 
 
 def summarize(context) -> dict:
-    """Account for every planned point of the sweep, print the sweep's scoreboard, fail when a point failed.
+    """Account for every planned point of the sweep and print the sweep's scoreboard: ``{"boards": per-board counts,
+    "failed_points": ["<board>: <point label>", ...]}`` (the ``verdict`` task fails the run when that is not empty).
 
     A planned point with neither a result nor a stored failure (its board's provisioning failed, or the task was
     killed before it could store anything) is stored now as ``NotRun``: every point of a sweep ends in the store.
     """
-    from airflow.sdk.exceptions import AirflowFailException
-
     from operators.results_hook import ResultsHook
-    from operators.run_point import point_label
     from requestflow.results.query import read_only, render
     from requestflow.results.sweeps import record_failure, sweep_tally
 
@@ -172,7 +212,7 @@ def summarize(context) -> dict:
     dag_id = context["dag"].dag_id
     if p["dry_run"]:
         print("dry run: the points are listed in each board's plan task; nothing ran")
-        return {}
+        return {"boards": {}, "failed_points": []}
     engine = ResultsHook().get_conn()
     try:
         tally = sweep_tally(engine, run_id)
@@ -199,12 +239,16 @@ def summarize(context) -> dict:
             for entry in t["failed"] + t["no_result"]:
                 print(f"  FAILED {entry['point']}: {entry['error']}")
                 bad.append(f"{board}: {entry['point']}")
-        print(render(*read_only(engine, "SELECT board, model, backend, precision, latency_median_s, top1 "
-                                        "FROM scoreboard WHERE sweep = %(run)s ORDER BY board, model, backend",
+        print(render(*read_only(engine, "SELECT board, model, backend, variant, precision, latency_median_s, "
+                                        "top1 FROM scoreboard WHERE sweep = %(run)s "
+                                        "ORDER BY board, model, backend, variant",
                                 {"run": run_id}), "table"))
+        _, flagged = read_only(engine, "SELECT board, model, backend, variant_label, top1, reference_top1 FROM "
+                                       "scoreboard WHERE sweep = %(run)s AND accuracy_check = 'FLAGGED'",
+                               {"run": run_id})
+        for board, model, backend, variant, top1, reference in flagged:
+            print(f"ACCURACY FLAGGED: {board} {model} {backend} {variant}: top-1 {top1:.4f}, {reference - top1:.2%} "
+                  f"below tf's {reference:.4f} on the same weights and images: a broken build or variant?")
     finally:
         engine.dispose()
-    if bad:
-        raise AirflowFailException(f"{len(bad)} point(s) failed: {'; '.join(bad[:10])}"
-                                   + (" ..." if len(bad) > 10 else ""))
-    return counts
+    return {"boards": counts, "failed_points": bad}

@@ -22,13 +22,46 @@ class _Parser(argparse.ArgumentParser):
 def _add_weights_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
                         help="model id, e.g. mobilenet-v1-0.25-128 (see `requestflow models`)")
-    parser.add_argument("--backend", default="tflite", help="tf or tflite (default: tflite)")
+    parser.add_argument("--backend", default="tflite", help="tf, tflite or armcl (default: tflite)")
     parser.add_argument("--weights", nargs="+", metavar="PATH",
                         help="a .tflite (or the two 1.0_224 pieces), an .h5, a checkpoint prefix, a canonical "
                              "weights folder, or 'random'; default: the registry's weights for the model")
     parser.add_argument("--precision", help="fp32, uint8 or int8: which registry weights to run")
     parser.add_argument("--release", help="weights release in the registry (see `requestflow models`)")
     parser.add_argument("--offline", action="store_true", help="never download weights")
+
+
+def _add_regressions_parser(sub, db_help: str) -> None:
+    """``regressions`` lists; ``regressions detect`` and ``regressions ack`` act. The actions' --db and --format
+    default to SUPPRESS so that one given before the action (``regressions --db URL detect ...``) is kept."""
+    regressions = sub.add_parser("regressions", help="results slower (or less accurate) than their point's history: "
+                                                     "list them (unacknowledged ones by default), detect, acknowledge")
+    regressions.add_argument("--sweep", metavar="RUN_ID", help="only the regressions of this sweep")
+    regressions.add_argument("--all", action="store_true", help="acknowledged ones too")
+    regressions.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    regressions.add_argument("--db", help=db_help)
+    actions = regressions.add_subparsers(dest="regressions_action", metavar="ACTION", parser_class=_Parser,
+                                          help="none: list them")
+    detect = actions.add_parser("detect", help="compare every result of a sweep with its point's history and store "
+                                               "the regressions (idempotent); exit status 1 when some are "
+                                               "unacknowledged")
+    detect.add_argument("--sweep", metavar="RUN_ID", required=True, help="the sweep (Airflow run id) to check")
+    detect.add_argument("--window", type=int, default=5,
+                        help="the latest N earlier results of each point are its baseline (default: 5)")
+    detect.add_argument("--alpha", type=float, default=0.01,
+                        help="significance of the Mann-Whitney U test on latency samples (default: 0.01)")
+    detect.add_argument("--min-effect", type=float, default=0.05, metavar="FRACTION",
+                        help="smallest change of median latency that counts, 0.05 = 5%% (default: 0.05)")
+    detect.add_argument("--faster", action="store_true", help="record significant speed-ups too")
+    detect.add_argument("--format", choices=("text", "json"), default=argparse.SUPPRESS,
+                        help="the report as text (default) or JSON")
+    detect.add_argument("--db", default=argparse.SUPPRESS, help=db_help)
+    ack = actions.add_parser("ack", help="acknowledge a regression as a known step change: its result becomes the "
+                                         "point's baseline for that metric, and it stops alerting")
+    ack.add_argument("id", type=int, metavar="ID", help="the regression's id (first column of the list)")
+    ack.add_argument("--reason", required=True, help="why the change is expected (kept with the acknowledgement)")
+    ack.add_argument("--by", help="who acknowledges (default: the login name)")
+    ack.add_argument("--db", default=argparse.SUPPRESS, help=db_help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cpus", help="CPU affinity, e.g. 4-7 for the big cluster of a HiKey960")
     run.add_argument("--cluster", choices=("all", "big", "LITTLE"),
                      help="run on one CPU cluster of a big.LITTLE board (instead of --cpus)")
+    run.add_argument("--variant", metavar="SPEC",
+                     help="armcl: key=value pairs (or a JSON object): target CL|NEON, layout NHWC|NCHW, conv_method "
+                          "DEFAULT|GEMM|DIRECT|WINOGRAD, tuner NONE|RAPID|NORMAL|EXHAUSTIVE, conv_methods_file "
+                          "FILE; e.g. layout=NCHW,tuner=RAPID")
+    run.add_argument("--armcl-build", metavar="DIR",
+                     help="armcl: the ArmCL build folder (default: the one OpenCL build in the machine's cache)")
     run.add_argument("--out", help="result JSON file (required unless --identify)")
     run.add_argument("--identify", action="store_true",
                      help="print the point's context as JSON (backend loaded, nothing measured) and exit: what "
@@ -103,6 +142,45 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
     sql.add_argument("--db", help=db_help)
 
+    export = sub.add_parser("export", help="write the selected points (result documents with their samples and "
+                                           "predictions, boards, sweeps, library builds, point failures) to a zip "
+                                           "archive with checksums, for `requestflow import` elsewhere")
+    export.add_argument("file", metavar="FILE.zip")
+    for option, what in (("board", "boards"), ("model", "model ids"), ("backend", "backends"),
+                         ("variant", "backend variants (JSON text)"), ("width", "width multipliers"),
+                         ("resolution", "resolutions"), ("precision", "precisions"),
+                         ("mode", "modes (performance, accuracy)"), ("sweep", "sweeps (run ids)"),
+                         ("images", "dataset sizes (images)")):
+        export.add_argument(f"--{option}", nargs="+", metavar="VALUE", help=f"only these {what}")
+    export.add_argument("--since", metavar="TIME", help="only results started at or after this date or time (ISO; "
+                                                        "UTC unless it says otherwise)")
+    export.add_argument("--until", metavar="TIME", help="only results started before this date or time")
+    export.add_argument("--db", help=db_help)
+
+    archive_import = sub.add_parser("import", help="import an archive of `requestflow export`: checked whole "
+                                                   "before anything is written, one transaction, idempotent")
+    archive_import.add_argument("file", metavar="FILE.zip")
+    archive_import.add_argument("--update-boards", action="store_true",
+                                help="boards whose figures (price, service life, peak power...) differ here take "
+                                     "the archive's (default: refuse the archive, naming the differences)")
+    archive_import.add_argument("--db", help=db_help)
+
+    reference = sub.add_parser("import-reference", help="import the published ReQuEST-ASPLOS'18 HiKey960 results "
+                                                         "as a read-only reference board (idempotent)")
+    reference.add_argument("csv", nargs="?", metavar="CSV",
+                           help="default: $REQUESTFLOW_DATA/request-asplos18/hikey960-mobilenets.csv")
+    reference.add_argument("--board", default="hikey960-request-asplos18",
+                           help="the reference board's name (default: hikey960-request-asplos18)")
+    reference.add_argument("--db", help=db_help)
+
+    diff = sub.add_parser("diff", help="the images whose top-1 differs between two accuracy results of one model")
+    diff.add_argument("a", metavar="A", help="an accuracy point id (or a unique prefix) or a result id (result:N)")
+    diff.add_argument("b", metavar="B", help="the same, for the other side")
+    diff.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    diff.add_argument("--db", help=db_help)
+
+    _add_regressions_parser(sub, db_help)
+
     plot = sub.add_parser("plot", help="the scoreboard as a figure, any metric against any other, with the Pareto "
                                        "frontier: the plot of the scoreboard page, as an SVG or PNG file")
     metrics_help = ("latency_median_s (median), latency_min_s (min), latency_p90_s (p90), throughput_ips "
@@ -130,10 +208,27 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--repetitions", type=int, help="timed runs of each performance point (default: the DAG's)")
     sweep.add_argument("--warmup", type=int, help="untimed runs before them (default: the DAG's)")
     sweep.add_argument("--image-limit", type=int, help="images of each accuracy point (default: the DAG's)")
+    sweep.add_argument("--armcl-build", metavar="NAME", help="armcl points: a build of config/armcl.json")
+    from requestflow.board.catalogue import ARMCL_VARIANT  # the choices only: a light module
+
+    for key, choices in ARMCL_VARIANT.items():
+        sweep.add_argument(f"--armcl-{key.replace('_', '-')}s", nargs="+", metavar=key.upper(),
+                           help=f"armcl points: one per value ({', '.join(choices)}; default {choices[0]})")
     sweep.add_argument("--board", default="local", help="a board of the inventory (default: local, this machine)")
     sweep.add_argument("--dag", default="mobilenets_sweep", help="the DAG to run (default: mobilenets_sweep)")
     sweep.add_argument("--db", help=db_help)
     sweep.add_argument("--airflow-db", metavar="URL", help=airflow_db_help)
+
+    replay = sub.add_parser("replay", help="rerun a stored point on its board and compare it with the stored result")
+    replay.add_argument("point", help="a point id (or a unique prefix of it, as the scoreboard shows it): its latest "
+                                      "successful result; or result:N")
+    replay.add_argument("--alpha", type=float, default=0.01,
+                        help="significance level of the latency test (default: 0.01)")
+    replay.add_argument("--min-effect", type=float, default=0.05, metavar="FRACTION",
+                        help="the smallest change of median latency that counts (default: 0.05, i.e. 5%%)")
+    replay.add_argument("--store", action="store_true",
+                        help="also load the replay's result into the store (sweep replay/<time>)")
+    replay.add_argument("--db", help=db_help)
 
     airflow_env = sub.add_parser("airflow-env", help="set up the local Airflow and print its environment as export "
                                                      "lines: eval \"$(requestflow airflow-env)\"; airflow standalone")
@@ -209,7 +304,8 @@ def cmd_run(args, argv) -> int:
         model=args.model, backend=args.backend, mode=args.mode, weights=args.weights, precision=args.precision,
         release=args.release, images=args.images, val_txt=args.val_txt, synset_words=args.synset_words,
         limit=args.limit, repetitions=args.repetitions, warmup=args.warmup, batch_size=args.batch_size,
-        threads=args.threads, cpus=cpus, allow_download=not args.offline, progress=not args.quiet,
+        threads=args.threads, cpus=cpus, variant=args.variant, armcl_build=args.armcl_build,
+        allow_download=not args.offline, progress=not args.quiet,
         command=["requestflow", *argv])
     runner = Runner(config)
     runner.prepare()
@@ -391,9 +487,14 @@ def cmd_load(args, argv) -> int:
 
 def cmd_scoreboard(args, argv) -> int:
     from requestflow.results.query import render, scoreboard
+    from requestflow.results.reference import notes
 
     engine, _ = _store(args)
-    print(render(*scoreboard(engine, args.board), args.format))
+    columns, rows = scoreboard(engine, args.board)
+    print(render(columns, rows, args.format))
+    caveats = notes(engine, {row[columns.index("board")] for row in rows})
+    if caveats:  # beside a table; on stderr when the output is CSV or JSON for programs
+        print(caveats, file=sys.stdout if args.format == "table" else sys.stderr)
     return 0
 
 
@@ -405,6 +506,9 @@ def cmd_board(args, argv) -> int:
     row = set_board(engine, args.name, price_usd=args.price_usd, price_date=args.price_date,
                     service_life_years=args.service_life_years, peak_power_w=args.peak_power_w)
     print(render(list(row), [tuple(row.values())], "table"))
+    if row["kind"] == "reference":
+        from requestflow.results.reference import notes
+        print(notes(engine, [args.name]))
     return 0
 
 
@@ -413,6 +517,78 @@ def cmd_sql(args, argv) -> int:
 
     engine, _ = _store(args)
     print(render(*read_only(engine, args.query), args.format))
+    return 0
+
+
+def cmd_export(args, argv) -> int:
+    from requestflow.results.archive import FILTERS, export
+
+    out = Path(args.file)
+    if out.suffix.lower() != ".zip":
+        raise UserError(f"{args.file}: the archive's name must end in .zip")
+    if not out.parent.resolve().is_dir():
+        raise UserError(f"{args.file}: folder {out.parent} does not exist")
+    filters = {key: [v for value in getattr(args, key) or [] for v in
+                     (value.split(",") if key not in ("variant", "sweep") else [value]) if v]
+               for key in FILTERS if key not in ("since", "until")}
+    filters.update(since=[args.since] if args.since else [], until=[args.until] if args.until else [])
+    engine, _ = _store(args)
+    report = export(engine, out, filters)
+    c = report.counts
+    print(f"{report.path}: {c['results']} result document(s) ({c['samples']} samples, {c['predictions']} "
+          f"predictions), {c['boards']} board(s), {c['sweeps']} sweep(s), {c['builds']} library build(s), "
+          f"{c['failures']} point failure(s)")
+    return 0
+
+
+def cmd_import_archive(args, argv) -> int:
+    from requestflow.results.archive import import_archive
+
+    if not os.path.isfile(args.file):
+        raise UserError(f"{args.file}: no such file")
+    engine, _ = _store(args)
+    report = import_archive(engine, args.file, update_boards=args.update_boards)
+    for warning in report.warnings:
+        print(f"requestflow: warning: {warning}", file=sys.stderr)
+    print(f"{args.file}: {report.describe()}")
+    return 0
+
+
+def cmd_import_reference(args, argv) -> int:
+    from requestflow.results.reference import import_reference
+
+    engine, _ = _store(args)
+    print(import_reference(engine, args.csv, args.board).describe())
+    return 0
+
+
+def cmd_diff(args, argv) -> int:
+    from requestflow.results.diff import mispredictions, render
+
+    engine, _ = _store(args)
+    print(render(mispredictions(engine, args.a, args.b), args.format))
+    return 0
+
+
+def cmd_regressions(args, argv) -> int:
+    from requestflow.results import regressions
+
+    if args.regressions_action == "detect":
+        settings = regressions.Settings(window=args.window, alpha=args.alpha, min_effect=args.min_effect,
+                                        report_faster=args.faster)  # bad values: one line, before any connection
+        engine, _ = _store(args)
+        report = regressions.detect(engine, args.sweep, settings.window, settings.alpha, settings.min_effect,
+                                    settings.report_faster)
+        print(json.dumps(report.as_dict(), indent=1, default=str) if args.format == "json" else report.summary())
+        return 1 if report.unacknowledged else 0
+    if args.regressions_action == "ack":
+        engine, _ = _store(args)
+        print(regressions.acknowledge(engine, args.id, args.reason, args.by).summary())
+        return 0
+    from requestflow.results.query import render
+
+    engine, _ = _store(args)
+    print(render(*regressions.list_regressions(engine, args.sweep, include_acknowledged=args.all), args.format))
     return 0
 
 
@@ -530,6 +706,13 @@ def cmd_sweep(args, argv) -> int:
     conf = {"models": models, "backends": _names(args.backends, catalogue.BACKENDS, "backend"),
             "modes": _names(args.modes, catalogue.MODES, "mode"), "repetitions": args.repetitions,
             "warmup": args.warmup, "image_limit": args.image_limit}
+    for key, choices in catalogue.ARMCL_VARIANT.items():
+        values = getattr(args, f"armcl_{key}s")
+        conf[f"armcl_{key}s"] = _names([v.upper() for v in values] if values else None, choices,
+                                       f"ArmCL {key.replace('_', ' ')}")
+    conf["armcl_build"] = args.armcl_build
+    if any(conf[f"armcl_{key}s"] for key in catalogue.ARMCL_VARIANT) and "armcl" not in (conf["backends"] or []):
+        raise UserError("--armcl-* options choose armcl variants: add armcl to --backends")
     for option, key, minimum in (("--repetitions", "repetitions", 1), ("--warmup", "warmup", 0),
                                  ("--image-limit", "image_limit", 1)):
         if conf[key] is not None and conf[key] < minimum:
@@ -563,10 +746,10 @@ def cmd_sweep(args, argv) -> int:
         return 1
     run_id = outcome["run_id"]
     columns, rows = read_only(
-        engine, "SELECT board, model, backend, precision, threads, "
+        engine, "SELECT board, model, backend, variant_label AS variant, precision, threads, "
                 "round((latency_median_s * 1000)::numeric, 3) AS median_ms, round(throughput_ips::numeric, 1) AS "
-                "images_per_s, top1, top5, image_count FROM scoreboard WHERE sweep = %(run)s "
-                "ORDER BY board, model, backend, precision, threads", {"run": run_id})
+                "images_per_s, top1, top5, image_count, accuracy_check FROM scoreboard WHERE sweep = %(run)s "
+                "ORDER BY board, model, backend, variant_label, precision, threads", {"run": run_id})
     print(f"\nsweep {run_id} on board {args.board}, from the results store:")
     print(render(columns, rows, "table"))
     rf = Path(sys.executable).with_name("requestflow")
@@ -582,6 +765,38 @@ def cmd_sweep(args, argv) -> int:
               f"{f' and {len(failed) - 6} more' if len(failed) > 6 else ''}", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_replay(args, argv) -> int:
+    """Exit 0 when the replay reproduced the stored result, 1 when something changed or the replay failed."""
+    from requestflow.results.replay import compare, render, stored
+
+    if not 0 < args.alpha < 1:
+        raise UserError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    if args.min_effect < 0:
+        raise UserError(f"--min-effect must be >= 0 (0.05 for 5%), got {args.min_effect}")
+    engine, _ = _store(args)
+    try:
+        point = stored(engine, args.point)
+        _controller_checkout()
+        from operators.replay import run_on_board
+
+        print(f"requestflow: replaying result {point.result_id} (point {point.point_id[:16]}) on board {point.board}",
+              flush=True)
+        document = run_on_board(point.board, point.document, log=lambda line: print(line, flush=True))
+        report = compare(point, document, alpha=args.alpha, min_effect=args.min_effect)
+        print(render(report))
+        if args.store:
+            import datetime as dt
+
+            from requestflow.results.load import load_documents
+
+            sweep = f"replay/{point.point_id[:16]}/{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}"
+            load_documents(engine, [("replay", document)], board=point.board, sweep=sweep, dag_id="replay")
+            print(f"stored as sweep {sweep}")
+    finally:
+        engine.dispose()
+    return 0 if report.same else 1
 
 
 def cmd_airflow_env(args, argv) -> int:
@@ -603,8 +818,10 @@ def cmd_airflow_env(args, argv) -> int:
 COMMANDS = {
     "run": cmd_run, "classify": cmd_classify, "import-weights": cmd_import_weights, "models": cmd_models,
     "validate": cmd_validate, "db": cmd_db, "load": cmd_load, "scoreboard": cmd_scoreboard, "sql": cmd_sql,
-    "board": cmd_board, "plot": cmd_plot,
-    "sweep": cmd_sweep, "airflow-env": cmd_airflow_env,
+    "board": cmd_board, "plot": cmd_plot, "import-reference": cmd_import_reference, "diff": cmd_diff,
+    "regressions": cmd_regressions,
+    "sweep": cmd_sweep, "airflow-env": cmd_airflow_env, "replay": cmd_replay,
+    "export": cmd_export, "import": cmd_import_archive,
     "platform": cmd_platform, "clocks": cmd_clocks, "cooldown": cmd_cooldown,
 }
 

@@ -46,10 +46,13 @@ def val_dir(data_dir) -> Path:
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_state(tmp_path_factory):
     """A cache and a weights lock of the session's own: tests never touch ~/.cache or the committed lock."""
-    saved = {k: os.environ.get(k) for k in ("REQUESTFLOW_CACHE", "REQUESTFLOW_WEIGHTS_LOCK", "TF_CPP_MIN_LOG_LEVEL")}
+    saved = {k: os.environ.get(k) for k in ("REQUESTFLOW_CACHE", "REQUESTFLOW_WEIGHTS_LOCK", "TF_CPP_MIN_LOG_LEVEL",
+                                            "POCL_CACHE_DIR")}
     os.environ["REQUESTFLOW_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     os.environ["REQUESTFLOW_WEIGHTS_LOCK"] = str(tmp_path_factory.mktemp("lock") / "weights.lock.json")
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    # PoCL's compiled kernels are the machine's, like the ArmCL builds (tests/armcl_real.py): kept across CI runs
+    os.environ.setdefault("POCL_CACHE_DIR", str(Path.home() / ".cache" / "requestflow" / "pocl"))
     data = _shared_data()
     if data is not None:
         os.environ.setdefault("REQUESTFLOW_DATA", str(data))

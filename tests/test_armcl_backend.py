@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from requestflow.board import armcl_program
-from requestflow.board.backends.armcl_backend import VARIANT_ENV, parse_variant
+from requestflow.board.backends.armcl_backend import parse_variant
+from requestflow.board.catalogue import variant_label
 from requestflow.board.runner import RunConfig, run
 from requestflow.board.schema import validate_document
 from requestflow.errors import UserError
@@ -59,13 +60,8 @@ def accuracy(models_dir, model_id: str, file: str, backend: str, limit: int | No
              variant: str | None = None) -> dict:
     key = (model_id, file, backend, limit, variant)
     if key not in _RUNS:
-        saved = os.environ.get(VARIANT_ENV)
-        os.environ[VARIANT_ENV] = variant or "{}"
-        try:
-            document = run(RunConfig(model=model_id, backend=backend, mode="accuracy", progress=False,
-                                     weights=[str(models_dir / file)], limit=None if limit == 500 else limit))
-        finally:
-            os.environ.pop(VARIANT_ENV) if saved is None else os.environ.__setitem__(VARIANT_ENV, saved)
+        document = run(RunConfig(model=model_id, backend=backend, mode="accuracy", progress=False, variant=variant,
+                                 weights=[str(models_dir / file)], limit=None if limit == 500 else limit))
         validate_document(document)
         assert document["status"] == "ok", document.get("error")
         _RUNS[key] = document
@@ -94,19 +90,35 @@ class TestTheVariant:
     def test_defaults_and_choices(self):
         assert parse_variant(None) == {"target": "CL", "layout": "NHWC", "conv_method": "DEFAULT", "tuner": "NONE"}
         assert parse_variant('{"layout": "nchw", "tuner": "RAPID"}')["layout"] == "NCHW"
+        assert parse_variant("layout=nchw, tuner=RAPID") == parse_variant({"layout": "NCHW", "tuner": "rapid"})
+        assert variant_label(parse_variant("conv_method=GEMM")) == "CL/NHWC/GEMM/NONE"
 
     @pytest.mark.parametrize("text, message", [('{"layout": "NWHC"}', "layout 'NWHC'"),
                                                ('{"colour": 1}', "unknown key 'colour'"),
-                                               ("[1]", "JSON object"), ("{", "not JSON")])
+                                               ("[1]", "JSON object"), ("{", "not JSON"),
+                                               ("layout", "'layout' is not key=value"),
+                                               ("tuner=FAST", "tuner 'FAST'; known: NONE, RAPID")])
     def test_bad_input_is_refused(self, text, message):
         with pytest.raises(UserError, match=message):
             parse_variant(text)
 
-    def test_neon_is_refused_on_a_build_without_it(self, build, models_dir, monkeypatch):
-        monkeypatch.setenv(VARIANT_ENV, '{"target": "NEON"}')
+    def test_the_runner_refuses_a_bad_variant_before_running(self):
+        with pytest.raises(UserError, match="--variant: conv_method 'FFT'"):
+            RunConfig(model="mobilenet-v1-0.25-128", backend="armcl", variant="conv_method=FFT").validate()
+        with pytest.raises(UserError, match="the tflite backend has no variants"):
+            RunConfig(model="mobilenet-v1-0.25-128", backend="tflite", variant="layout=NCHW").validate()
+        with pytest.raises(UserError, match="--armcl-build is for the armcl backend"):
+            RunConfig(model="mobilenet-v1-0.25-128", backend="tf", armcl_build="/tmp").validate()
+
+    def test_neon_is_refused_on_a_build_without_it(self, build, models_dir):
         with pytest.raises(UserError, match="target NEON, but ArmCL build .* has neon=0"):
             run(RunConfig(model="mobilenet-v1-0.25-128", backend="armcl", weights=["random"], repetitions=1,
-                          warmup=0, progress=False))
+                          warmup=0, progress=False, variant={"target": "NEON"}))
+
+    def test_a_build_folder_that_is_not_a_build_is_refused(self, build, tmp_path):
+        with pytest.raises(UserError, match="is not a complete ArmCL build"):
+            run(RunConfig(model="mobilenet-v1-0.25-128", backend="armcl", weights=["random"], repetitions=1,
+                          warmup=0, progress=False, armcl_build=str(tmp_path)))
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -127,10 +139,11 @@ def test_armcl_on_cl_agrees_with_tf_on_the_same_fp32_weights(models_dir, program
 
 def test_a_performance_run_through_the_cli_gives_a_valid_document(models_dir, program, tmp_path):
     out = tmp_path / "armcl.json"
-    env = {**os.environ, VARIANT_ENV: '{"layout": "NHWC", "conv_method": "GEMM"}'}
+    env = {k: v for k, v in os.environ.items() if k != "REQUESTFLOW_ARMCL_BUILD"}  # --armcl-build names it
     cli = [sys.executable, "-m", "requestflow.cli"]
     result = subprocess.run([*cli, "run", "--model", "mobilenet-v1-0.25-224", "--backend", "armcl", "--weights",
                              str(models_dir / "mobilenet_v1_0.25_224.h5"), "--repetitions", "5", "--warmup", "2",
+                             "--variant", "layout=NHWC,conv_method=GEMM", "--armcl-build", program["build"],
                              "--quiet", "--out", str(out)], env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     checked = subprocess.run([*cli, "validate", str(out)], capture_output=True, text=True, timeout=120)
@@ -145,6 +158,10 @@ def test_a_performance_run_through_the_cli_gives_a_valid_document(models_dir, pr
     assert backend["variant"]["opencl_shim"] == backend["opencl_shim"]["sha256"]
     assert "not Mali GPU timings" in backend["device_note"]
     assert backend["build"]["key"] == program["build_key"]
+    # the shim's counters, read after the program exited: every enqueue went through it
+    counts = backend["opencl_shim"]["counts"]
+    assert counts["processes"] == 1 and counts["loaded"] is True
+    assert counts["enqueues"] > 0 and 0 < counts["rewritten_enqueues"] <= counts["enqueues"]
     performance = document["performance"]
     assert performance["n"] == 5 and len(performance["samples"]) == 5 and performance["min"] > 0
     assert "inside the native program" in performance["timed_region"]
@@ -161,13 +178,11 @@ def test_layouts_are_different_points_with_the_same_predictions(models_dir, prog
     np.testing.assert_allclose(scores[0], scores[1], atol=1e-4)
 
 
-def test_a_point_the_program_refuses_is_stored_as_failed_with_its_reason(models_dir, program, tmp_path,
-                                                                         monkeypatch):
+def test_a_point_the_program_refuses_is_stored_as_failed_with_its_reason(models_dir, program, tmp_path):
     methods = tmp_path / "methods.txt"
     methods.write_text("# layer method\npw1 WINOGRAD\n")
-    monkeypatch.setenv(VARIANT_ENV, json.dumps({"conv_methods_file": str(methods)}))
     document = run(RunConfig(model="mobilenet-v1-0.25-128", backend="armcl", weights=["random"], repetitions=1,
-                             warmup=0, progress=False))
+                             warmup=0, progress=False, variant={"conv_methods_file": str(methods)}))
     validate_document(document)
     assert document["status"] == "failed"
     assert "layer pw1 does not allow WINOGRAD (1x1 stride 1)" in document["error"]["message"]
@@ -185,16 +200,23 @@ def test_batches_of_several_images_give_each_image_its_own_scores(models_dir, pr
     np.testing.assert_allclose(batched[:, :, 1], alone[:, :, 1], atol=1e-5)
 
 
-def test_the_cl_tuner_tunes_before_timing_and_its_file_is_reused(models_dir, program, monkeypatch):
-    monkeypatch.setenv(VARIANT_ENV, '{"tuner": "RAPID"}')
+def test_the_cl_tuner_tunes_before_timing_and_its_file_is_reused(models_dir, program):
     weights = [str(models_dir / CASES["dequantized 0.25_128"][1])]
-    documents = [run(RunConfig(model="mobilenet-v1-0.25-128", backend="armcl", weights=weights, repetitions=3,
-                               warmup=1, progress=False)) for _ in range(2)]
-    first, second = (d["context"]["backend"] for d in documents)
-    assert all(d["status"] == "ok" for d in documents), [d.get("error") for d in documents]
+
+    def tuned():
+        document = run(RunConfig(model="mobilenet-v1-0.25-128", backend="armcl", weights=weights, repetitions=3,
+                                 warmup=1, progress=False, variant="tuner=RAPID"))
+        assert document["status"] == "ok", document.get("error")
+        backend = document["context"]["backend"]
+        return backend, Path(backend["tuner_file"]["path"]).read_bytes()
+
+    (first, tuned_once), (second, tuned_twice) = tuned(), tuned()
     assert first["variant"]["tuner"] == "RAPID"
     assert first["tuner_file"]["reused"] is False and second["tuner_file"]["reused"] is True
     assert first["tuner_file"]["path"] == second["tuner_file"]["path"]
-    assert Path(first["tuner_file"]["path"]).stat().st_size > 0
-    # tuning is part of the setup (the first graph run), and the second run has nothing left to tune
-    assert second["program"]["first_run_s"] < first["program"]["first_run_s"] / 5
+    assert "-RAPID-" in Path(first["tuner_file"]["path"]).name  # one file per tuner mode
+    # the first run tuned every kernel (after its "lws" header, one line each: the kernel's name and configuration,
+    # then the local size chosen); the second found them all in the file and tuned nothing new
+    header, *entries = tuned_once.decode().splitlines()
+    assert header == "lws" and len(entries) > 20 and all(line.count(";") == 3 for line in entries)
+    assert sorted(tuned_twice.decode().splitlines()) == sorted(tuned_once.decode().splitlines())  # written unordered

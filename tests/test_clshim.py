@@ -202,8 +202,9 @@ def clean_env(pocl_cache: Path) -> dict[str, str]:
 
 
 def run_client(client: str, env: dict[str, str], *, kernel_options: str = "-DOFFSET=7",
-               build_options: tuple[str, ...] = ("-DOFFSET=7", f"-DOFFSET=7 {ARM_OPTION}")) -> tuple[dict, str]:
-    args = {"symbols": ARMCL_CORE + ARMCL_COMMAND_BUFFER, "source": KERNEL, "build_options": list(build_options),
+               build_options: tuple[str, ...] = ("-DOFFSET=7", f"-DOFFSET=7 {ARM_OPTION}"),
+               source: str = KERNEL) -> tuple[dict, str]:
+    args = {"symbols": ARMCL_CORE + ARMCL_COMMAND_BUFFER, "source": source, "build_options": list(build_options),
             "kernel_options": kernel_options, "runs": RUNS}
     result = subprocess.run([sys.executable, "-c", CLIENTS[client], json.dumps(args)], env=env, capture_output=True,
                             text=True, timeout=300)
@@ -375,6 +376,39 @@ class TestShimProcess:
         assert clshim.read_stats(tmp_path / "stats.json") is None
 
 
+# As ArmCL's helpers.h: a macro that expands to its own name (a no-op in OpenCL C), which hides PoCL's rename of the
+# builtin (_builtin_renames.h: #define convert_uchar2_sat _cl_convert_uchar2_sat). Lines that merely look alike stay.
+SATURATING_KERNEL = """#define convert_uchar2_sat convert_uchar2_sat
+  #  define   convert_uchar4_sat\tconvert_uchar4_sat\t
+#define CLAMPED(x) CLAMPED_IMPL(x)
+#define CLAMPED_IMPL(x) convert_uchar2_sat(x)
+#define SHIFT SHIFT_VALUE
+#define SHIFT_VALUE 0
+__kernel void fill(__global int *out) {
+    size_t i = get_global_id(0);
+    uchar2 s = CLAMPED((int2)(300, -5));
+    uchar4 t = convert_uchar4_sat((int4)(1, 2, 3, 400));
+    out[i] = 1000 * (int)get_local_size(0) + 3 * (int)i + OFFSET + (s.x - 255) + s.y + (t.w - 255) + SHIFT;
+}"""
+
+
+class TestPoclBuiltinRenames:
+    def test_a_self_defining_macro_breaks_the_build_without_the_shim(self, tmp_path):
+        output, _ = run_client("dlopen", clean_env(tmp_path / "pocl"), build_options=(), source=SATURATING_KERNEL)
+        assert output["failed_at"] == "clBuildProgram" and output["code"] == -11  # CL_BUILD_PROGRAM_FAILURE
+
+    def test_the_shim_blanks_it_and_the_kernel_computes_the_saturated_values(self, tmp_path, shim_dir, real_lib):
+        env = {**shim_env(shim_dir, real_lib, "dlopen", tmp_path / "pocl", tmp_path / "stats.json"),
+               "REQUESTFLOW_CLSHIM_LOG": "1"}
+        output, stderr = run_client("dlopen", env, build_options=(), source=SATURATING_KERNEL)
+        assert "failed_at" not in output, output
+        multiple = next(run for run in output["runs"] if run["global"] == 12)
+        assert multiple["code"] == 0 and multiple["out"][:12] == [4000 + 3 * i + 7 for i in range(12)]
+        blanked = [line for line in stderr.splitlines() if "program source: blanked" in line]
+        assert len(blanked) == 2 and "convert_uchar2_sat convert_uchar2_sat" in blanked[0]
+        assert clshim.read_stats(tmp_path / "stats.json")["patched_sources"] == 1
+
+
 class TestBuild:
     def test_exports_the_real_loaders_api_with_its_symbol_versions(self, shim_dir, real_lib):
         ours = exported(shim_dir / "libOpenCL.so")
@@ -463,6 +497,7 @@ class TestBuild:
 class TestPoclCache:
     def test_only_the_first_run_compiles_and_a_second_run_reuses_the_kernels(self, tmp_path, monkeypatch, shim_dir,
                                                                             real_lib):
+        monkeypatch.delenv("POCL_CACHE_DIR", raising=False)  # the default: under requestflow's cache
         monkeypatch.setenv("REQUESTFLOW_CACHE", str(tmp_path / "cache"))
         env = {**clean_env(tmp_path / "unused"), **clshim.environment(shim_dir, real_lib)}
         assert env["POCL_CACHE_DIR"] == str(tmp_path / "cache" / "pocl")
@@ -534,6 +569,7 @@ class TestNeedsShim:
 
 class TestWhatAResultRecords:
     def test_prepare_without_need_keeps_only_the_pocl_cache(self, tmp_path, monkeypatch):
+        monkeypatch.delenv("POCL_CACHE_DIR", raising=False)  # the default: under requestflow's cache
         monkeypatch.setenv("REQUESTFLOW_CACHE", str(tmp_path))
         env, description = clshim.prepare(MALI_G52)
         assert env == {"POCL_CACHE_DIR": str(tmp_path / "pocl"), "POCL_KERNEL_CACHE": "1"}
@@ -543,6 +579,7 @@ class TestWhatAResultRecords:
         assert not (tmp_path / "clshim").exists()  # nothing built
 
     def test_prepare_with_need_builds_and_points_the_environment_at_the_shim(self, tmp_path, monkeypatch, real_lib):
+        monkeypatch.delenv("POCL_CACHE_DIR", raising=False)  # the default: under requestflow's cache
         monkeypatch.setenv("REQUESTFLOW_CACHE", str(tmp_path))
         monkeypatch.setenv("LD_LIBRARY_PATH", "/opt/vendor/lib")
         env, description = clshim.prepare(POCL, stats_path=tmp_path / "stats.json")
@@ -563,7 +600,8 @@ class TestWhatAResultRecords:
         description = clshim.describe(POCL, shim_dir, stats)
         assert description["used"] is True
         assert description["counts"] == {"processes": 1, "loaded": True, "enqueues": 2, "rewritten_enqueues": 1,
-                                         "stripped_build_options": 2, "reported_extension": stats["reported_extension"]}
+                                         "stripped_build_options": 2, "reported_extension": stats["reported_extension"],
+                                         "patched_sources": 0}
 
     def test_no_stats_file_reads_as_none(self, tmp_path):
         assert clshim.read_stats(tmp_path / "absent.json") is None

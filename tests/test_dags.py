@@ -12,6 +12,7 @@ import pytest
 
 from requestflow.results.query import read_only
 from tests.airflow_run import airflow_databases, farm_connections, run_dag
+from tests.armcl_real import real_build
 from tests.fake_sysfs import hikey960_tree
 from tests.farm import farm_fixture
 
@@ -31,13 +32,14 @@ def dagbag():
 class TestTheDags:
     def test_import_with_no_errors(self, dagbag):
         assert dagbag.import_errors == {}
-        assert set(dagbag.dags) == {"mobilenets_sweep", "mobilenets_nightly", "board_provision"}
+        assert set(dagbag.dags) == {"mobilenets_sweep", "mobilenets_nightly", "board_provision", "regression_check"}
 
     def test_every_dag_has_tags_a_doc_and_retries(self, dagbag):
         for dag in dagbag.dags.values():
             assert dag.tags and "requestflow" in dag.tags
             assert dag.doc_md and len(dag.doc_md) > 50
-            assert all(task.retries >= 1 for task in dag.tasks), dag.dag_id
+            # verdict only reads what summary found: a retry could not change its answer
+            assert all(task.retries >= 1 for task in dag.tasks if task.task_id != "verdict"), dag.dag_id
 
     def test_every_task_that_touches_a_board_is_in_that_boards_pool(self, dagbag):
         for dag_id in ("mobilenets_sweep", "board_provision"):
@@ -72,6 +74,9 @@ class TestTheTriggerForm:
         ("cluster", "middle", "is not one of"),
         ("cooldown_c", "45; DROP TABLE results", "is not of type"),
         ("release", "2018'--", "is not one of"),
+        ("armcl_layouts", ["NWHC"], "is not one of"),
+        ("armcl_tuners", [], "non-empty"),
+        ("armcl_build", "armcl_25_02", "is not one of"),
     ])
     def test_bad_params_are_rejected_before_anything_runs(self, dagbag, field, value, message):
         from airflow.sdk.exceptions import ParamValidationError
@@ -85,6 +90,36 @@ class TestTheTriggerForm:
         params = dagbag.dags["mobilenets_sweep"].params
         params.validate()
         assert len(params["models"]) == 16
+
+    def test_armcl_points_are_one_per_variant_and_name_their_build(self, dagbag):
+        from operators.sweep import plan
+        from requestflow.board.catalogue import point_label
+
+        params = dagbag.dags["mobilenets_sweep"].params.validate()
+        params.update(models=["mobilenet-v1-0.25-128"], backends=["armcl", "tflite"], modes=["accuracy"],
+                      armcl_layouts=["NHWC", "NCHW"], armcl_conv_methods=["GEMM", "DIRECT"])
+        points = plan("local", params)
+        labels = [point_label(p) for p in points]
+        assert labels == ["mobilenet-v1-0.25-128 armcl accuracy CL/NHWC/GEMM/NONE",
+                          "mobilenet-v1-0.25-128 armcl accuracy CL/NHWC/DIRECT/NONE",
+                          "mobilenet-v1-0.25-128 armcl accuracy CL/NCHW/GEMM/NONE",
+                          "mobilenet-v1-0.25-128 armcl accuracy CL/NCHW/DIRECT/NONE",
+                          "mobilenet-v1-0.25-128 tflite accuracy"]
+        assert {p.get("armcl_build") for p in points} == {"armcl_24_11_cl_fp32", None}
+        assert "variant" not in points[-1]
+
+    def test_the_runner_command_carries_the_variant_and_the_build_folder(self):
+        import shlex
+
+        from operators.run_point import runner_command
+
+        point = {"model": "mobilenet-v1-0.25-128", "backend": "armcl", "mode": "performance",
+                 "variant": {"target": "CL", "layout": "NCHW", "conv_method": "GEMM", "tuner": "NONE"},
+                 "armcl_build": "armcl_24_11_cl_fp32"}
+        args = shlex.split(runner_command("python3", point, armcl_build="/w/armcl/builds/abc"))
+        assert json.loads(args[args.index("--variant") + 1]) == point["variant"]
+        assert args[args.index("--armcl-build") + 1] == "/w/armcl/builds/abc"
+        assert "armcl_24_11_cl_fp32" not in args
 
 
 @pytest.fixture(scope="module")
@@ -118,16 +153,47 @@ class TestSweeps:
 
     def test_provisioning_the_local_board_stores_its_platform_and_its_armcl_build(self, airflow_env):
         """board_provision on this machine: the platform stored, the clocks reported, and the ArmCL build of
-        config/armcl.json made in the board's pool, into the local board's work dir (its compiles come from ccache,
-        which tests/test_armcl_build.py's real build filled), with its provenance in library_builds."""
+        config/armcl.json made in the board's pool (the local board's builds are the machine's ArmCL cache, where
+        tests/armcl_real.py's build is: reused), with its provenance in library_builds, and the MobileNet program
+        compiled against it."""
         env, store = airflow_env
+        real_build()
         run = run_dag(env, {"boards": ["local"]}, dag_id="board_provision")
+        assert "reused from the board's cache" in run["output"] and "MobileNet program" in run["output"]
         _, rows = read_only(store, "SELECT kind, info->'platform'->>'arch' FROM boards WHERE name = 'local'")
         assert rows == [("local", "x86_64")]
         _, builds = read_only(store, "SELECT backend, library, version, info->'options'->>'opencl', "
                                      "info->'options'->>'neon' FROM library_builds WHERE backend = 'armcl'")
         assert builds == [("armcl", "arm_compute", "24.11", "1", "0")]
         assert "clocks: no cpufreq" in run["output"] or "pinned by" in run["output"]
+
+    def test_a_sweep_with_armcl_variants_lands_with_its_variants_and_accuracy_checked_against_tf(self, airflow_env):
+        """armcl x 2 layouts x 2 conv methods beside tf, on this machine: the ArmCL build task reuses the machine's
+        build and compiles the program once; every variant is its own scoreboard row, checked against tf's top-1 on
+        the same weights and images, with the PoCL caveat."""
+        env, store = airflow_env
+        build, _ = real_build()
+        run = run_dag(env, {"models": ["mobilenet-v1-0.25-128"], "backends": ["armcl", "tf"],
+                            "modes": ["performance", "accuracy"], "repetitions": 3, "warmup": 1, "image_limit": 30,
+                            "armcl_layouts": ["NHWC", "NCHW"], "armcl_conv_methods": ["DEFAULT", "GEMM"]})
+        assert run["state"] == "success"
+        assert "ArmCL 24.11 build" in run["output"] and "reused from the board's cache" in run["output"]
+        columns, rows = read_only(store, "SELECT * FROM scoreboard WHERE sweep = %(s)s ORDER BY backend, "
+                                         "variant_label", {"s": run["run_id"]})
+        rows = [dict(zip(columns, row, strict=True)) for row in rows]
+        assert [(r["backend"], r["variant_label"]) for r in rows] == [
+            ("armcl", "CL/NCHW/DEFAULT/NONE"), ("armcl", "CL/NCHW/GEMM/NONE"), ("armcl", "CL/NHWC/DEFAULT/NONE"),
+            ("armcl", "CL/NHWC/GEMM/NONE"), ("tf", "")]
+        tf = rows[-1]
+        assert tf["accuracy_check"] == "reference" and tf["image_count"] == 30
+        for row in rows[:-1]:
+            assert row["latency_median_s"] > 0 and row["image_count"] == 30
+            assert row["reference_top1"] == tf["top1"] and row["accuracy_check"] == "ok", row
+            assert any("not Mali GPU timings" in c for c in row["caveats"]), row["caveats"]
+        _, keys = read_only(store, "SELECT DISTINCT r.document->'context'->'backend'->'build'->>'key' FROM results r "
+                                   "JOIN sweeps s ON s.id = r.sweep_id WHERE s.run_id = %(s)s AND "
+                                   "r.document->'context'->'backend'->>'name' = 'armcl'", {"s": run["run_id"]})
+        assert keys == [(build.name,)]
 
     def test_a_dry_run_lists_the_points_and_runs_none(self, airflow_env):
         env, store = airflow_env

@@ -90,8 +90,8 @@ class TestTheSchema:
             version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
             materialized = set(connection.execute(text("SELECT matviewname FROM pg_matviews")).scalars())
         engine.dispose()
-        assert views == {"scoreboard_live", "pareto_frontier"} and materialized == {"scoreboard"}
-        assert version == "0005"
+        assert views == {"scoreboard_live", "pareto_frontier", "regressions"} and materialized == {"scoreboard"}
+        assert version == "0007"
 
     def test_upgrading_twice_is_harmless(self, database):
         upgrade(database)

@@ -12,7 +12,7 @@
  * This library is the libOpenCL.so that ArmCL dlopen()s (CLSymbols::load_default() opens "libOpenCL.so" by name and
  * dlsym()s every function from that handle, so LD_PRELOAD does not reach it: the folder holding this library goes
  * first in LD_LIBRARY_PATH). It loads the real OpenCL library by absolute path ($REQUESTFLOW_CLSHIM_REAL, else the
- * path found when it was built) and forwards the whole OpenCL 3.0 API to it (clshim_api.h), changing four calls:
+ * path found when it was built) and forwards the whole OpenCL 3.0 API to it (clshim_api.h), changing five calls:
  *   clGetDeviceInfo         CL_DEVICE_EXTENSIONS (and CL_DEVICE_EXTENSIONS_WITH_VERSION) also list
  *                           cl_arm_non_uniform_work_group_size, so ArmCL takes its third branch. Nothing else is
  *                           reported differently: CL_DEVICE_NON_UNIFORM_WORK_GROUP_SUPPORT stays the driver's answer,
@@ -22,6 +22,12 @@
  *   clEnqueueNDRangeKernel  when a local size is given and some global size is not a multiple of it, the local size
  *                           becomes NULL so that the driver chooses one that divides the global size; every work-item
  *                           still runs exactly once. Any other enqueue is passed on unchanged.
+ *   clCreateProgramWithSource  lines "#define NAME NAME" (an object-like macro that expands to its own name) are
+ *                           blanked, newlines kept. In standard OpenCL C such a macro changes nothing; but PoCL
+ *                           renames its builtins with macros (_builtin_renames.h: "#define convert_uchar2_sat
+ *                           _cl_convert_uchar2_sat"), and ArmCL's helpers.h "#define convert_uchar2_sat
+ *                           convert_uchar2_sat" replaces that rename, leaving the builtin undeclared: every kernel
+ *                           including helpers.h that saturates to uchar (DIRECT convolution, for one) fails to build.
  *
  * Applied only where needed: requestflow/board/clshim.py decides from the board's OpenCL devices and sets the
  * environment. Inside a process every device is treated the same way.
@@ -75,7 +81,7 @@ static int log_calls;
 static pid_t owner_pid; /* a forked child that exits must not report its parent's counts again */
 
 static struct {
-    uint64_t enqueues, rewritten_enqueues, stripped_build_options, reported_extension;
+    uint64_t enqueues, rewritten_enqueues, stripped_build_options, reported_extension, patched_sources;
 } counts;
 
 static void count(uint64_t *counter) { __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED); }
@@ -112,7 +118,8 @@ static void load_real(void) {
 #undef CLSHIM_API
     real_ok = 1;
     fprintf(stderr, SHIM ": active, forwarding to %s: reports " ARM_EXTENSION ", drops " ARM_OPTION
-                    ", lets the driver choose the local size when a global size is not a multiple of it\n", real_path);
+                    ", lets the driver choose the local size when a global size is not a multiple of it, blanks "
+                    "self-defining macros in program sources\n", real_path);
 }
 
 static int ready(void) {
@@ -283,6 +290,86 @@ EXPORT cl_int clEnqueueNDRangeKernel(cl_command_queue command_queue, cl_kernel k
                                        local_work_size, num_events_in_wait_list, event_wait_list, event);
 }
 
+/* Whether the line [line, end) is "#define NAME NAME" (spaces and tabs anywhere between the tokens). */
+static int self_define(const char *line, const char *end) {
+    const char *p = line;
+    while (p < end && (*p == ' ' || *p == '\t')) p++;
+    if (p >= end || *p++ != '#') return 0;
+    while (p < end && (*p == ' ' || *p == '\t')) p++;
+    if (end - p < 6 || strncmp(p, "define", 6) != 0) return 0;
+    p += 6;
+    if (p >= end || (*p != ' ' && *p != '\t')) return 0;
+    while (p < end && (*p == ' ' || *p == '\t')) p++;
+    const char *name = p;
+    while (p < end && (isalnum((unsigned char)*p) || *p == '_')) p++;
+    size_t length = (size_t)(p - name);
+    if (length == 0 || isdigit((unsigned char)*name) || p >= end || (*p != ' ' && *p != '\t')) return 0;
+    while (p < end && (*p == ' ' || *p == '\t')) p++;
+    if ((size_t)(end - p) < length || strncmp(p, name, length) != 0) return 0;
+    p += length;
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\r')) p++;
+    return p == end;
+}
+
+/* A copy of the source with its self-defining lines blanked, or NULL when it has none. The caller frees it. */
+static char *without_self_defines(const char *source, size_t size) {
+    char *copy = NULL;
+    for (size_t start = 0; start < size;) {
+        const char *newline = memchr(source + start, '\n', size - start);
+        size_t end = newline ? (size_t)(newline - source) : size;
+        if (self_define(source + start, source + end)) {
+            if (copy == NULL) {
+                copy = malloc(size + 1);
+                if (copy == NULL) return NULL;
+                memcpy(copy, source, size);
+                copy[size] = '\0';
+            }
+            if (log_calls) fprintf(stderr, SHIM ": program source: blanked %.*s\n", (int)(end - start), source + start);
+            memset(copy + start, ' ', end - start);
+        }
+        start = end + 1;
+    }
+    return copy;
+}
+
+EXPORT cl_program clCreateProgramWithSource(cl_context context, cl_uint count_strings, const char **strings,
+                                            const size_t *lengths, cl_int *errcode_ret) {
+    if (!ready() || real.clCreateProgramWithSource == NULL) {
+        if (errcode_ret != NULL) *errcode_ret = CL_INVALID_OPERATION;
+        return NULL;
+    }
+    if (strings == NULL || count_strings == 0)
+        return real.clCreateProgramWithSource(context, count_strings, strings, lengths, errcode_ret);
+    const char **patched = calloc(count_strings, sizeof(char *));
+    size_t *sizes = calloc(count_strings, sizeof(size_t));
+    char **owned = calloc(count_strings, sizeof(char *));
+    cl_program program = NULL;
+    if (patched == NULL || sizes == NULL || owned == NULL) {
+        if (errcode_ret != NULL) *errcode_ret = CL_OUT_OF_HOST_MEMORY;
+        goto done;
+    }
+    int changed = 0;
+    for (cl_uint i = 0; i < count_strings; i++) {
+        if (strings[i] == NULL) {  /* the driver reports it: pass the call on as it came */
+            changed = 0;
+            break;
+        }
+        sizes[i] = lengths != NULL && lengths[i] != 0 ? lengths[i] : strlen(strings[i]);
+        owned[i] = without_self_defines(strings[i], sizes[i]);
+        patched[i] = owned[i] ? owned[i] : strings[i];
+        changed |= owned[i] != NULL;
+    }
+    if (changed) count(&counts.patched_sources);
+    program = changed ? real.clCreateProgramWithSource(context, count_strings, patched, sizes, errcode_ret)
+                      : real.clCreateProgramWithSource(context, count_strings, strings, lengths, errcode_ret);
+done:
+    for (cl_uint i = 0; owned != NULL && i < count_strings; i++) free(owned[i]);
+    free(owned);
+    free(sizes);
+    free(patched);
+    return program;
+}
+
 /* At exit, a process that used OpenCL through the shim appends one line of JSON with its counters to
  * $REQUESTFLOW_CLSHIM_STATS, in a single write (O_APPEND), so that several processes sharing the variable each add
  * their own line and none overwrites another's. */
@@ -308,11 +395,12 @@ __attribute__((destructor)) static void write_stats(void) {
     fprintf(out, "{\"shim\": \"" SHIM "\", \"pid\": %ld, \"real\": ", (long)getpid());
     json_string(out, real_path);
     fprintf(out, ", \"loaded\": %s, \"enqueues\": %llu, \"rewritten_enqueues\": %llu, \"stripped_build_options\": %llu"
-                 ", \"reported_extension\": %llu}\n", real_ok ? "true" : "false",
+                 ", \"reported_extension\": %llu, \"patched_sources\": %llu}\n", real_ok ? "true" : "false",
             (unsigned long long)read_count(&counts.enqueues),
             (unsigned long long)read_count(&counts.rewritten_enqueues),
             (unsigned long long)read_count(&counts.stripped_build_options),
-            (unsigned long long)read_count(&counts.reported_extension));
+            (unsigned long long)read_count(&counts.reported_extension),
+            (unsigned long long)read_count(&counts.patched_sources));
     fclose(out);
     int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0 || write(fd, line, length) != (ssize_t)length) fprintf(stderr, SHIM ": cannot write %s\n", path);

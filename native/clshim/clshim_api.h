@@ -10,7 +10,7 @@
  *
  * CLSHIM_API(kind, return type, name, (parameters), (arguments)). kind says what the forwarder returns when the real
  * library lacks the function: INT -> CL_INVALID_OPERATION; ERR -> NULL with *errcode_ret = CL_INVALID_OPERATION;
- * PTR -> NULL; VOID -> nothing; OWN -> written by hand in clshim.c (the four calls the shim changes).
+ * PTR -> NULL; VOID -> nothing; OWN -> written by hand in clshim.c (the five calls the shim changes).
  *
  * No include guard: clshim.c includes this list several times, with a different CLSHIM_API each time.
  */
@@ -153,7 +153,7 @@ CLSHIM_API(INT, cl_int, clGetSamplerInfo,
            (cl_sampler sampler, cl_sampler_info param_name, size_t param_value_size, void *param_value,
             size_t *param_value_size_ret),
            (sampler, param_name, param_value_size, param_value, param_value_size_ret))
-CLSHIM_API(ERR, cl_program, clCreateProgramWithSource,
+CLSHIM_API(OWN, cl_program, clCreateProgramWithSource,
            (cl_context context, cl_uint count, const char **strings, const size_t *lengths, cl_int *errcode_ret),
            (context, count, strings, lengths, errcode_ret))
 CLSHIM_API(ERR, cl_program, clCreateProgramWithBinary,

@@ -6,7 +6,9 @@
   ``requestflow plot``, inline SVG, each point linking to its page); the sortable table of every dimension;
 - ``scoreboard/plot.svg``, ``scoreboard/plot.png``, ``scoreboard/data.json``: the same selection as files / JSON;
 - ``scoreboard/point/<point id>``: one point, its provenance, the command that replays it and its raw latency
-  samples as a histogram (``.../data.json``: the same as JSON);
+  samples as a histogram (``.../data.json``: the same as JSON); a reference board's caveats; a form choosing
+  another accuracy point of the same model, whose ``.../diff?with=<point id>`` lists the images whose top-1
+  differs (``requestflow diff``);
 - ``scoreboard/static/<file>``: the page's own JavaScript and CSS (no third-party script, no CDN).
 
 Every request needs Airflow's login (``auth.AirflowLoginRequired`` wraps the whole app). The results store is read
@@ -88,8 +90,11 @@ def _airflow_home(request: Request) -> str:
 
 def create_app() -> FastAPI:
     from requestflow.errors import UserError
+    from requestflow.results import diff as diff_data
+    from requestflow.results import reference as reference_data
     from requestflow.results import scoreboard_data as data
     from requestflow.results.plot import METRICS, inline_svg
+    from requestflow.results.regressions import open_regressions
 
     # no /docs, /redoc or /openapi.json: nothing is served that the login middleware has not seen first
     app = FastAPI(title="requestflow scoreboard", docs_url=None, redoc_url=None, openapi_url=None)
@@ -147,7 +152,10 @@ def create_app() -> FastAPI:
         query = chosen.query()
         options = read(data.options)
         rows, drawing = read(data.draw, chosen, "svg", lambda row: f"point/{row['point_id']}?{query}")
+        references = read(reference_data.reference_boards, {row["board"] for row in rows})
+        regressions = read(open_regressions, rows)  # unacknowledged, of the selected points
         return page("scoreboard.html", selection=chosen, query=query, options=options, rows=rows,
+                    references=references, regressions=regressions,
                     drawing=drawing, svg=inline_svg(drawing.data), filters=data.FILTERS,
                     filter_labels=data.FILTER_LABELS, metrics=METRICS, columns=data.COLUMNS,
                     home=_airflow_home(request))
@@ -184,9 +192,29 @@ def create_app() -> FastAPI:
         svg = await run_in_threadpool(histogram, point["samples"], "svg",
                                       title=f"{row['model']} {row['backend']} {row['precision']} on {row['board']}",
                                       marks=marks)
+        references = await run_in_threadpool(read, reference_data.reference_boards, [row["board"]])
+        compare = (await run_in_threadpool(read, diff_data.compare_choices, row["accuracy_point_id"])
+                   if row.get("accuracy_point_id") else None)
         return page("point.html", point=point, row=row, histogram=inline_svg(svg), query=request.url.query,
+                    references=references, compare=compare,
                     columns=data.COLUMNS, metrics=METRICS, pretty_json=data.pretty_json,
                     home=_airflow_home(request))
+
+    @app.get("/scoreboard/point/{point_id}/diff", response_class=HTMLResponse)
+    def point_diff(request: Request, point_id: str):
+        """The images whose top-1 differs between this point's accuracy result and another accuracy point's
+        (``?with=<point id>``, as ``requestflow diff`` takes it)."""
+        accuracy_point = read(diff_data.accuracy_point_of, point_id) if data.POINT_ID.match(point_id) else False
+        if accuracy_point is False:
+            raise HTTPException(404, f"no point {point_id!r} on the scoreboard")
+        if accuracy_point is None:
+            raise UserError("this point has no accuracy result: there are no predictions to compare")
+        other = request.query_params.get("with", "").strip()
+        if not other:
+            raise UserError("choose the accuracy point to compare with: ?with=<point id>")
+        result = read(diff_data.mispredictions, accuracy_point, other)
+        other_row = read(diff_data.scoreboard_point_of, result.b.point_id)
+        return page("diff.html", diff=result, point_id=point_id, other_row=other_row, home=_airflow_home(request))
 
     @app.get("/scoreboard/point/{point_id}/data.json")
     def point_data(point_id: str):

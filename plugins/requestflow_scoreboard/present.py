@@ -14,7 +14,7 @@ def cell(value, column: str) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, list):
-        return ",".join(str(v) for v in value)
+        return "; ".join(str(v) for v in value) if column == "caveats" else ",".join(str(v) for v in value)
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)

@@ -117,3 +117,29 @@ def compile_program(build: str | os.PathLike, log=lambda line: None) -> dict:
             shutil.rmtree(folder)
         os.rename(staged, folder)
     return {**record, "reused": False}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m requestflow.board.armcl_program compile --build DIR``: compile (or reuse) the program for a build
+    and print its record as one JSON line (provisioning runs this on the board, once per build)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m requestflow.board.armcl_program")
+    parser.add_argument("action", choices=("compile",))
+    parser.add_argument("--build", required=True, metavar="DIR", help="a complete ArmCL build folder")
+    args = parser.parse_args(argv)
+    try:
+        record = compile_program(args.build, log=lambda line: print(line, file=sys.stderr))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(record, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

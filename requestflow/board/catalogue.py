@@ -28,6 +28,26 @@ BACKENDS = ("tf", "tflite", "armcl")
 # backends that compute in float: they run quantized weights dequantized, and only fp32
 FLOAT_BACKENDS = ("tf", "armcl")
 MODES = ("performance", "accuracy")
+# the armcl backend's variant: each key's choices, the first the default (its label lists them in this order)
+ARMCL_VARIANT = {"target": ("CL", "NEON"), "layout": ("NHWC", "NCHW"),
+                 "conv_method": ("DEFAULT", "GEMM", "DIRECT", "WINOGRAD"),
+                 "tuner": ("NONE", "RAPID", "NORMAL", "EXHAUSTIVE")}
+
+
+def variant_label(variant: dict | None) -> str:
+    """An armcl variant as ``CL/NHWC/DEFAULT/NONE`` (defaults filled in; a conv methods file adds its hash);
+    empty for a backend without variants."""
+    if not variant or not any(key in variant for key in ARMCL_VARIANT):
+        return ""
+    text = "/".join(str(variant.get(key, choices[0])) for key, choices in ARMCL_VARIANT.items())
+    return text + (f"/methods:{variant['conv_methods_sha256'][:8]}" if variant.get("conv_methods_sha256") else "")
+
+
+def point_label(point: dict) -> str:
+    """``<model> <backend> <mode>[ <variant label>]``: how sweeps name a point (a planned point, a stored point's
+    columns, a failure's point), in task names, logs and tallies."""
+    label = variant_label(point.get("variant"))
+    return f"{point.get('model')} {point.get('backend')} {point.get('mode')}" + (f" {label}" if label else "")
 
 # (depthwise stride, pointwise output channels at width 1.0) of the 13 separable blocks.
 _BLOCKS = (

@@ -40,7 +40,7 @@ CFLAGS = ("-O2", "-shared", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra", 
 LDFLAGS = ("-Wl,-soname,libOpenCL.so.1", "-Wl,--no-undefined-version", "-Wl,--no-undefined")
 VERSION_SCRIPT = "libOpenCL.map"
 LDLIBS = ("-ldl", "-pthread")
-COUNTERS = ("enqueues", "rewritten_enqueues", "stripped_build_options", "reported_extension")
+COUNTERS = ("enqueues", "rewritten_enqueues", "stripped_build_options", "reported_extension", "patched_sources")
 _TIMEOUT_S = 120
 
 
@@ -237,8 +237,11 @@ def _first_line(command: list[str]) -> str | None:
 
 
 def pocl_environment() -> dict[str, str]:
-    """PoCL's kernel cache under requestflow's cache, kept between runs: only the first run compiles a kernel."""
-    return {"POCL_CACHE_DIR": str(cache_dir("pocl")), "POCL_KERNEL_CACHE": "1"}
+    """PoCL's kernel cache, kept between runs (only the first run compiles a kernel): ``$POCL_CACHE_DIR`` when set
+    (PoCL keys its entries by kernel source, options and device, so one cache serves every run), else under
+    requestflow's cache."""
+    folder = os.environ.get("POCL_CACHE_DIR") or str(cache_dir("pocl"))
+    return {"POCL_CACHE_DIR": folder, "POCL_KERNEL_CACHE": "1"}
 
 
 def environment(shim_dir: str | os.PathLike, real_lib: str, *, stats_path: str | os.PathLike | None = None,
@@ -255,7 +258,8 @@ def environment(shim_dir: str | os.PathLike, real_lib: str, *, stats_path: str |
 
 def read_stats(path: str | os.PathLike) -> dict | None:
     """The shim's counters for a run: each process that used OpenCL through it appended one JSON line at exit; this
-    sums them ({processes, loaded, enqueues, rewritten_enqueues, stripped_build_options, reported_extension}).
+    sums them ({processes, loaded, enqueues, rewritten_enqueues, stripped_build_options, reported_extension,
+    patched_sources}).
     None when there is no line (the shim was not loaded, OpenCL was not used, or the process was killed)."""
     try:
         lines = Path(path).read_text().splitlines()

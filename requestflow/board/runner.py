@@ -45,6 +45,8 @@ class RunConfig:
     batch_size: int = 1
     threads: int | None = None
     cpus: list[int] | None = None
+    variant: dict | str | None = None  # the backend's variant (armcl: target, layout, conv_method, tuner...)
+    armcl_build: str | None = None  # the ArmCL build folder (armcl; default: armcl_program.find_build())
     allow_download: bool = True
     progress: bool = True
     command: list[str] = field(default_factory=list)
@@ -53,6 +55,14 @@ class RunConfig:
         catalogue.get_model(self.model)
         _choice("backend", self.backend, catalogue.BACKENDS)
         _choice("mode", self.mode, catalogue.MODES)
+        if self.backend == "armcl":
+            from requestflow.board.backends.armcl_backend import parse_variant
+            self.variant = parse_variant(self.variant)
+        elif self.variant:
+            raise UserError(f"--variant: the {self.backend} backend has no variants (armcl has: target, layout, "
+                            "conv_method, tuner, conv_methods_file)")
+        if self.armcl_build and self.backend != "armcl":
+            raise UserError(f"--armcl-build is for the armcl backend, not {self.backend}")
         if self.precision is not None:
             _choice("precision", self.precision, catalogue.PRECISIONS)
             if self.backend in catalogue.FLOAT_BACKENDS and self.precision != "fp32":
@@ -197,13 +207,15 @@ class Runner:
             "timings": self.timings,
         }
         before = snapshot_frequencies_and_temperatures()
-        backend = None
+        backend, loaded = None, False
         try:
             from requestflow.board.backends import create_backend
             threads = config.threads or len(os.sched_getaffinity(0))
-            backend = create_backend(config.backend, self.model, self.weights, config.batch_size, threads)
+            backend = create_backend(config.backend, self.model, self.weights, config.batch_size, threads,
+                                     config.variant, config.armcl_build)
             start = time.perf_counter()
             backend.load()
+            loaded = True
             self.timings["setup_s"] = time.perf_counter() - start
             if config.precision is not None and backend.precision != config.precision:
                 raise UserError(f"--precision {config.precision}, but the weights run as {backend.precision}")
@@ -227,6 +239,8 @@ class Runner:
         finally:
             if backend is not None:
                 backend.close()
+        if loaded:  # what a backend learns only once closed (armcl: the OpenCL shim's counters); not identity
+            document["context"]["backend"].update(backend.after_close())
         document["environment"] = {"before": before, "after": snapshot_frequencies_and_temperatures()}
         self.timings["total_s"] = time.perf_counter() - total_start
         document["finished_at"] = _now()
@@ -239,7 +253,8 @@ class Runner:
 
         config = self.config
         threads = config.threads or len(os.sched_getaffinity(0))
-        backend = create_backend(config.backend, self.model, self.weights, config.batch_size, threads)
+        backend = create_backend(config.backend, self.model, self.weights, config.batch_size, threads,
+                                 config.variant, config.armcl_build)
         try:
             backend.load()
             return self._context(backend.info(), backend.precision, backend.input_dtype.name, backend.classes)

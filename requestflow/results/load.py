@@ -62,14 +62,20 @@ def validate(document: dict, source: str) -> dict:
 
 
 def load_documents(engine: Engine, documents: list[tuple[str, dict]], board: str, sweep: str | None = None,
-                   dag_id: str | None = None) -> LoadReport:
-    """Load ``(source name, document)`` pairs for ``board``, optionally as part of ``sweep`` (an Airflow run id)."""
+                   dag_id: str | None = None, reference: dict | None = None) -> LoadReport:
+    """Load ``(source name, document)`` pairs for ``board``, optionally as part of ``sweep`` (an Airflow run id).
+
+    A read-only board refuses every load, except with ``reference``: the row of a read-only reference board
+    (``kind``, ``read_only``, figures, ``info`` with its source's ``sha256``; see ``requestflow.results.reference``),
+    created with its results in this transaction, or already holding results of that same source."""
     if not board or not board.strip():
         raise UserError("a board name is needed to load results")
+    if reference is not None and not (reference.get("read_only") and (reference.get("info") or {}).get("sha256")):
+        raise ValueError("a reference board is read_only and its info names its source's sha256")
     checked = [(source, validate(document, source)) for source, document in documents]
     report = LoadReport()
     with engine.begin() as connection:
-        board_id = _board(connection, board)
+        board_id = _board(connection, board, reference)
         sweep_id = _sweep(connection, sweep, dag_id) if sweep else None
         for source, document in checked:
             result_id = _load_one(connection, document, board, board_id, sweep_id)
@@ -96,11 +102,15 @@ def _upsert(connection: Connection, table, values: dict, key: str):
     return connection.execute(select(primary).where(getattr(table, key) == values[key])).scalar_one()
 
 
-def _board(connection: Connection, name: str) -> int:
-    board_id = _upsert(connection, m.Board, {"name": name}, "name")
-    read_only = connection.execute(select(m.Board.read_only).where(m.Board.id == board_id)).scalar_one()
-    if read_only:
+def _board(connection: Connection, name: str, reference: dict | None = None) -> int:
+    board_id = _upsert(connection, m.Board, {**(reference or {}), "name": name}, "name")
+    read_only, info = connection.execute(select(m.Board.read_only, m.Board.info).where(m.Board.id == board_id)).one()
+    if reference is None and read_only:
         raise UserError(f"board {name!r} is a read-only reference board: nothing can be loaded into it")
+    if reference is not None and not (read_only and (info or {}).get("sha256") == reference["info"]["sha256"]):
+        raise UserError(f"board {name!r} already exists and is not the reference board of "
+                        f"{reference['info'].get('source_name', 'this source')} (sha256 "
+                        f"{reference['info']['sha256'][:16]}): import it under another board name")
     return board_id
 
 

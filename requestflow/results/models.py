@@ -223,3 +223,55 @@ class Error(Base):
     type: Mapped[str] = mapped_column(Text)
     message: Mapped[str] = mapped_column(Text)
     traceback: Mapped[str | None] = mapped_column(Text)
+
+
+METRICS_CHECKED = "metric IN ('latency', 'top1', 'top5')"
+
+
+class RegressionAck(Base):
+    """An acknowledged step change: the level of ``result_id`` is accepted as the point's new normal for
+    ``metric``. Detections of the point and metric compare a later result only with results from this one on, and
+    the detections up to this result are marked acknowledged (``regression_detections.ack_id``)."""
+
+    __tablename__ = "regression_acks"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    point_id: Mapped[int] = mapped_column(ForeignKey("points.id"), index=True)
+    metric: Mapped[str] = mapped_column(Text, comment="latency, top1 or top5")
+    result_id: Mapped[int] = mapped_column(ForeignKey("results.id"),
+                                           comment="the accepted result: later results are compared from it on")
+    reason: Mapped[str] = mapped_column(Text)
+    acknowledged_by: Mapped[str] = mapped_column(Text)
+    acknowledged_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    __table_args__ = (CheckConstraint(METRICS_CHECKED, name="metric_known"),
+                      CheckConstraint("length(btrim(reason)) > 0", name="reason_given"),
+                      Index("ux_regression_acks_point_metric_result", "point_id", "metric", "result_id", unique=True))
+
+
+class RegressionDetection(Base):
+    """A result of a sweep whose metric changed against its point's own history (``requestflow.results.
+    regressions``): latency by a Mann-Whitney U test on the raw samples with a minimum effect, top-1/top-5 by exact
+    comparison. One row per result and metric, so detecting twice stores nothing new. Read it through the view
+    ``regressions`` (board, model, backend... by name, and whether it is acknowledged)."""
+
+    __tablename__ = "regression_detections"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    point_id: Mapped[int] = mapped_column(ForeignKey("points.id"), index=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("results.id"), comment="the new result")
+    metric: Mapped[str] = mapped_column(Text, comment="latency, top1 or top5")
+    change: Mapped[str] = mapped_column(Text, comment="slower or faster (latency), lower or higher (accuracy)")
+    baseline_result_ids: Mapped[list[int]] = mapped_column(ARRAY(BigInteger),
+                                                           comment="the earlier results of the point compared with")
+    old_value: Mapped[float] = mapped_column(Float, comment="baseline: median seconds of the pooled samples, or top-k")
+    new_value: Mapped[float] = mapped_column(Float)
+    ratio: Mapped[float | None] = mapped_column(Float, comment="new_value / old_value")
+    p_value: Mapped[float | None] = mapped_column(Float, comment="two-sided Mann-Whitney U; none for accuracy")
+    n_old: Mapped[int | None] = mapped_column(Integer, comment="samples (latency) or images (accuracy) compared")
+    n_new: Mapped[int | None] = mapped_column(Integer)
+    alpha: Mapped[float | None] = mapped_column(Float)
+    threshold: Mapped[float | None] = mapped_column(
+        Float, comment="the minimum relative effect applied: max(min_effect, the baseline's run-to-run spread)")
+    detected_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    ack_id: Mapped[int | None] = mapped_column(ForeignKey("regression_acks.id"), index=True)
+    __table_args__ = (CheckConstraint(METRICS_CHECKED, name="metric_known"),
+                      CheckConstraint("change IN ('slower', 'faster', 'lower', 'higher')", name="change_known"),
+                      Index("ux_regression_detections_result_metric", "result_id", "metric", unique=True))

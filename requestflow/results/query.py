@@ -10,9 +10,9 @@ from sqlalchemy.engine import Engine
 
 from requestflow.errors import UserError
 
-SCOREBOARD_COLUMNS = ("board", "backend", "model", "precision", "threads", "latency_min_s", "latency_median_s",
-                      "latency_p90_s", "throughput_ips", "top1", "top5", "image_count", "energy_est_j",
-                      "cost_per_million_images_usd", "random_weights", "sweep")
+SCOREBOARD_COLUMNS = ("board", "backend", "variant_label", "model", "precision", "threads", "latency_min_s",
+                      "latency_median_s", "latency_p90_s", "throughput_ips", "top1", "top5", "image_count",
+                      "accuracy_check", "energy_est_j", "cost_per_million_images_usd", "random_weights", "sweep")
 
 
 def read_only(engine: Engine, sql: str, parameters: dict | None = None) -> tuple[list[str], list[tuple]]:

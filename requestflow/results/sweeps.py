@@ -8,6 +8,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Engine
 
+from requestflow.board.catalogue import point_label
 from requestflow.results import models as m
 from requestflow.results.load import _board, _sweep
 
@@ -42,7 +43,7 @@ def record_sweep_info(engine: Engine, sweep: str, dag_id: str | None, board: str
 
 def sweep_tally(engine: Engine, sweep: str) -> dict[str, dict]:
     """Per board: the points with a result ``ok``, with a ``failed`` result and with ``no_result`` (stored failures
-    without a document); each a list of ``{"point": "<model> <backend> <mode>", "error": ...}``."""
+    without a document); each a list of ``{"point": point_label, "error": ...}``."""
     tally: dict[str, dict] = {}
 
     def board(name: str) -> dict:
@@ -50,21 +51,22 @@ def sweep_tally(engine: Engine, sweep: str) -> dict[str, dict]:
 
     with engine.connect() as connection:
         rows = connection.execute(
-            select(m.Board.name, m.Point.model_id, m.Point.backend, m.Point.mode, m.Result.status,
+            select(m.Board.name, m.Point.model_id, m.Point.backend, m.Point.mode, m.Point.variant, m.Result.status,
                    m.Error.type, m.Error.message)
             .select_from(m.Result).join(m.Sweep, m.Sweep.id == m.Result.sweep_id)
             .join(m.Point, m.Point.id == m.Result.point_id).join(m.Board, m.Board.id == m.Point.board_id)
             .outerjoin(m.Error, m.Error.result_id == m.Result.id)
             .where(m.Sweep.run_id == sweep).order_by(m.Board.name, m.Point.model_id, m.Point.backend, m.Point.mode))
-        for name, model, backend, mode, status, error_type, message in rows:
+        for name, model, backend, mode, variant, status, error_type, message in rows:
+            label = point_label({"model": model, "backend": backend, "mode": mode, "variant": variant})
             board(name)["ok" if status == "ok" else "failed"].append(
-                {"point": f"{model} {backend} {mode}", "error": None if status == "ok" else f"{error_type}: {message}"})
+                {"point": label, "error": None if status == "ok" else f"{error_type}: {message}"})
         rows = connection.execute(
             select(m.Board.name, m.PointFailure.point, m.PointFailure.error_type, m.PointFailure.message)
             .join(m.Sweep, m.Sweep.id == m.PointFailure.sweep_id).join(m.Board, m.Board.id == m.PointFailure.board_id)
             .where(m.Sweep.run_id == sweep).order_by(m.Board.name, m.PointFailure.id))
         for name, point, error_type, message in rows:
-            label = f"{point.get('model')} {point.get('backend')} {point.get('mode')}"
+            label = point_label(point)
             board(name)["no_result"].append({"point": label, "error": f"{error_type}: {message}"})
     return tally
 

@@ -58,6 +58,11 @@ class Backend(abc.ABC):
     def scores(self) -> np.ndarray:
         """float32 [batch_size, 1000]."""
 
+    def after_close(self) -> dict:
+        """Facts known only once the backend has closed, merged into the result's ``context.backend`` (never part
+        of the point's identity): none by default."""
+        return {}
+
 
 class FloatBackend(Backend):
     """A backend that computes in float32 on the canonical weights (tf, armcl): quantized weights run dequantized."""
@@ -97,7 +102,15 @@ def imagenet_scores(output: np.ndarray) -> np.ndarray:
     raise ValueError(f"model output has {output.shape[1]} classes, expected 1000 or 1001")
 
 
-def create_backend(name: str, model, weights, batch_size: int, threads: int) -> Backend:
+def create_backend(name: str, model, weights, batch_size: int, threads: int, variant: dict | str | None = None,
+                   armcl_build: str | None = None) -> Backend:
+    """The backend ``name``. ``variant`` and ``armcl_build`` are the armcl backend's (the others have none)."""
+    if name != "armcl":
+        if variant:
+            raise UserError(f"--variant: the {name} backend has no variants (armcl has: target, layout, "
+                            "conv_method, tuner, conv_methods_file)")
+        if armcl_build:
+            raise UserError(f"--armcl-build is for the armcl backend, not {name}")
     if name == "tf":
         from requestflow.board.backends.tf_backend import TensorFlowBackend
         return TensorFlowBackend(model, weights, batch_size, threads)
@@ -106,5 +119,5 @@ def create_backend(name: str, model, weights, batch_size: int, threads: int) -> 
         return TFLiteBackend(model, weights, batch_size, threads)
     if name == "armcl":
         from requestflow.board.backends.armcl_backend import ArmclBackend
-        return ArmclBackend(model, weights, batch_size, threads)
+        return ArmclBackend(model, weights, batch_size, threads, variant=variant, build=armcl_build)
     raise UserError(f"unknown backend {name!r}; known: tf, tflite, armcl")

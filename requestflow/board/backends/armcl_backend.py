@@ -8,11 +8,12 @@ all of it setup). ``invoke()`` sends one batch and reads its scores back. ``meas
 itself: the runner uses it instead of its own loop, so each sample is one graph run on the device with no pipe in
 it.
 
-The variant (part of the point's identity) comes from ``$REQUESTFLOW_ARMCL_VARIANT``, a JSON object with any of
-``target`` (CL | NEON, default CL), ``layout`` (NHWC | NCHW, default NHWC), ``conv_method`` (DEFAULT | GEMM |
-DIRECT | WINOGRAD, default DEFAULT; WINOGRAD applies where a layer allows it), ``conv_methods_file`` (lines
-``<layer> <METHOD>`` for conv0, pw1..pw13, logits), ``tuner`` (NONE | RAPID | NORMAL | EXHAUSTIVE, default NONE;
-the tuner file is kept in the cache per build, device, model, layout and batch, and reused). fp32 only.
+The variant (part of the point's identity) is the runner's ``--variant``: a JSON object, or ``key=value`` pairs
+separated by commas, with any of ``target`` (CL | NEON, default CL), ``layout`` (NHWC | NCHW, default NHWC),
+``conv_method`` (DEFAULT | GEMM | DIRECT | WINOGRAD, default DEFAULT; WINOGRAD applies where a layer allows it),
+``conv_methods_file`` (lines ``<layer> <METHOD>`` for conv0, pw1..pw13, logits), ``tuner`` (NONE | RAPID | NORMAL |
+EXHAUSTIVE, default NONE; the tuner file is kept in the cache per build, device, model, layout and batch, and
+reused). fp32 only. The build is the runner's ``--armcl-build`` folder, else ``armcl_program.find_build()``.
 """
 
 from __future__ import annotations
@@ -30,46 +31,63 @@ from pathlib import Path
 import numpy as np
 
 from requestflow.board.backends import FloatBackend, imagenet_scores, to_float_input
+from requestflow.board.catalogue import ARMCL_VARIANT
 from requestflow.errors import UserError
 
-VARIANT_ENV = "REQUESTFLOW_ARMCL_VARIANT"
-CHOICES = {"target": ("CL", "NEON"), "layout": ("NHWC", "NCHW"),
-           "conv_method": ("DEFAULT", "GEMM", "DIRECT", "WINOGRAD"),
-           "tuner": ("NONE", "RAPID", "NORMAL", "EXHAUSTIVE")}
-DEFAULTS = {"target": "CL", "layout": "NHWC", "conv_method": "DEFAULT", "tuner": "NONE"}
+CHOICES = ARMCL_VARIANT
+DEFAULTS = {key: choices[0] for key, choices in ARMCL_VARIANT.items()}
 TIMED_REGION = ("one ArmCL graph run of one batch inside the native program, input already on the device: all "
                 "kernels, the output mapped back and the queue finished")
 _READY_TIMEOUT_S = 3600  # EXHAUSTIVE tuning on a slow device takes long
 _REPLY_TIMEOUT_S = 600
 
 
-def parse_variant(text: str | None) -> dict:
-    """The variant from ``$REQUESTFLOW_ARMCL_VARIANT`` (JSON object), defaults filled in; bad input refused."""
-    try:
-        given = json.loads(text) if text else {}
-    except ValueError as exc:
-        raise UserError(f"${VARIANT_ENV} is not JSON: {exc}") from None
-    if not isinstance(given, dict):
-        raise UserError(f"${VARIANT_ENV} must be a JSON object, e.g. {{\"layout\": \"NCHW\"}}")
+def parse_variant(given: dict | str | None, source: str = "--variant") -> dict:
+    """The variant with its defaults filled in, from a dict, or text: a JSON object or ``key=value,key=value``.
+    Bad input is refused naming ``source``, the key and the known values."""
+    if isinstance(given, str):
+        given = _variant_text(given, source)
+    given = dict(given or {})
+    given.pop("conv_methods_sha256", None)  # a parsed variant again: recomputed from the file below
     unknown = sorted(set(given) - set(DEFAULTS) - {"conv_methods_file"})
     if unknown:
-        raise UserError(f"${VARIANT_ENV}: unknown key {unknown[0]!r}; known: "
-                        f"{', '.join([*DEFAULTS, 'conv_methods_file'])}")
+        raise UserError(f"{source}: unknown key {unknown[0]!r}; known: {', '.join([*DEFAULTS, 'conv_methods_file'])}")
     variant = dict(DEFAULTS)
     for key, allowed in CHOICES.items():
         if key in given:
             value = str(given[key]).upper()
             if value not in allowed:
-                raise UserError(f"${VARIANT_ENV}: {key} {given[key]!r}; known: {', '.join(allowed)}")
+                raise UserError(f"{source}: {key} {given[key]!r}; known: {', '.join(allowed)}")
             variant[key] = value
     if given.get("conv_methods_file"):
         path = Path(given["conv_methods_file"])
         if not path.is_file():
-            raise UserError(f"${VARIANT_ENV}: conv_methods_file {path} does not exist")
+            raise UserError(f"{source}: conv_methods_file {path} does not exist")
         variant["conv_methods_file"] = str(path)
         # the file's content, not its name, is what identifies the variant
         variant["conv_methods_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
     return variant
+
+
+def _variant_text(text: str, source: str) -> dict:
+    text = text.strip()
+    if not text:
+        return {}
+    if text.startswith(("{", "[", '"')):
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise UserError(f"{source} is not JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise UserError(f"{source} must be a JSON object or key=value pairs, e.g. layout=NCHW,tuner=RAPID")
+        return value
+    out = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise UserError(f"{source}: {part.strip()!r} is not key=value (e.g. layout=NCHW,conv_method=GEMM)")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def canonical_folder(weights) -> Path:
@@ -86,10 +104,13 @@ class ArmclBackend(FloatBackend):
     name = "armcl"
     timed_region = TIMED_REGION
 
-    def __init__(self, model, weights, batch_size: int, threads: int, variant: dict | None = None):
+    def __init__(self, model, weights, batch_size: int, threads: int, variant: dict | str | None = None,
+                 build: str | os.PathLike | None = None):
         super().__init__(model, weights, batch_size, threads)
-        self.variant = variant if variant is not None else parse_variant(os.environ.get(VARIANT_ENV))
+        self.variant = parse_variant(variant)
+        self.build_dir = Path(build) if build else None
         self._process = None
+        self._shim_counts = None
 
     def load(self) -> None:
         from requestflow.board import armcl_program, clshim
@@ -97,7 +118,9 @@ class ArmclBackend(FloatBackend):
         from requestflow.board.machine import opencl
 
         variant = self.variant
-        self._build = armcl_program.find_build()
+        self._build = self.build_dir or armcl_program.find_build()
+        if not (self._build / "build.json").is_file():
+            raise UserError(f"--armcl-build {self._build} is not a complete ArmCL build (no build.json)")
         provenance = json.loads((self._build / "build.json").read_text())
         self._build_info = {"key": provenance.get("key", self._build.name), "options": provenance.get("options"),
                             "source_sha256": (provenance.get("source") or {}).get("sha256")}
@@ -129,9 +152,13 @@ class ArmclBackend(FloatBackend):
         self._tuner_file = None
         if variant["tuner"] != "NONE":
             device = ((self._shim or {}).get("device") or {}).get("name") or "device"
+            # per tuner mode too: ArmCL does not tune a kernel its file already holds, so a RAPID file would
+            # silently stand in for EXHAUSTIVE tuning
             key = hashlib.sha256(json.dumps([self._build_info["key"], self._program["sha256"], device,
-                                             self.model.id, variant["layout"], self.batch_size]).encode()).hexdigest()
-            self._tuner_file = cache_dir("armcl-tuner") / f"{self.model.id}-{variant['layout']}-{key[:16]}.csv"
+                                             self.model.id, variant["layout"], self.batch_size,
+                                             variant["tuner"]]).encode()).hexdigest()
+            self._tuner_file = (cache_dir("armcl-tuner") /
+                                f"{self.model.id}-{variant['layout']}-{variant['tuner']}-{key[:16]}.csv")
             self._tuner_reused = self._tuner_file.is_file()
             command += ["--tuner-file", str(self._tuner_file)]
         self._stderr = tempfile.TemporaryFile()
@@ -214,6 +241,17 @@ class ArmclBackend(FloatBackend):
         if self._tuner_file is not None:
             out["tuner_file"] = {"path": str(self._tuner_file), "reused": self._tuner_reused}
         return out
+
+    def after_close(self) -> dict:
+        """The OpenCL shim's counters of this run (enqueues, those given a driver-chosen local size, build options
+        dropped), read from the file the program's shim wrote at exit."""
+        if self._shim is None or not self._shim.get("used"):
+            return {}
+        from requestflow.board.clshim import COUNTERS
+
+        counts = self._shim_counts or {}
+        return {"opencl_shim": {**self._shim, "counts": {name: counts.get(name)
+                                                          for name in ("processes", "loaded", *COUNTERS)}}}
 
     def close(self) -> None:
         process, self._process = self._process, None

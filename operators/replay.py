@@ -1,0 +1,84 @@
+"""Replaying a stored point on its board (issue #8): the stored runner document's own command, run again through
+the board hook, detached on the board like a sweep's point (``board_jobs``), its new document fetched.
+
+The command is the one the document records (``command``: what the runner was asked), with only its output file
+changed; the runner reads the same data as then: a point that a sweep ran read its board's work dir
+(``$REQUESTFLOW_DATA`` / ``$REQUESTFLOW_CACHE`` there, as ``RunPointOperator`` sets them), one run by hand read what
+its command names. ``requestflow.results.replay`` compares the two documents.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import tempfile
+import time
+from pathlib import Path
+
+from requestflow.errors import UserError
+
+VALUE_OPTIONS = {"--out"}  # options of `requestflow run` replaced by the replay
+FLAGS = {"--identify"}
+
+
+def replay_command(python: str, recorded: list[str], out: str) -> str:
+    """The board-side command line that reruns ``recorded`` (a result document's ``command``), writing ``out``."""
+    if not recorded or len(recorded) < 2 or recorded[1] != "run":
+        raise UserError(f"the stored result was not made by `requestflow run` (its command: {' '.join(recorded)!r}): "
+                        "it cannot be replayed")
+    args, skip = [], False
+    for arg in recorded[2:]:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in VALUE_OPTIONS:
+            skip = "=" not in arg
+            continue
+        if name in FLAGS:
+            continue
+        args.append(arg)
+    if "--quiet" not in args:
+        args.append("--quiet")
+    return " ".join(shlex.quote(a) for a in [python, "-m", "requestflow.cli", "run", *args, "--out", out])
+
+
+def run_on_board(board_name: str, document: dict, log=print, timeout_s: float | None = 6 * 3600) -> dict:
+    """Rerun ``document``'s command on board ``board_name``; the new runner document."""
+    from operators import board_jobs
+    from operators.board_hook import board_for
+    from operators.deploy import runner_location
+
+    board = board_for(board_name)
+    try:
+        python, work_dir = runner_location(board)
+        files = (document.get("context", {}).get("weights") or {}).get("files") or []
+        # a sweep's point read its board's work dir: run it with the same environment
+        env = ({"REQUESTFLOW_CACHE": f"{work_dir}/cache", "REQUESTFLOW_DATA": f"{work_dir}/data",
+                "TF_CPP_MIN_LOG_LEVEL": "2"} if any(str(f).startswith(f"{work_dir}/") for f in files) else {})
+        job_dir = f"{work_dir}/replays/{time.strftime('%Y%m%dT%H%M%S')}-{time.monotonic_ns() % 10**6:06d}"
+        command = replay_command(python, document.get("command") or [], "result.json")
+        log(f"board {board_name}: {command} (in {job_dir})")
+        board_jobs.start(board, job_dir, command, env)
+        lines: list[str] = []
+
+        def show(line: str) -> None:
+            lines.append(line)
+            log(f"[{board_name}] {line}")
+
+        try:
+            code = board_jobs.wait(board, job_dir, show, timeout_s=timeout_s)
+        except BaseException:
+            board_jobs.kill(board, job_dir)
+            raise
+        if code == 2:
+            raise UserError(f"board {board_name} refused the replay: {lines[-1] if lines else 'exit 2'}")
+        with tempfile.TemporaryDirectory(prefix="rf-replay-") as folder:
+            local = Path(folder) / "result.json"
+            try:
+                board.get(f"{job_dir}/result.json", str(local))
+            except OSError as exc:
+                raise RuntimeError(f"board {board_name}: the runner exited {code} without a result ({exc})") from None
+            return json.loads(local.read_text())
+    finally:
+        board.close()
