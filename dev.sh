@@ -4,7 +4,7 @@
 #                    the board (2 models x 2 backends, performance + accuracy on the shared ImageNet images) into
 #                    the embedded PostgreSQL, and its scoreboard
 #   ./dev.sh test    the whole test suite (what CI runs)
-#   ./dev.sh bench   the speed benchmarks (bench/), printing ratios against bare reference loops
+#   ./dev.sh bench   the runner against bare reference loops (bench/); `bench all`: every benchmark -> RESULTS.md
 #   ./dev.sh shell   a shell inside the project's virtual environment
 # Set-up: a Python 3.11 virtual environment in .venv (or $REQUESTFLOW_VENV), installed from the pinned
 # constraints in requirements/, reinstalled only when those or pyproject.toml change.
@@ -127,10 +127,23 @@ run_tests() {
     "$VENV/bin/python" -m pytest "$@"
 }
 
+# ./dev.sh bench [ARGS]: bench_runner.py (a few minutes); bench runner|store|sweep|flops [ARGS]: that benchmark;
+# bench all [ARGS]: all four one after the other (about 15 minutes), their figures written to bench/RESULTS.md
+bench() {
+    ensure_venv
+    local name=runner
+    case "${1:-}" in
+        all|runner|store|sweep|flops) name=$1; shift ;;
+    esac
+    [ "$name" = runner ] || [ "$name" = flops ] || ensure_postgres  # store and sweep: the PostgreSQL at 5432
+    cd "$ROOT"
+    "$VENV/bin/python" "$ROOT/bench/bench_$name.py" "$@"
+}
+
 case "${1:-}" in
     demo) shift; demo "$@" ;;
     test) shift; run_tests "$@" ;;
-    bench) shift; ensure_venv; "$VENV/bin/python" "$ROOT/bench/bench_runner.py" "$@" ;;
+    bench) shift; bench "$@" ;;
     shell) ensure_venv; exec bash --rcfile <(echo "source '$VENV/bin/activate'") ;;
     *) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

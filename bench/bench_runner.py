@@ -7,7 +7,8 @@
    process pays for another's imports or thread pools), and the kinds alternate over several rounds (ABC, CBA,
    ...) to even out drift. Ratio: the median over rounds of runner / reference, each pair measured next to each
    other in time (a paired estimate: slow drift of a shared machine cancels out in each pair).
-   Goal: runner / bare <= 1.02.
+   Goal: runner / bare <= 1.02, and runner / tool <= 1.02 (the issue's goal for both; the tool rounds its median
+   to 0.01 ms, which at 0.3 ms is +-1.5%: the tool ratio of a sub-millisecond model is that coarse).
 2. Accuracy mode throughput over the 500 shared ImageNet images: ``requestflow run --mode accuracy`` with a cold
    preprocessing cache (a fresh ``REQUESTFLOW_CACHE``) and then warm (the same cache again), against a bare
    decode + preprocess + invoke + argmax loop. Goal: runner / bare images/s >= 0.9.
@@ -246,9 +247,9 @@ def bench_latency(settings: Settings, point: Point, tool_state: dict) -> list[Ro
     elif medians.get("tool"):
         tool_s = statistics.median(medians["tool"])
         rows.append(Row(f"{name} / LiteRT benchmark tool", ms(runner_s), ms(tool_s),
-                        paired_median(medians["runner"], medians["tool"]), "",
-                        "the tool (CompiledModel API, random input) rounds its medians to 0.01 ms; "
-                        + paired_ratios(medians["runner"], medians["tool"]),
+                        paired_median(medians["runner"], medians["tool"]), f"<= {LATENCY_GOAL}",
+                        f"the tool (CompiledModel API, random input) rounds its medians to 0.01 ms, i.e. "
+                        f"+-{0.005e-3 / tool_s:.1%} here; " + paired_ratios(medians["runner"], medians["tool"]),
                         spread(medians["runner"], medians["tool"])))
     else:
         rows.append(Row(f"{name} / LiteRT benchmark tool", ms(runner_s), "not run", None, "",
@@ -548,6 +549,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--requestflow", help="the requestflow command (default: the one beside this Python)")
     parser.add_argument("--skip", choices=("latency", "throughput"), action="append", default=[],
                         help="leave out one part (repeatable)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
@@ -626,6 +628,14 @@ def main(argv: list[str]) -> int:
         print(line)
     print(f"ratios: median over {settings.rounds} rounds of the paired per-round ratio (kinds alternating); the "
           f"figures beside them are medians over the rounds; total bench time {time.perf_counter() - started:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "benchmark": "runner", "rounds": settings.rounds, "threads": args.threads, "quick": args.quick,
+            "rows": [{"measure": r.measure, "runner": r.runner, "reference": r.reference, "ratio": r.ratio,
+                      "goal": r.goal, "result": r.result, "spread": r.spread, "noisy": r.noisy, "note": r.note}
+                     for r in rows],
+            "lines": extra_lines, "machine": machine_lines(args.threads, load_at_start),
+            "seconds": time.perf_counter() - started}, indent=1) + "\n")
     return 1 if failed else 0
 
 

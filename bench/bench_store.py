@@ -19,13 +19,20 @@ created with requestflow's own migrations (``upgrade()``) and dropped at the end
    ``requestflow.results.query.read_only`` (what ``requestflow sql`` uses): median of 5 runs after one warm-up.
    Goal: at most 100 ms each. The slowest is explained (EXPLAIN ANALYZE, to a file under /tmp), and the Pareto
    frontier of one board is checked against a brute-force frontier computed from its scoreboard rows.
-3. Candidate fixes, tried in the temporary database only (requestflow's files are not changed): the Pareto
-   frontier with a window frame PostgreSQL computes incrementally; an index for the scoreboard's latest results;
-   a materialized scoreboard. Each is timed like part 2 and checked against it.
+   The scoreboard is materialized (migration 0004): every load refreshes it, so the REFRESH is timed too (its
+   cost per load at this size), at the schema revision measured (``--revision``, default head: compare 0004's
+   scoreboard v1 with 0007's v2 and later ones).
+3. Candidate fixes, tried in the temporary database only (requestflow's files are not changed; a fix that is
+   kept becomes a new migration): R, the live scoreboard with tf's reference accuracy computed by a window over
+   the accuracy rows instead of a self-join (scoreboard v2 and later: the planner runs that join as a nested loop
+   over a re-sorted subquery, quadratic in the rows); B, an index serving the scoreboard's latest results (on top
+   of R); F, the Pareto frontier's window partitioned by the board name in the "C" collation; I, a partial index
+   in the frontier window's order. Each is timed like part 2 and checked against it (same rows).
 
 Usage:
 
     python bench/bench_store.py [--server postgresql://postgres@127.0.0.1:5432] [--quick] [--keep]
+                                [--revision head|0004|0007|...] [--json FILE]
 
 Exit status: 0 when everything was measured and every check held (a MISS included), 1 otherwise, 2 when the
 server cannot be used.
@@ -384,8 +391,9 @@ POPULATE = [
 ]
 
 
-def populate(url: str, template: dict, points: int) -> dict[str, int]:
-    """Fill the store with ``points`` synthetic points in bulk SQL; the row counts of the tables."""
+def populate(url: str, template: dict, points: int) -> tuple[dict[str, int], float]:
+    """Fill the store with ``points`` synthetic points in bulk SQL; the row counts of the tables, and the seconds
+    of the REFRESH of the materialized scoreboard (what each load pays at this size)."""
     from sqlalchemy import create_engine, text
 
     from requestflow.board.catalogue import CONFIGS, PUBLISHED
@@ -461,7 +469,7 @@ def populate(url: str, template: dict, points: int) -> dict[str, int]:
                                               "pg_size_pretty(pg_relation_size('results'))").one()
         print("  rows: " + ", ".join(f"{t} {n:,}" for t, n in counts.items())
               + f"; results: {size[0]} with indexes and TOAST, heap {size[1]}")
-        return counts
+        return counts, refresh_s
     finally:
         engine.dispose()
 
@@ -594,27 +602,65 @@ def same_points(rows: list[str], expected: set[str]) -> bool:
 # 3. Candidate fixes, tried on the temporary database only (requestflow's files are not changed)
 
 
-def pareto_view(name: str, source: str) -> str:
-    """pareto_frontier.v1 with ONE window frame and no EXCLUDE: ordered by latency then top-1 descending, the rows
-    before a row's peer group are exactly the faster ones and the as-fast more accurate ones; a row is on the
-    frontier when all of those are less accurate. PostgreSQL grows such a frame incrementally (O(n) after the
-    sort); with EXCLUDE GROUP it restarts max() for every row (O(n^2) per board)."""
-    return f"""
-        CREATE VIEW {name} AS
-        SELECT * FROM (
-            SELECT s.*, max(s.top1) OVER (PARTITION BY s.board ORDER BY s.latency_median_s, s.top1 DESC
-                                          GROUPS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS best_before
-            FROM {source} s
-            WHERE NOT s.random_weights AND s.latency_median_s IS NOT NULL AND s.top1 IS NOT NULL
-        ) AS candidates
-        WHERE best_before IS NULL OR best_before < top1"""
-
-
 LATEST_INDEX = ("CREATE INDEX bench_ix_results_latest_ok ON results (point_id, started_at DESC, id DESC) "
                 "INCLUDE (sweep_id) WHERE status = 'ok'")
+FRONTIER_INDEX = ("CREATE INDEX bench_ix_scoreboard_frontier ON scoreboard (board, latency_median_s, top1 DESC) "
+                  "WHERE NOT random_weights AND latency_median_s IS NOT NULL AND top1 IS NOT NULL")
+VIEWS = ROOT / "sql" / "views"
+MIGRATIONS = ROOT / "sql" / "migrations" / "versions"
 
 
-def try_fixes(url: str, views: Views) -> list[Row]:
+def live_view_file(revision: str, view: str = "scoreboard") -> Path | None:
+    """The file of ``view``'s definition at ``revision`` (the live scoreboard, or pareto_frontier): the last
+    migration up to it whose upgrade() reads a ``<view>.vN.sql``."""
+    found = None
+    for path in sorted(MIGRATIONS.glob("[0-9][0-9][0-9][0-9]_*.py")):
+        if revision != "head" and path.name[:4] > revision:
+            break
+        upgrade = path.read_text().split("def upgrade()", 1)[-1].split("def downgrade()", 1)[0]
+        match = re.search(view + r"\.v\d+\.sql", upgrade)
+        if match:
+            found = VIEWS / match.group(0)
+    return found
+
+
+def windowed_reference(sql: str) -> str | None:
+    """Candidate R: the live scoreboard with tf's reference top-1 taken by a window over ``acc`` (the latest tf
+    row of the same weights, precision, dataset and image count, else NULL) instead of the ``tf_reference``
+    self-join. None when ``sql`` has no such join (scoreboard v1)."""
+    acc = re.search(r"\nacc AS \(\n(.*?)\n\),\ntf_reference AS \(.*?\n\),\n", sql, re.S)
+    join = re.search(r"    LEFT JOIN tf_reference ref ON .*?acc\.image_count\n", sql, re.S)
+    if not acc or not join or "ref.top1 AS reference_top1" not in sql:
+        return None
+    body = "\n".join("    " + line for line in acc.group(1).splitlines())
+    windowed = ("\nacc AS (\n"
+                "    SELECT a.*,\n"
+                "           CASE WHEN first_value(a.backend) OVER same_images = 'tf' THEN first_value(a.top1) OVER "
+                "same_images END\n"
+                "               AS reference_top1\n"
+                f"    FROM (\n{body}\n    ) a\n"
+                "    WINDOW same_images AS (PARTITION BY a.weights_sha256, a.precision, a.dataset_id, a.image_count\n"
+                "                           ORDER BY a.backend = 'tf' DESC, a.started_at DESC, a.result_id DESC)\n"
+                "),\n")
+    sql = sql.replace(acc.group(0), windowed).replace(join.group(0), "")
+    sql = sql.replace("ref.top1 AS reference_top1", "acc.reference_top1 AS reference_top1")
+    return re.sub(r"CREATE VIEW scoreboard(_live)? AS", "CREATE VIEW bench_scoreboard_live_r AS", sql)
+
+
+def c_collation_frontier(revision: str) -> str | None:
+    """Candidate F: the installed pareto_frontier with its window partitioned by ``board COLLATE "C"``."""
+    path = live_view_file(revision, "pareto_frontier")
+    if path is None:
+        return None
+    sql = path.read_text()
+    window = "PARTITION BY s.board ORDER BY"
+    if window not in sql:
+        return None
+    return (sql.replace(window, 'PARTITION BY s.board COLLATE "C" ORDER BY')
+            .replace("CREATE VIEW pareto_frontier AS", "CREATE VIEW bench_pareto_c AS"))
+
+
+def try_fixes(url: str, views: Views, revision: str, refresh_before: float) -> list[Row]:
     from sqlalchemy import create_engine
 
     from requestflow.results.query import read_only
@@ -629,6 +675,9 @@ def try_fixes(url: str, views: Views) -> list[Row]:
                 connection.exec_driver_sql(statement)
         return time.perf_counter() - start
 
+    def scalar(sql: str):
+        return read_only(engine, sql)[1][0][0]
+
     def measure(label: str, sql: str, before: float | None) -> list[tuple]:
         median, result = time_query(engine, sql)
         change = f"was {seconds(before)}" if before is not None else ""
@@ -636,49 +685,61 @@ def try_fixes(url: str, views: Views) -> list[Row]:
         rows.append(Row(label, median, QUERY_GOAL_S, change))
         return result
 
-    def frontier_check(label: str, view: str) -> None:
-        ids = [r[0] for r in read_only(engine, f"SELECT point_id FROM {view} WHERE board = '{CHECKED_BOARD}'")[1]]
-        count = read_only(engine, f"SELECT count(*) FROM {view}")[1][0][0]
-        ok = same_points(ids, views.frontier) and count == views.frontier_count
-        print(f"  {label}: {CHECKED_BOARD} {len(ids)} rows ({'=' if same_points(ids, views.frontier) else '!='} "
-              f"brute force), all boards {count} rows ({'=' if count == views.frontier_count else '!='} "
-              f"pareto_frontier v1)")
-        rows.append(Row(f"{label} = v1 and brute force", None, None, f"{count} rows", check=ok))
+    def refreshes(view: str, label: str, note: str) -> float:
+        times = [ddl(f"REFRESH MATERIALIZED VIEW {view}") for _ in range(3)]
+        median = statistics.median(times)
+        print(f"  {label}: REFRESH {seconds(median)} (median of 3; {', '.join(seconds(t) for t in times)}), "
+              f"was {seconds(refresh_before)}", flush=True)
+        rows.append(Row(label, median, None, note))
+        return median
 
     try:
         before = views.timings
-        print("A. pareto_frontier with one GROUPS frame instead of EXCLUDE GROUP (view bench_pareto_groups)")
-        ddl(pareto_view("bench_pareto_groups", "scoreboard"))
-        measure("A: pareto_frontier of board-3", f"SELECT * FROM bench_pareto_groups WHERE board = '{CHECKED_BOARD}'",
-                before["pareto_frontier of board-3"])
-        measure("A: count(*) pareto_frontier", "SELECT count(*) FROM bench_pareto_groups",
+        live = live_view_file(revision)
+        candidate = windowed_reference(live.read_text()) if live else None
+        print(f"R. the live scoreboard ({live.name if live else '?'}) with tf's reference top-1 by a window over the "
+              "accuracy rows instead of the tf_reference self-join")
+        if candidate is None:
+            print("  not applicable: this definition has no tf_reference join")
+        else:
+            ddl(candidate, "CREATE MATERIALIZED VIEW bench_scoreboard_r AS SELECT * FROM bench_scoreboard_live_r "
+                           "WITH NO DATA")
+            refreshes("bench_scoreboard_r", "R: REFRESH of the scoreboard, reference by window",
+                      f"was {seconds(refresh_before)}")
+            missing = scalar("SELECT count(*) FROM (TABLE scoreboard EXCEPT ALL TABLE bench_scoreboard_r) x")
+            extra = scalar("SELECT count(*) FROM (TABLE bench_scoreboard_r EXCEPT ALL TABLE scoreboard) x")
+            references = scalar("SELECT count(reference_top1) FROM bench_scoreboard_r")
+            print(f"  R: rows only in scoreboard {missing}, only in R {extra} ({references:,} rows with a reference)")
+            rows.append(Row("R: same rows as the scoreboard", None, None, f"{missing} + {extra} differing rows",
+                            check=missing == 0 and extra == 0))
+            print("B. and an index serving scoreboard's `latest` (DISTINCT ON without a sort)")
+            spent = ddl(LATEST_INDEX, "ANALYZE results")
+            print(f"  {LATEST_INDEX}: {seconds(spent)}")
+            refreshes("bench_scoreboard_r", "R+B: REFRESH, and the latest-results index", "on top of R")
+            ddl("DROP INDEX bench_ix_results_latest_ok", "ANALYZE results")
+
+        frontier_count = "SELECT count(*) FROM {}"
+        print('F. pareto_frontier with its window partitioned by board COLLATE "C" (bytewise, no strcoll)')
+        sql = c_collation_frontier(revision)
+        if sql is None:
+            print("  not applicable: the frontier's window is not PARTITION BY s.board")
+        else:
+            ddl(sql)
+            measure("F: count(*) pareto_frontier", frontier_count.format("bench_pareto_c"),
+                    before["count(*) pareto_frontier"])
+            measure("F: pareto_frontier of board-3", f"SELECT * FROM bench_pareto_c WHERE board = '{CHECKED_BOARD}'",
+                    before["pareto_frontier of board-3"])
+            ids = [r[0] for r in read_only(engine, "SELECT point_id FROM bench_pareto_c "
+                                                   f"WHERE board = '{CHECKED_BOARD}'")[1]]
+            count = scalar(frontier_count.format("bench_pareto_c"))
+            ok = same_points(ids, views.frontier) and count == views.frontier_count
+            rows.append(Row("F: frontier = pareto_frontier and brute force", None, None, f"{count} rows", check=ok))
+        print("I. a partial index in the frontier window's order (board, latency, top-1 descending)")
+        spent = ddl(FRONTIER_INDEX, "ANALYZE scoreboard")
+        print(f"  {FRONTIER_INDEX}: {seconds(spent)}")
+        measure("I: count(*) pareto_frontier", frontier_count.format("pareto_frontier"),
                 before["count(*) pareto_frontier"])
-        frontier_check("A: frontier", "bench_pareto_groups")
-
-        print("B. an index serving scoreboard's `latest` (DISTINCT ON without a sort)")
-        spent = ddl(LATEST_INDEX, "ANALYZE results")
-        print(f"  {LATEST_INDEX}: {seconds(spent)}")
-        measure("B: count(*) scoreboard", QUERIES["count(*) scoreboard"], before["count(*) scoreboard"])
-        measure("B: scoreboard board-3 top 50", QUERIES["scoreboard board-3 top 50"],
-                before["scoreboard board-3 top 50"])
-
-        print("C. the scoreboard materialized (refreshed by each load), indexed by board and latency; "
-              "pareto as in A over it")
-        ddl("CREATE MATERIALIZED VIEW bench_scoreboard_mat AS SELECT * FROM scoreboard WITH NO DATA",
-            "CREATE UNIQUE INDEX ON bench_scoreboard_mat (point_id)",
-            "CREATE INDEX ON bench_scoreboard_mat (board, latency_median_s)",
-            pareto_view("bench_pareto_mat", "bench_scoreboard_mat"))
-        refresh = ddl("REFRESH MATERIALIZED VIEW bench_scoreboard_mat")
-        concurrent = ddl("REFRESH MATERIALIZED VIEW CONCURRENTLY bench_scoreboard_mat")
-        ddl("ANALYZE bench_scoreboard_mat")
-        print(f"  REFRESH MATERIALIZED VIEW: {seconds(refresh)} (CONCURRENTLY, which lets readers in: "
-              f"{seconds(concurrent)})")
-        rows.append(Row("C: REFRESH of the materialized scoreboard", refresh, None,
-                        f"per load; CONCURRENTLY {seconds(concurrent)}"))
-        for measure_name, sql in QUERIES.items():
-            measure(f"C: {measure_name}", sql.replace("pareto_frontier", "bench_pareto_mat")
-                    .replace("FROM scoreboard", "FROM bench_scoreboard_mat"), before[measure_name])
-        frontier_check("C: frontier", "bench_pareto_mat")
+        ddl("DROP INDEX bench_ix_scoreboard_frontier", "ANALYZE scoreboard")
         return rows
     finally:
         engine.dispose()
@@ -733,7 +794,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help=f"PostgreSQL server URL, without a database (default: {DEFAULT_SERVER})")
     parser.add_argument("--quick", action="store_true", help="5,000 predictions and 10,000 points (seconds)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary database (to look at it)")
-    return parser.parse_args(argv)
+    parser.add_argument("--revision", default="head", help="the schema revision to measure (default: head; e.g. "
+                                                           "0004 for scoreboard v1, 0007 for v2; at least 0004)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    if args.revision != "head" and not re.fullmatch(r"\d{4}", args.revision):
+        parser.error(f"--revision: head or a four-digit revision, got {args.revision!r}")
+    if args.revision != "head" and args.revision < "0004":
+        parser.error("--revision: 0004 or later (the materialized scoreboard)")
+    return args
+
+
+def _revision(url: str) -> str:
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one()
+    finally:
+        engine.dispose()
 
 
 def step(what: str, function: Callable, *args):
@@ -759,7 +839,10 @@ def main(argv: list[str]) -> int:
         with temporary_database(args.server, args.keep) as url:
             from requestflow.results.database import upgrade
 
-            upgrade(url)
+            upgrade(url, args.revision)
+            revision = _revision(url)
+            print(f"schema revision {revision} (--revision {args.revision}): live scoreboard "
+                  f"{live_view_file(args.revision).name if live_view_file(args.revision) else '?'}")
             section("the real runner: 20 images, mobilenet-v1-0.25-128, tflite, accuracy mode")
             template = step("the runner", runner_document)
             if template is None:
@@ -772,14 +855,18 @@ def main(argv: list[str]) -> int:
                 Row("load one accuracy document", None, LOAD_GOAL_S, "failed")]
 
             section(f"2. the views over {points:,} synthetic points ({points // 2:,} scoreboard rows), bulk SQL")
-            counts = step("populating", populate, url, template, points)
+            populated = step("populating", populate, url, template, points)
+            counts, refresh_s = populated if populated else (None, None)
+            if refresh_s is not None:
+                rows.append(Row("REFRESH of the materialized scoreboard", refresh_s, None,
+                                f"every load pays it; revision {revision}, {points // 2:,} configurations"))
             measured = step("the views", bench_views, url, points // 2) if counts else None
             if measured is None:
                 rows.append(Row("scoreboard and pareto_frontier queries", None, QUERY_GOAL_S, "failed"))
             else:
                 rows += measured[0]
                 section("3. candidate fixes, tried on the temporary database only (requestflow is not changed)")
-                fixes = step("the candidate fixes", try_fixes, url, measured[1]) or [
+                fixes = step("the candidate fixes", try_fixes, url, measured[1], args.revision, refresh_s) or [
                     Row("candidate fixes", None, None, "failed", check=False)]
             lines = machine_lines(url)
     except BenchError as exc:
@@ -798,6 +885,14 @@ def main(argv: list[str]) -> int:
           f"{BOARDS} boards); query figures are medians of {QUERY_RUNS} runs after one warm-up, through "
           f"requestflow.results.query.read_only; total bench time {time.perf_counter() - started:.0f} s")
     broken = [r for r in rows + fixes if r.result in ("ERROR", "FAIL")]
+    if args.json:
+        args.json.write_text(json.dumps({
+            "benchmark": "store", "revision": revision, "predictions": images, "points": points,
+            "rows": [{"measure": r.measure, "seconds": r.figure, "goal_s": r.goal, "result": r.result, "note": r.note}
+                     for r in rows],
+            "fixes": [{"measure": r.measure, "seconds": r.figure, "goal_s": r.goal, "result": r.result,
+                       "note": r.note} for r in fixes],
+            "machine": lines, "load_end": ", ".join(f"{v:.2f}" for v in os.getloadavg())}, indent=1) + "\n")
     return 1 if broken else 0
 
 

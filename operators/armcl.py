@@ -602,9 +602,10 @@ class ArmclBuildOperator(BaseOperator):
     Put it in the board's pool, once per board and spec, before the points that need the library; ``points``
     (templated) are those points: when the build fails for good they are stored in ``point_failures`` with its
     reason. With ``build_name`` (a sweep's build task), only the points whose ``armcl_build`` is that name count,
-    and the task skips itself when there are none. Then it compiles requestflow's MobileNet program against the
-    build (once per build and program source), so the points only run it. Returns (XCom) the build's key and
-    folder on the board, whether it was reused, its version, build time, library size and the program.
+    and the task skips itself when there are none. Then (unless ``program=False``) it compiles requestflow's
+    MobileNet program against the build (once per build and program source), so the points only run it. Returns
+    (XCom) the build's key and folder on the board, whether it was reused, its version, build time, library size
+    and the program.
     ``cache_dir`` is the board's build cache (default: the board's ``armcl_cache`` setting, else
     ``<work_dir>/armcl/builds``); ``source_cache_dir`` the controller's source cache (default
     ``$REQUESTFLOW_CACHE/armcl``).
@@ -614,13 +615,15 @@ class ArmclBuildOperator(BaseOperator):
     ui_color = "#fcf3cf"
 
     def __init__(self, *, board_conn_id: str, spec: ArmclSpec | dict, points: list[dict] | None = None,
-                 build_name: str | None = None, results_conn_id: str = CONN_ID, cache_dir: str | None = None,
-                 source_cache_dir: str | None = None, build_timeout_s: float = 6 * 3600, **kwargs) -> None:
+                 build_name: str | None = None, program: bool = True, results_conn_id: str = CONN_ID,
+                 cache_dir: str | None = None, source_cache_dir: str | None = None, build_timeout_s: float = 6 * 3600,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         self.board_conn_id = board_conn_id
         self.spec = ArmclSpec.from_value(spec)  # a bad option fails here, when the DAG is parsed
         self.points = points
         self.build_name = build_name
+        self.program = program
         self.results_conn_id = results_conn_id
         self.cache_dir = cache_dir
         self.source_cache_dir = source_cache_dir
@@ -631,7 +634,7 @@ class ArmclBuildOperator(BaseOperator):
     def execute(self, context) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from operators.results_hook import ResultsHook
+        from operators.results_hook import fail_points_on_last_attempt
 
         if self.build_name is not None:  # a sweep's build: only for the points that name it
             self.points = [p for p in self.points or [] if p.get("armcl_build") == self.build_name]
@@ -644,13 +647,7 @@ class ArmclBuildOperator(BaseOperator):
             except UserError as exc:  # a spec the board cannot build, a checksum that does not match: final
                 raise ArmclBuildFailed(f"board {self.board_conn_id}: {exc}") from exc
         except Exception as exc:
-            ti = context.get("ti")
-            final = isinstance(exc, AirflowFailException) or ti is None or ti.try_number > self.retries
-            if self.points and final:
-                dag = context.get("dag")
-                ResultsHook(self.results_conn_id).record_failures(
-                    context.get("run_id") or "armcl-build", dag.dag_id if dag else None, self.board_conn_id,
-                    list(self.points), exc, attempts=(ti.try_number if ti is not None else 1))
+            fail_points_on_last_attempt(self, context, self.points, exc)
             raise
         finally:
             if self._board is not None:
@@ -707,7 +704,7 @@ class ArmclBuildOperator(BaseOperator):
             raise ArmclBuildFailed(f"board {name}: {what}: {reason} (log: {job_dir}/stdout.log)")
         if not outcome or outcome.get("status") != "ok":
             raise RuntimeError(f"board {name}: the ArmCL build ended without its provenance ({job_dir}/result.json)")
-        program = self._compile_program(board, python, outcome["path"])
+        program = self._compile_program(board, python, outcome["path"]) if self.program else None
         engine = ResultsHook(self.results_conn_id).get_conn()
         try:
             build_id = record_build(engine, outcome, board=name)

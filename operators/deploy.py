@@ -502,7 +502,7 @@ def _sync(board, work: str, entries: list[tuple[Path, str, str]], log: Log) -> T
     transfer = Transfer(files=len(entries), blobs=len(blobs))
     quoted_work = shlex.quote(work)
     with _local_text(manifest) as local_manifest:
-        board.put(str(local_manifest), f"{work}/{incoming}.manifest")
+        _put(board, str(local_manifest), f"{work}/{incoming}.manifest")
     # the listing: sha256sum of each blob the manifest names that the store has (a damaged one is reported)
     listing = board.run(
         f"cd {quoted_work}/blobs && cut -d ' ' -f 1 .incoming/{token}.manifest | sort -u | "
@@ -522,7 +522,7 @@ def _sync(board, work: str, entries: list[tuple[Path, str, str]], log: Log) -> T
         size = blobs[sha].stat().st_size
         if size > 20_000_000:
             log(f"board {name}: sending {blobs[sha].name} ({size / 1e6:.0f} MB, {index}/{len(missing)})")
-        board.put(str(blobs[sha]), f"{work}/{incoming}.{sha}")
+        _put(board, str(blobs[sha]), f"{work}/{incoming}.{sha}")
         transfer.sent += 1
         transfer.sent_bytes += size
     # the commit: what arrived is checked and moved into the store (a damaged transfer removed and named), then
@@ -550,6 +550,17 @@ def _sync(board, work: str, entries: list[tuple[Path, str, str]], log: Log) -> T
                           f"{(result.stderr or result.stdout).strip()}")
     transfer.seconds = time.monotonic() - started
     return transfer
+
+
+def _put(board, local: str, remote: str) -> None:
+    """``board.put``, failing with where and why: SFTP reports most write errors (a read-only or full file system)
+    as a bare "Failure", so the board's shell is asked what writing there says."""
+    try:
+        board.put(local, remote)
+    except OSError as exc:
+        probe = board.run(f": > {shlex.quote(remote)} && rm -f {shlex.quote(remote)}", warn=True)
+        why = (probe.stderr or "").strip().splitlines()[-1:] if probe.return_code != 0 else []
+        raise DeployError(f"board {board.settings.name}: cannot write {remote}: {why[0] if why else exc}") from exc
 
 
 @contextlib.contextmanager

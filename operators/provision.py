@@ -70,17 +70,12 @@ class ProvisionBoardOperator(BaseOperator):
         self.data_dir = data_dir
 
     def execute(self, context) -> dict:
-        from operators.results_hook import ResultsHook
+        from operators.results_hook import fail_points_on_last_attempt
 
         try:
             return self._provision(context)
-        except Exception as exc:
-            ti = context.get("ti")
-            if self.points and (ti is None or ti.try_number > self.retries):  # no attempt left: the points fail
-                dag = context.get("dag")
-                ResultsHook(self.results_conn_id).record_failures(
-                    context["run_id"], dag.dag_id if dag else None, self.board_conn_id, self.points,
-                    exc, attempts=self.retries + 1)
+        except Exception as exc:  # no attempt left: the points fail
+            fail_points_on_last_attempt(self, context, self.points, exc)
             raise
 
     def _provision(self, context) -> dict:

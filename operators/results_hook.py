@@ -61,3 +61,21 @@ class ResultsHook(BaseHook):
         except Exception as store_error:
             self.log.error("could not store the failure of %d point(s) of board %s: %s", len(points), board,
                            store_error)
+
+
+def fail_points_on_last_attempt(operator, context, points: list[dict] | None, error: BaseException,
+                                sweep: str | None = None) -> None:
+    """What every board task does when it fails: on its last attempt (or a failure that no retry can change, an
+    ``AirflowFailException``), the ``points`` that depended on it are stored in ``point_failures`` with ``error``,
+    so that every point of a sweep ends in the store. ``operator`` has ``retries``, ``board_conn_id`` and
+    ``results_conn_id``; ``sweep`` defaults to the run's id."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    ti = context.get("ti")
+    final = isinstance(error, AirflowFailException) or ti is None or ti.try_number > operator.retries
+    if not (final and points):
+        return
+    dag = context.get("dag")
+    ResultsHook(operator.results_conn_id).record_failures(
+        sweep or context.get("run_id") or operator.task_id, dag.dag_id if dag else None, operator.board_conn_id,
+        list(points), error, attempts=ti.try_number if ti is not None else 1)

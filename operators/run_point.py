@@ -74,16 +74,14 @@ class RunPointOperator(BaseOperator):
         self._stored_document = False
 
     def execute(self, context) -> dict:
+        from operators.results_hook import fail_points_on_last_attempt
+
         dag_id = context["dag"].dag_id if context.get("dag") else None
         try:
             return self._execute(context, dag_id)
-        except AirflowFailException as exc:
-            self._record_failure(dag_id, exc, final=True)
-            raise
-        except Exception as exc:
-            ti = context.get("ti")
-            final = ti is None or ti.try_number > self.retries
-            self._record_failure(dag_id, exc, final=final)
+        except Exception as exc:  # a point whose failed document was stored needs nothing more
+            fail_points_on_last_attempt(self, context, [] if self._stored_document else [self.point], exc,
+                                        sweep=self.sweep_id)
             raise
         finally:
             if self._board is not None:
@@ -100,6 +98,13 @@ class RunPointOperator(BaseOperator):
         env = {"REQUESTFLOW_CACHE": f"{work_dir}/cache", "REQUESTFLOW_DATA": f"{work_dir}/data",
                "TF_CPP_MIN_LOG_LEVEL": "2"}
         label = point_label(self.point)
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{self.sweep_id}/{label}")
+        job_dir = f"{work_dir}/runs/{slug}"
+        ti = context.get("ti")
+        if ti is not None and ti.try_number > 1:
+            # an attempt killed hard (SIGKILL, a lost connection) never ran on_kill: its runner may still be
+            # measuring on the board. Stop it before anything else runs there (nothing if it ended).
+            board_jobs.kill(board, job_dir)
         armcl_build = self._armcl_build(context)
         if _true(self.resume):
             stored = self._stored_result(board, python, env, armcl_build)
@@ -109,8 +114,7 @@ class RunPointOperator(BaseOperator):
                 return {"board": settings.name, "point": label, "status": "already stored", "result_id": stored}
         if self.cooldown_c not in (None, ""):
             self._cool_down(board, python)
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{self.sweep_id}/{label}")
-        self._job_dir = job_dir = f"{work_dir}/runs/{slug}"
+        self._job_dir = job_dir
         command = runner_command(python, self.point, armcl_build=armcl_build)
         self.log.info("board %s: %s (in %s)", settings.name, command, job_dir)
         board_jobs.start(board, job_dir, command, env)
@@ -196,14 +200,6 @@ class RunPointOperator(BaseOperator):
         else:
             self.log.warning("board %s: still %.1f C after %.0f s; running anyway (the result records its "
                              "temperatures)", s.name, report["celsius"], report.get("waited_s", 0))
-
-    def _record_failure(self, dag_id: str | None, exc: BaseException, final: bool) -> None:
-        """On the last attempt, a point without a stored document is stored in ``point_failures``."""
-        if final and not self._stored_document:
-            from operators.results_hook import ResultsHook
-
-            ResultsHook(self.results_conn_id).record_failures(self.sweep_id, dag_id, self.board_conn_id,
-                                                              [self.point], exc, attempts=self.retries + 1)
 
     def on_kill(self) -> None:
         if self._board is not None and self._job_dir is not None:

@@ -19,6 +19,7 @@ point did not succeed.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from itertools import product
@@ -110,6 +111,11 @@ def plan(board: str, p: dict) -> list[dict]:
                       product(*(p.get(f"armcl_{key}s") or [ARMCL_VARIANT[key][0]] for key in keys))]
     if "armcl" in p["backends"] and not p.get("armcl_build"):
         raise ValueError("armcl points need an ArmCL build: choose one (config/armcl.json)")
+    if p.get("cooldown_c") is not None and not math.isfinite(p["cooldown_c"]):  # NaN passes minimum and maximum
+        raise ValueError(f"cooldown_c must be a finite temperature, not {p['cooldown_c']}")
+    # JSON Schema's "integer" admits 3.0 (a trigger's conf from the REST API or the CLI): the runner wants 3
+    p = {**p, **{key: int(p[key]) for key in ("repetitions", "warmup", "batch_size", "threads", "image_limit")
+                 if isinstance(p.get(key), float)}}
     points = []
     for model, backend, mode in product(p["models"], p["backends"], p["modes"]):
         for variant in armcl_variants if backend == "armcl" else [None]:
@@ -193,7 +199,11 @@ def build(dag_id: str, schedule, defaults: dict | None, doc: str, tags: list[str
                 raise AirflowFailException(f"{len(failed)} point(s) failed: {'; '.join(failed[:10])}"
                                            + (" ..." if len(failed) > 10 else ""))
 
-        ends >> verdict(summary())
+        # summary after every board's points (``ends >> verdict(summary())`` would make only verdict wait for them:
+        # summary ran first, stored every point as NotRun and verdict failed the sweep)
+        summarized = summary()
+        ends >> summarized
+        verdict(summarized)
     return dag
 
 
@@ -249,6 +259,27 @@ def summarize(context) -> dict:
         for board, model, backend, variant, top1, reference in flagged:
             print(f"ACCURACY FLAGGED: {board} {model} {backend} {variant}: top-1 {top1:.4f}, {reference - top1:.2%} "
                   f"below tf's {reference:.4f} on the same weights and images: a broken build or variant?")
+        print_flagged_latencies(engine, run_id)
     finally:
         engine.dispose()
     return {"boards": counts, "failed_points": bad}
+
+
+def print_flagged_latencies(engine, run_id: str) -> list[str]:
+    """Print (and return) one line per performance point of sweep ``run_id`` whose measurement the runner FLAGGED
+    (``requestflow.board.quality``), with its reasons. Like accuracy flags, these do not fail the sweep: the points
+    are stored and ranked; the reader is told what to weigh."""
+    from requestflow.results.query import read_only
+
+    _, flagged = read_only(engine, "SELECT board, model, backend, variant_label, precision, threads, latency_median_s, "
+                                   "quality_reasons FROM scoreboard WHERE sweep = %(run)s AND quality = 'FLAGGED' "
+                                   "ORDER BY board, model, backend, variant_label, precision, threads",
+                           {"run": run_id})
+    lines = []
+    for board, model, backend, variant, precision, threads, median, reasons in flagged:
+        label = " ".join(part for part in (board, model, backend, variant, precision) if part)
+        lines.append(f"LATENCY FLAGGED: {label}, {threads} thread(s): median {median * 1e3:.3f} ms: "
+                     + "; ".join(reasons or []))
+    for line in lines:
+        print(line)
+    return lines

@@ -328,9 +328,12 @@ def summary(document: dict) -> str:
         return f"{head}: FAILED: {document['error']['type']}: {document['error']['message']}"
     if "performance" in document:
         p = document["performance"]
+        quality = p.get("quality") or {}
+        verdict = (f"; {quality['verdict']}" + (f": {'; '.join(quality['reasons'])}" if quality.get("reasons") else "")
+                   if quality else "")
         return (f"{head}: median {p['median'] * 1e3:.3f} ms, min {p['min'] * 1e3:.3f} ms, p90 {p['p90'] * 1e3:.3f} ms "
                 f"over {p['n']} runs (batch {p['batch_size']}, {context['threads']} threads), "
-                f"{p['throughput_ips']:.1f} images/s")
+                f"{p['throughput_ips']:.1f} images/s{verdict}")
     a = document["accuracy"]
     return (f"{head}: top-1 {a['top1']:.3f}, top-5 {a['top5']:.3f} on {a['n']} images"
             + (f" ({a['failed_count']} unreadable)" if a["failed_count"] else ""))

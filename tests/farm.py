@@ -21,6 +21,7 @@ says why not. ``python tests/farm.py --cleanup`` removes leftovers by hand.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -132,15 +133,20 @@ def _disable_ipv6(netns: str | None, interface: str) -> None:
 
 
 def _acquire_lock() -> int:
-    """The machine's farm lock, as an open descriptor (closing it releases the lock); FarmError if another holds it."""
+    """The machine's farm lock, as an open descriptor (closing it releases the lock). Another farm (another test
+    run on this machine) is waited for, up to ``$REQUESTFLOW_FARM_WAIT_S`` (default 1800 s); then FarmError."""
     LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)  # not inheritable: sshd never holds it
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise FarmError(f"another board farm is running on this machine (it holds {LOCK_FILE})") from None
-    return fd
+    deadline = time.monotonic() + float(os.environ.get("REQUESTFLOW_FARM_WAIT_S", "1800"))
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise FarmError(f"another board farm is running on this machine (it holds {LOCK_FILE})") from None
+            time.sleep(1.0)
 
 
 def _keygen(path: Path, comment: str) -> None:
@@ -227,6 +233,24 @@ class Board:
             self._sshd.wait(timeout)  # reap it
             self._sshd = None
         self.pid_file.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def read_only(self, path: Path | str) -> Iterator[None]:
+        """Make ``path`` read-only as the board sees it, for the ``with`` block: a read-only bind mount in the mount
+        namespace of the board's sshd (``ip netns exec`` gave it one of its own), so that every session and process
+        the board starts gets EROFS there, root included, while the host (the tests) can still write. A board whose
+        sshd is restarted meanwhile is writable again (its new sshd has a new namespace)."""
+        pid = self.sshd_pid
+        if pid is None:
+            raise FarmError(f"sshd of {self.name} is not running")
+        enter = ["nsenter", "--target", str(pid), "--mount", "--"]
+        _run([*enter, "mount", "--bind", str(path), str(path)])
+        try:
+            _run([*enter, "mount", "-o", "remount,ro,bind", str(path)])
+            yield
+        finally:
+            if self.sshd_pid == pid:
+                _run([*enter, "umount", str(path)], check=False)
 
     def connection(self, *, known_hosts: Path | None = None, connect_timeout: int = 5) -> fabric.Connection:
         """A Fabric connection as root with the farm's key, checking the host key strictly against `known_hosts`

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from requestflow.board.catalogue import get_model
+from requestflow.board.quality import assess
 from requestflow.board.runner import RunConfig, run, statistics
 from requestflow.results.boards import set_board
 from requestflow.results.load import load_documents
@@ -113,7 +114,7 @@ def documents(seed: Seed, perf_template: dict, acc_template: dict) -> list[tuple
         if mode == "performance":
             samples = samples_around(seed.median_s)
             document["performance"].update(statistics(samples, context["batch_size"]), repetitions=len(samples),
-                                           warmup=5)
+                                           warmup=5, quality=assess(samples))  # the verdict on these samples
             context.update(repetitions=len(samples), warmup=5)
         else:
             document["accuracy"].update(n=seed.images, top1=seed.top1, top5=min(1.0, seed.top1 + 0.2))

@@ -644,8 +644,9 @@ class TestOperatorOnAFarmBoard:
         monkeypatch.setenv("AIRFLOW_CONN_RFB1", connection)
         path, sha = sources["fake"]
         spec = ArmclSpec(source=ArmclSource.tarball(str(path), sha), options={"data_type_support": "fp32"})
+        # a stand-in ArmCL (a few symbols, no graph API): requestflow's MobileNet program cannot compile against it
         operator = ArmclBuildOperator(task_id="armcl", board_conn_id="rfb1", spec=spec, points=POINTS,
-                                      source_cache_dir=str(tmp_path))
+                                      source_cache_dir=str(tmp_path), program=False)
         started = time.monotonic()
         first = operator.execute(context("armcl-farm"))
         TIMINGS["stand-in build on rfb1"] = time.monotonic() - started
@@ -671,6 +672,24 @@ class TestOperatorOnAFarmBoard:
         assert second["library_build_id"] == first["library_build_id"]
         assert query(results_url, "SELECT count(*) AS n FROM library_builds")[0]["n"] == 1
         assert query(results_url, "SELECT count(*) AS n FROM point_failures")[0]["n"] == 0
+
+    def test_a_program_that_cannot_compile_against_the_build_fails_its_points(self, farm_board, sources,
+                                                                              results_url, monkeypatch, tmp_path):
+        """requestflow's MobileNet program is compiled against every build it will run on, in the build's task: on
+        the stand-in ArmCL (no graph API) that fails, with the compiler's words, and the points are stored failed."""
+        need("scons")
+        board, work, connection = farm_board
+        monkeypatch.setenv("AIRFLOW_CONN_RFB1", connection)
+        path, sha = sources["fake"]
+        spec = ArmclSpec(source=ArmclSource.tarball(str(path), sha), options={"data_type_support": "fp32"})
+        operator = ArmclBuildOperator(task_id="armcl", board_conn_id="rfb1", spec=spec, points=POINTS,
+                                      source_cache_dir=str(tmp_path))
+        with pytest.raises(ArmclBuildFailed, match=r"board rfb1: the ArmCL MobileNet program did not compile against "
+                                                   r"\w+: .*arm_compute/graph\.h"):
+            operator.execute(context("armcl-program"))
+        failures = query(results_url, "SELECT f.point, f.error_type FROM point_failures f JOIN sweeps s ON "
+                                      "s.id = f.sweep_id WHERE s.run_id = 'armcl-program' ORDER BY f.id")
+        assert [(f["point"], f["error_type"]) for f in failures] == [(p, "ArmclBuildFailed") for p in POINTS]
 
     def test_a_failed_build_fails_every_point_that_needed_it(self, farm_board, sources, results_url, monkeypatch,
                                                             tmp_path):
@@ -714,8 +733,10 @@ class TestOperatorOnTheLocalBoard:
         need("scons")
         monkeypatch.setenv("REQUESTFLOW_STATE", str(tmp_path / "state"))
         path, sha = sources["slow"]  # its SConstruct sleeps
+        builds = tmp_path / "builds"  # not the machine's cache, the local board's default
         operator = ArmclBuildOperator(task_id="armcl", board_conn_id="local", source_cache_dir=str(tmp_path),
-                                      spec=ArmclSpec(source=ArmclSource.tarball(str(path), sha)))
+                                      spec=ArmclSpec(source=ArmclSource.tarball(str(path), sha)),
+                                      cache_dir=str(builds))
         outcome: dict = {}
 
         def execute():
@@ -726,7 +747,6 @@ class TestOperatorOnTheLocalBoard:
 
         thread = threading.Thread(target=execute)
         thread.start()
-        builds = tmp_path / "state" / "board" / "armcl" / "builds"
         deadline = time.monotonic() + 60
         while not commands_under(builds) and time.monotonic() < deadline:
             time.sleep(0.2)

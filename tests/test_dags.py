@@ -54,6 +54,11 @@ class TestTheDags:
         assert pin.is_setup and restore.is_teardown
         assert "board_local.run" in restore.upstream_task_ids and pin.task_id in restore.upstream_task_ids
 
+    def test_the_summary_waits_for_every_boards_points_and_the_verdict_for_the_summary(self, dagbag):
+        dag = dagbag.dags["mobilenets_sweep"]
+        assert {"board_local.run", "board_local.restore_clocks"} <= dag.get_task("summary").upstream_task_ids
+        assert "summary" in dag.get_task("verdict").upstream_task_ids
+
     def test_the_nightly_sweep_is_scheduled_from_the_versioned_config(self, dagbag):
         config = json.loads((ROOT / "config" / "nightly.json").read_text())
         nightly = dagbag.dags["mobilenets_nightly"]

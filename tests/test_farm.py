@@ -211,9 +211,12 @@ def test_leftovers_of_a_crashed_run_are_cleaned_up(tmp_path: Path) -> None:
     assert _namespaces() == [] and _links() == []
 
 
-def test_one_farm_at_a_time(farm: Farm, tmp_path: Path) -> None:
+def test_one_farm_at_a_time(farm: Farm, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("REQUESTFLOW_FARM_WAIT_S", "2")  # a second farm waits for the first, then gives up
+    started = time.monotonic()
     with pytest.raises(FarmError, match="another board farm is running"):
         Farm(1, tmp_path).start()
+    assert time.monotonic() - started >= 2
     with farm[0].connection() as conn:  # the running farm is untouched
         assert conn.run("hostname", hide=True).stdout.strip() == "rfb1"
 

@@ -91,7 +91,7 @@ class TestTheSchema:
             materialized = set(connection.execute(text("SELECT matviewname FROM pg_matviews")).scalars())
         engine.dispose()
         assert views == {"scoreboard_live", "pareto_frontier", "regressions"} and materialized == {"scoreboard"}
-        assert version == "0007"
+        assert version == "0008"
 
     def test_upgrading_twice_is_harmless(self, database):
         upgrade(database)
@@ -124,6 +124,8 @@ class TestLoading:
             assert row["random_weights"] is False
             assert row["point_id"] == point_id("hikey-1", context)
             assert row["energy_est_j"] is None and row["cost_per_million_images_usd"] is None  # no board data yet
+            # the runner's verdict on the measurement (tests/test_quality.py checks what it says)
+            assert row["quality"] == p["quality"]["verdict"] and row["quality_reasons"] == p["quality"]["reasons"]
 
     def test_raw_samples_and_predictions_are_kept_exactly(self, store, documents):
         load_documents(store, [("a", documents["perf_tflite"]), ("b", documents["acc_tflite"])], board="b")

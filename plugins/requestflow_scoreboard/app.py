@@ -70,7 +70,8 @@ def _templates():
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     from requestflow_scoreboard import present
 
-    env.filters.update(cell=present.cell, metric_value=present.metric_value, header=present.header)
+    env.filters.update(cell=present.cell, metric_value=present.metric_value, header=present.header,
+                       ordered_checks=present.ordered_checks)
     env.globals.update(quote=quote)
     return env
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from requestflow.board.quality import CHECKS
 from requestflow.results.plot import METRICS
+
+TEXT_LISTS = ("caveats", "quality_reasons")  # lists of sentences, joined with "; "
 
 
 def cell(value, column: str) -> str:
@@ -14,7 +17,7 @@ def cell(value, column: str) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, list):
-        return "; ".join(str(v) for v in value) if column == "caveats" else ",".join(str(v) for v in value)
+        return "; ".join(str(v) for v in value) if column in TEXT_LISTS else ",".join(str(v) for v in value)
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)
@@ -31,3 +34,10 @@ def header(column: str) -> str:
     if column in METRICS:
         return f"{column} ({METRICS[column].unit})"
     return column
+
+
+def ordered_checks(checks: dict) -> list[tuple[str, dict]]:
+    """A verdict's checks in the order the runner gives them (the store's jsonb does not keep key order), then any
+    others by name."""
+    known = [name for name in CHECKS if name in checks]
+    return [(name, checks[name]) for name in known + sorted(set(checks) - set(known))]

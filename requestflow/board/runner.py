@@ -1,8 +1,9 @@
 """The runner: one benchmark point (model x backend x weights x mode x settings) -> one result document.
 
 Performance mode: ``warmup`` runs that are not counted, then ``repetitions`` timed runs of one batch each; the
-timed region is the backend's ``invoke()`` alone, every raw sample is kept. Accuracy mode: every selected image
-once, top-1 / top-5 against ``val.txt``, with each image's top-5.
+timed region is the backend's ``invoke()`` alone, every raw sample is kept, and ``performance.quality`` gives the
+measurement's verdict (VALID or FLAGGED with reasons: ``requestflow.board.quality``). Accuracy mode: every selected
+image once, top-1 / top-5 against ``val.txt``, with each image's top-5.
 
 The result document (``result.schema.json``, ``SCHEMA_VERSION``) is what the results store loads. Bad input raises
 ``UserError`` before anything runs; a failure while running gives a document with ``status: failed`` and ``error``.
@@ -86,6 +87,9 @@ def _choice(name: str, value: str, allowed) -> None:
         raise UserError(f"unknown {name} {value!r}; known: {', '.join(allowed)}")
 
 
+MAX_CPUS = 8192  # Linux's largest CONFIG_NR_CPUS on the boards' architectures
+
+
 def parse_cpus(text: str) -> list[int]:
     """``0-3,6`` -> [0, 1, 2, 3, 6]."""
     out: list[int] = []
@@ -93,6 +97,9 @@ def parse_cpus(text: str) -> list[int]:
         for part in text.split(","):
             if "-" in part:
                 low, high = part.split("-")
+                if int(high) >= MAX_CPUS:  # before the range is made: 0-99999999999 would fill the memory
+                    raise UserError(f"--cpus {text!r}: CPU {int(high)} is not available here (no board has more than "
+                                    f"{MAX_CPUS} CPUs)")
                 out.extend(range(int(low), int(high) + 1))
             else:
                 out.append(int(part))
@@ -242,6 +249,12 @@ class Runner:
         if loaded:  # what a backend learns only once closed (armcl: the OpenCL shim's counters); not identity
             document["context"]["backend"].update(backend.after_close())
         document["environment"] = {"before": before, "after": snapshot_frequencies_and_temperatures()}
+        if "performance" in document:  # however the samples were timed (runner loop or a backend's measure())
+            from requestflow.board.quality import assess
+
+            document["performance"]["quality"] = assess(
+                document["performance"]["samples"], before, document["environment"]["after"],
+                cpus=document["context"]["cpu_affinity"])
         self.timings["total_s"] = time.perf_counter() - total_start
         document["finished_at"] = _now()
         return document

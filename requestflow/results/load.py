@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import copy as copy_module
 import datetime as dt
+import json
+import math
 from dataclasses import dataclass, field
 
+from psycopg import DataError as PsycopgDataError
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DataError
 
 from requestflow.errors import UserError
 from requestflow.results import models as m
@@ -56,9 +60,57 @@ def validate(document: dict, source: str) -> dict:
     document = upgrade_document(document, source)
     try:
         validate_document(document)
+        _check_storable(document)
     except UserError as exc:
         raise UserError(f"{source}: {exc}") from None
+    except RecursionError:
+        raise UserError(f"{source}: nested too deeply") from None
     return document
+
+
+def _check_storable(document: dict) -> None:
+    """What JSON Schema lets through but the store cannot hold: NaN and infinite numbers (JSON has neither;
+    PostgreSQL's jsonb refuses them), NUL characters and lone surrogates in text (PostgreSQL refuses the first,
+    UTF-8 cannot encode the second), and timestamps ``datetime.fromisoformat`` cannot read (jsonschema checks
+    ``format: date-time`` only where rfc3339-validator is installed). One C-speed pass over the whole document;
+    the field is looked for only when something is wrong."""
+    for key in ("started_at", "finished_at"):
+        try:
+            _time(document[key])
+        except ValueError:
+            raise UserError(f"field {key}: {document[key]!r} is not an ISO 8601 date-time") from None
+    try:
+        text = json.dumps(document, allow_nan=False, ensure_ascii=False)
+        text.encode("utf-8")
+        if "\\u0000" not in text:
+            return
+    except (ValueError, UnicodeEncodeError):
+        pass
+    stack: list[tuple[tuple, object]] = [((), document)]
+    while stack:
+        path, value = stack.pop()
+        where = "/".join(map(str, path)) or "(document)"
+        if isinstance(value, dict):
+            for key, child in value.items():
+                _check_text(key, f"{where} (a key)")
+                stack.append(((*path, key), child))
+        elif isinstance(value, list):
+            stack.extend(((*path, index), child) for index, child in enumerate(value))
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"field {where}: {value} is not a finite number")
+        elif isinstance(value, str):
+            _check_text(value, where)
+
+
+def _check_text(value, where: str) -> None:
+    if not isinstance(value, str):
+        return
+    if "\x00" in value:
+        raise UserError(f"field {where}: text with a NUL character, which PostgreSQL cannot store")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UserError(f"field {where}: not valid Unicode ({exc.reason} at position {exc.start})") from None
 
 
 def load_documents(engine: Engine, documents: list[tuple[str, dict]], board: str, sweep: str | None = None,
@@ -78,7 +130,11 @@ def load_documents(engine: Engine, documents: list[tuple[str, dict]], board: str
         board_id = _board(connection, board, reference)
         sweep_id = _sweep(connection, sweep, dag_id) if sweep else None
         for source, document in checked:
-            result_id = _load_one(connection, document, board, board_id, sweep_id)
+            try:
+                result_id = _load_one(connection, document, board, board_id, sweep_id)
+            except (DataError, PsycopgDataError, OverflowError) as exc:  # a value out of a column's range
+                reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+                raise UserError(f"{source}: cannot be stored: {reason}") from None
             if result_id is None:
                 report.unchanged.append(source)
             else:

@@ -10,9 +10,11 @@ from sqlalchemy.engine import Engine
 
 from requestflow.errors import UserError
 
+# quality: the performance measurement's verdict (VALID / FLAGGED); its reasons last, being long
 SCOREBOARD_COLUMNS = ("board", "backend", "variant_label", "model", "precision", "threads", "latency_min_s",
-                      "latency_median_s", "latency_p90_s", "throughput_ips", "top1", "top5", "image_count",
-                      "accuracy_check", "energy_est_j", "cost_per_million_images_usd", "random_weights", "sweep")
+                      "latency_median_s", "latency_p90_s", "throughput_ips", "quality", "top1", "top5", "image_count",
+                      "accuracy_check", "energy_est_j", "cost_per_million_images_usd", "random_weights", "sweep",
+                      "quality_reasons")
 
 
 def read_only(engine: Engine, sql: str, parameters: dict | None = None) -> tuple[list[str], list[tuple]]:
@@ -66,6 +68,8 @@ def render(columns: list[str], rows: list[tuple], fmt: str) -> str:
 def _cell(value) -> str:
     if value is None:
         return ""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):  # reasons, caveats (none: empty)
+        return "; ".join(value)
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)

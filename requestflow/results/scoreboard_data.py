@@ -24,7 +24,8 @@ from requestflow.results.query import read_only
 # every column of the scoreboard the page shows, in the table's order
 COLUMNS = ("board", "backend", "variant", "variant_label", "library", "library_version", "model", "width",
            "resolution", "macs", "model_size_bytes", "precision", "batch_size", "threads", "cpu_affinity",
-           "latency_min_s", "latency_median_s", "latency_p90_s", "throughput_ips", "top1", "top5", "image_count",
+           "latency_min_s", "latency_median_s", "latency_p90_s", "throughput_ips", "quality", "quality_reasons",
+           "top1", "top5", "image_count",
            "reference_top1", "accuracy_delta", "accuracy_check", "energy_est_j", "cost_per_million_images_usd",
            "random_weights", "caveats", "weights_sha256", "sweep", "point_id", "performance_point_id",
            "accuracy_point_id", "performance_result_id", "accuracy_result_id")
