@@ -159,6 +159,12 @@ def summary_rows(results: dict) -> list[tuple[str, str, str, str, str]]:
                 noisy = " (noisy: spread {:.0%})".format(r["spread"]) if r.get("noisy") else ""
                 figure = "-" if r["ratio"] is None else f"{r['ratio']:.3f} ({r['runner']} / {r['reference']})"
                 rows.append(("runner", r["measure"], figure, r["goal"], r["result"] + noisy))
+        for line in runner.get("lines", []):
+            projected = re.match(r"\s+(cold preprocessing cache|warm preprocessing cache|bare loop)\s+(.+?); peak",
+                                 line)
+            if projected:
+                rows.append(("runner", f"projected time for 50,000 images, {projected.group(1)}",
+                             projected.group(2), "-", "info"))
     sweep = results.get("sweep")
     if sweep:
         rows.append(("sweep", f"overhead share of a {sweep['configs']}-config x {len(sweep['backends'])}-backend "
@@ -175,7 +181,7 @@ def summary_rows(results: dict) -> list[tuple[str, str, str, str, str]]:
                              f"<= {ms(r['goal_s'])}" if r["goal_s"] is not None else "-", r["result"]))
     flops = results.get("flops")
     if flops:
-        rows.append(("flops", "peak FP32, measured (sgemm, all cores, best of 5)",
+        rows.append(("flops", "peak FP32, measured (sgemm, all cores, best of 5 runs before and after)",
                      f"{flops['peak_measured_flops'] / 1e9:.1f} GFLOP/s", "-", "info"))
         if flops["theoretical"].get("flops"):
             rows.append(("flops", "peak FP32, theoretical", f"{flops['theoretical']['flops'] / 1e9:.1f} GFLOP/s",
@@ -266,8 +272,11 @@ def write_results(results: dict, out: Path) -> None:
         theory = flops["theoretical"]
         lines += ["", "## Every config and backend against the FLOP limit (`bench_flops.py`)", "", run_line(flops), "",
                   f"- peak FP32, **measured**: {flops['peak_measured_flops'] / 1e9:.1f} GFLOP/s (sgemm "
-                  f"{flops['gemm_n']}x{flops['gemm_n']}, {flops['blas']}, all cores, best of 5; one core "
-                  f"{flops['peak_one_core_flops'] / 1e9:.1f})",
+                  f"{flops['gemm_n']}x{flops['gemm_n']}, {flops['blas']}, all cores, best of 5"
+                  + (" before the points and 5 after: " + " and ".join(f"{f / 1e9:.1f}" for f in
+                                                                       flops["peak_before_after_flops"])
+                     if flops.get("peak_before_after_flops") else "")
+                  + f"; one core {flops['peak_one_core_flops'] / 1e9:.1f})",
                   "- peak FP32, **theoretical**: "
                   + (f"{theory['flops'] / 1e9:.1f} GFLOP/s = {theory['formula']}" if theory.get("flops")
                      else f"unknown ({theory['formula']})"),
