@@ -235,7 +235,7 @@ def bench_load(url: str, template: dict, images: int) -> list[Row]:
             size_mb = len(json.dumps(document)) / 1e6
             checking: list[float] = []
             copying: list[float] = []
-            with timed(load, "validate", checking), timed(load, "_copy", copying):
+            with timed(load, "check_document", checking), timed(load, "_copy", copying):
                 start = time.perf_counter()
                 report = load.load_documents(engine, [(f"accuracy-{index}.json", document)], board="bench-load")
                 elapsed = time.perf_counter() - start

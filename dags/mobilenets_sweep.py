@@ -5,9 +5,10 @@ from operators.sweep import build
 DOC = """
 ### MobileNets-v1 sweep
 Trigger with the form: boards, models, backends, modes, repetitions, warm-up, batch size, threads, CPU affinity,
-images for accuracy. Each board runs one point at a time (its pool `board_<name>` has one slot); boards run in
-parallel. Results land in the results store (Connection `requestflow_results`), keyed by this run's id; the
-`summary` task prints this sweep's scoreboard.
+images for accuracy, weights. *Weights* `random` runs every point on randomly initialised weights (performance
+only: for configs without real weights; labelled `random_weights` on the scoreboard). Each board runs one point at a
+time (its pool `board_<name>` has one slot); boards run in parallel. Results land in the results store (Connection
+`requestflow_results`), keyed by this run's id; the `summary` task prints this sweep's scoreboard.
 """
 
 dag = build("mobilenets_sweep", schedule=None, defaults=None, doc=DOC, tags=["requestflow", "sweep"])

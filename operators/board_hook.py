@@ -20,6 +20,11 @@ class BoardUnreachable(Exception):
     """The board did not answer (after retries): a transient failure, worth retrying the task."""
 
 
+class BoardConnectionLost(ConnectionError):
+    """A command on the board ended without an exit status: the connection dropped (sshd killed or restarted, the
+    link down, the board rebooting), or the command was killed by a signal. Transient: worth retrying the task."""
+
+
 class HostKeyMismatch(Exception):
     """The board's host key is not the one configured: never retried, never accepted."""
 
@@ -88,8 +93,24 @@ class BoardHook(BaseHook):
                                f"attempts: {last}")
 
     def run(self, command: str, *, timeout: float | None = None, warn: bool = False, hide: bool = True):
-        """Run a shell command on the board; a fabric Result (``.stdout``, ``.return_code``)."""
-        return self.get_conn().run(command, timeout=timeout, warn=warn, hide=hide, in_stream=False)
+        """Run a shell command on the board; a fabric Result (``.stdout``, ``.return_code``). A command that ends
+        without an exit status (paramiko's -1, whether ``warn`` or not) raises ``BoardConnectionLost``."""
+        from invoke.exceptions import UnexpectedExit
+
+        try:
+            result = self.get_conn().run(command, timeout=timeout, warn=warn, hide=hide, in_stream=False)
+        except UnexpectedExit as exc:
+            if exc.result.return_code != -1:
+                raise
+            result = exc.result
+        if result.return_code == -1:
+            self.close()  # whatever is left of the connection: the next command opens a new one
+            head = " ".join(command.split())
+            raise BoardConnectionLost(
+                f"board {self.settings.name} ({self.settings.host}): a command ended without an exit status: the "
+                f"connection was lost, or the command was killed by a signal "
+                f"({head[:100]}{'...' if len(head) > 100 else ''})")
+        return result
 
     def put(self, local: str, remote: str):
         return self.get_conn().put(local, remote)

@@ -63,11 +63,32 @@ def wait(board, job_dir: str, on_output: Callable[[str], None], poll_s: float = 
         time.sleep(max(0.0, poll_s - (time.monotonic() - polled)))  # when the board could not wait itself
 
 
+# Sets $ours when the process group in the job folder's ``pid`` is still the job's: some process of that group has
+# the job folder as its working directory (the session leader and the command's subshell do, until they end). A
+# job that ended long ago may have left a ``pid`` that the system has since given to another process group, which
+# must never be taken for the job's. Runs in the job folder, with $pid set.
+_OURS = ('here=$(pwd -P); ours=; for p in /proc/[0-9]*; do '
+         '[ "$(readlink "$p/cwd" 2>/dev/null)" = "$here" ] || continue; '
+         # /proc/PID/stat: "pid (comm) state ppid pgrp ...": the process group is the 3rd field after ") "
+         'g=$(sed "s/.*) //" "$p/stat" 2>/dev/null | cut -d" " -f3); '
+         '[ "$g" = "$pid" ] && { ours=1; break; }; done')
+
+
+def running(board, job_dir: str) -> bool:
+    """Whether the job in ``job_dir`` is still running (its process group alive and still the job's)."""
+    quoted = shlex.quote(job_dir)
+    result = board.run(f"cd {quoted} 2>/dev/null || exit 0; pid=$(cat pid 2>/dev/null) || exit 0; {_OURS}; "
+                       "[ -n \"$ours\" ] && echo RUNNING; exit 0", warn=True)
+    return result.stdout.strip() == "RUNNING"
+
+
 def kill(board, job_dir: str, grace_s: float = 5.0) -> None:
     """Stop the job's whole process group: TERM, then KILL after ``grace_s``. A job killed before it could write
-    its exit code gets 143 (TERM) written for it, so that whoever waits for it is released."""
+    its exit code gets 143 (TERM) written for it, so that whoever waits for it is released. A group that is no
+    longer the job's (``_OURS``) is left alone: the kill only writes the exit code."""
     quoted = shlex.quote(job_dir)
-    board.run(f"pid=$(cat {quoted}/pid 2>/dev/null) || exit 0; kill -TERM -- -$pid 2>/dev/null; "
+    board.run(f"cd {quoted} 2>/dev/null || exit 0; pid=$(cat pid 2>/dev/null) || exit 0; {_OURS}; "
+              f"if [ -n \"$ours\" ]; then kill -TERM -- -$pid 2>/dev/null; "
               f"for i in $(seq {int(grace_s * 10)}); do kill -0 -- -$pid 2>/dev/null || break; sleep 0.1; done; "
-              f"kill -KILL -- -$pid 2>/dev/null; [ -f {quoted}/exit_code ] || echo 143 > {quoted}/exit_code; exit 0",
+              "kill -KILL -- -$pid 2>/dev/null; fi; [ -f exit_code ] || echo 143 > exit_code; exit 0",
               warn=True)

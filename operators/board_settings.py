@@ -19,6 +19,8 @@ passphrase when a key is given, else a login password). Extras:
 ``sysfs_root``             root of the sysfs tree for clocks (tests point it at a fake tree)
 ``armcl_cache``            the board's ArmCL build cache (default ``<work_dir>/armcl/builds``)
 ``connect_timeout``        seconds (default 15)
+``gc_keep_runners``        runners kept on the board, the current one included (default 2; ``operators.board_gc``)
+``gc_keep_days``           days a finished job's folder is kept (default 30)
 ``price_usd``, ``price_date``, ``service_life_years``, ``peak_power_w``: the scoreboard's cost and energy figures
 =========================  ==========================================================================================
 """
@@ -34,7 +36,7 @@ SECRET_FIELDS = ("password", "private_key")
 EXTRAS = {
     "key_file": str, "private_key": str, "host_key": str, "known_hosts": str, "no_host_key_check": bool,
     "python": str, "work_dir": str, "sudo": bool, "sysfs_root": str, "armcl_cache": str,
-    "connect_timeout": float,
+    "connect_timeout": float, "gc_keep_runners": int, "gc_keep_days": float,
     "price_usd": float, "price_date": str, "service_life_years": float, "peak_power_w": float,
 }
 
@@ -55,6 +57,14 @@ def _coerce(name: str, value, kind):
             raise UserError(f"extra {name!r} must be a number, got {value!r}") from None
         if number < 0 or (name in ("service_life_years", "connect_timeout") and number == 0):
             raise UserError(f"extra {name!r} must be positive, got {value!r}")
+        return number
+    if kind is int:
+        try:
+            number = int(str(value).strip()) if not isinstance(value, bool) else None
+        except ValueError:
+            number = None
+        if number is None or number < 1:
+            raise UserError(f"extra {name!r} must be a whole number >= 1, got {value!r}")
         return number
     if not isinstance(value, str):
         raise UserError(f"extra {name!r} must be text, got {type(value).__name__}")
@@ -79,6 +89,8 @@ class BoardSettings:
     sysfs_root: str = "/"
     armcl_cache: str | None = None
     connect_timeout: float = 15.0
+    gc_keep_runners: int = 2
+    gc_keep_days: float = 30.0
     price_usd: float | None = None
     price_date: str | None = None
     service_life_years: float = 3.0

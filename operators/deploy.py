@@ -34,7 +34,8 @@ Board-side layout (``W`` = the board's work dir)::
 
 Board-side commands are POSIX sh with coreutils (``sha256sum``, ``ln``, ``find``) and, if present, ``flock``.
 Deploys to one board are serialised by the board's Airflow pool; the install itself also holds a board-side
-``flock`` when the board has one. Old runner folders and unused blobs are not removed (yet).
+``flock`` when the board has one. Old runner folders, finished job folders and unlinked blobs are removed by
+``operators.board_gc`` (after each provisioning, in the board's pool).
 """
 
 from __future__ import annotations
@@ -422,10 +423,12 @@ def data_files_for_points(points: Iterable[dict], data_dir: str | os.PathLike | 
     ``(local path, path relative to the data dir)``, sorted.
 
     Weights: the shared-data files that the runner's resolution picks first for the point's model, backend,
-    precision and release (``resolve.local_choice``, the runner's own code). Accuracy points add ``val.txt``,
-    ``synset_words.txt`` and the images the runner selects (``dataset.load_dataset``: the first ``limit`` in file
-    name order). A point whose weights the data folder lacks is a UserError naming each such model and precision:
-    on the board it would run on random weights (performance) or fail (accuracy).
+    precision and release (``resolve.local_choice``, the runner's own code); none for a point on random weights
+    (``"weights": "random"``, the sweep's weights = random: the runner makes them on the board). Accuracy points
+    add ``val.txt``, ``synset_words.txt`` and the images the runner selects (``dataset.load_dataset``: the first
+    ``limit`` in file name order). A point whose weights the data folder lacks is a UserError naming each such
+    model and precision: on the board it would run on random weights without having asked for them (performance)
+    or fail (accuracy); so is an accuracy point on random weights.
     """
     from requestflow.board import catalogue, resolve
     from requestflow.board.dataset import load_dataset
@@ -439,6 +442,10 @@ def data_files_for_points(points: Iterable[dict], data_dir: str | os.PathLike | 
     for point in points:
         model = catalogue.get_model(point["model"])
         backend, precision = point.get("backend", "tflite"), point.get("precision")
+        if point.get("weights") == "random":
+            if point.get("mode", "performance") == "accuracy":
+                raise UserError(f"{model.id} {backend} accuracy: accuracy needs real weights, not random ones")
+            continue  # the runner makes them on the board (He-initialised, seeded): no file to copy
         choice = resolve.local_choice(model, backend, precision, point.get("release"), data=data)
         if choice is None:
             what = f"{model.id} {backend} precision {precision or 'any'}"
@@ -457,7 +464,8 @@ def data_files_for_points(points: Iterable[dict], data_dir: str | os.PathLike | 
                 chosen[path.relative_to(data).as_posix()] = path
     if missing:
         raise UserError(f"no weights in {data} for: {'; '.join(dict.fromkeys(missing))} (the runner would use "
-                        "random weights): add them to the data folder or choose another precision/release")
+                        "random weights): add them to the data folder, choose another precision/release, or sweep "
+                        "performance on random weights explicitly (weights = random)")
     return [(path, relative) for relative, path in sorted(chosen.items())]
 
 

@@ -95,6 +95,7 @@ class ProvisionBoardOperator(BaseOperator):
                                                                                     log=self.log.info)
             python = deploy.deploy_runner(board, bundle, log=self.log.info)
             self.log.info("board %s: runner %s", name, python)
+            self._collect_garbage(board)
             snapshot = board_cli(board, ["platform", "--root", board.settings.sysfs_root])
             self.log.info("board %s: %s", name, describe_platform(snapshot))
             engine = ResultsHook(self.results_conn_id).get_conn()
@@ -112,6 +113,19 @@ class ProvisionBoardOperator(BaseOperator):
                     "known_board": (snapshot.get("board") or {}).get("id"), "arch": snapshot.get("arch")}
         finally:
             board.close()
+
+
+    def _collect_garbage(self, board) -> None:
+        """Old runners, finished job folders and unlinked blobs out of the work dir (``operators.board_gc``), as
+        the board's extras ``gc_keep_runners`` / ``gc_keep_days`` say. A failure is only logged: the board can
+        still run its points."""
+        from operators.board_gc import collect_garbage
+
+        s = board.settings
+        try:
+            collect_garbage(board, s.gc_keep_runners, s.gc_keep_days, log=self.log.info)
+        except Exception as exc:  # noqa: BLE001 - housekeeping must not fail a sweep
+            self.log.warning("board %s: cleaning the work dir failed: %s", s.name, exc)
 
 
 class ClocksOperator(BaseOperator):

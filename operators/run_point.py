@@ -28,7 +28,7 @@ POINT_FIELDS = ("model", "backend", "mode", "precision", "release", "repetitions
 def runner_command(python: str, point: dict, out: str | None = "result.json", armcl_build: str | None = None) -> str:
     """The board-side command line of a point (``out=None``: ``--identify``, print its context); values quoted.
     ``armcl_build``: the folder, on the board, of the ArmCL build the point's ``armcl_build`` names."""
-    unknown = set(point) - set(POINT_FIELDS) - {"board", "armcl_build"}
+    unknown = set(point) - set(POINT_FIELDS) - {"board", "armcl_build", "weights"}
     if unknown:
         raise ValueError(f"unknown point field {sorted(unknown)[0]!r}")
     args = [python, "-m", "requestflow.cli", "run", "--quiet", "--offline"]
@@ -41,6 +41,8 @@ def runner_command(python: str, point: dict, out: str | None = "result.json", ar
             args += [f"--{name.replace('_', '-')}", str(value)]
     if armcl_build:
         args += ["--armcl-build", armcl_build]
+    if point.get("weights"):  # "random": the sweep's weights = random (operators.sweep.plan)
+        args += ["--weights", str(point["weights"])]
     return " ".join(shlex.quote(a) for a in args)
 
 
@@ -51,6 +53,11 @@ class RunPointOperator(BaseOperator):
     Failures: the runner refusing its input (exit 2) fails at once; a document with ``status: failed`` is stored
     and fails the task without retry (it is a result); anything else (board unreachable, connection lost, runner
     killed without a document) is transient and retried; on the last attempt it is stored in ``point_failures``.
+
+    A retry takes up what an earlier attempt's runner did (``_earlier_attempt``): one still running is followed to
+    its end; a successful document it wrote is loaded (a no-op if it is stored already) instead of measuring again,
+    so a point has one result per sweep run. Clearing a finished task therefore reloads its result; a new
+    measurement is a new sweep run.
     """
 
     template_fields = ("point", "sweep_id", "resume", "cooldown_c")
@@ -89,7 +96,6 @@ class RunPointOperator(BaseOperator):
 
     def _execute(self, context, dag_id: str | None) -> dict:
         from operators.deploy import runner_location
-        from operators.results_hook import ResultsHook
 
         board = self._board = board_for(self.board_conn_id)
         settings = board.settings
@@ -102,9 +108,9 @@ class RunPointOperator(BaseOperator):
         job_dir = f"{work_dir}/runs/{slug}"
         ti = context.get("ti")
         if ti is not None and ti.try_number > 1:
-            # an attempt killed hard (SIGKILL, a lost connection) never ran on_kill: its runner may still be
-            # measuring on the board. Stop it before anything else runs there (nothing if it ended).
-            board_jobs.kill(board, job_dir)
+            previous = self._earlier_attempt(board, job_dir, label, ti.try_number)
+            if previous is not None:
+                return self._store(context, dag_id, settings.name, label, job_dir, previous)
         armcl_build = self._armcl_build(context)
         if _true(self.resume):
             stored = self._stored_result(board, python, env, armcl_build)
@@ -127,17 +133,52 @@ class RunPointOperator(BaseOperator):
         code = board_jobs.wait(board, job_dir, show)
         if code == 2:  # the runner refused its input: retrying cannot help
             raise AirflowFailException(f"board {settings.name} refused the point: {lines[-1] if lines else code}")
+        document = self._fetch(board, job_dir)
+        if document is None:
+            raise RuntimeError(f"board {settings.name}: the runner exited {code} without a result")
+        return self._store(context, dag_id, settings.name, label, job_dir, document)
+
+    def _fetch(self, board, job_dir: str) -> dict | None:
+        """The runner's document in ``job_dir`` (written atomically: whole or absent), or None."""
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / "result.json"
             try:
                 board.get(f"{job_dir}/result.json", str(local))
             except (OSError, FileNotFoundError) as exc:
-                raise RuntimeError(f"board {settings.name}: the runner exited {code} without a result "
-                                   f"({exc})") from None
-            document = json.loads(local.read_text())
-        report = ResultsHook(self.results_conn_id).load([(f"{settings.name}:{job_dir}", document)],
-                                                        board=settings.name, sweep=self.sweep_id, dag_id=dag_id)
-        summary = {"board": settings.name, "point": label, "status": document["status"],
+                self.log.info("board %s: no result in %s (%s)", board.settings.name, job_dir, exc)
+                return None
+            return json.loads(local.read_text())
+
+    def _earlier_attempt(self, board, job_dir: str, label: str, attempt: int) -> dict | None:
+        """On a retry: the successful document of the runner an earlier attempt started, else None.
+
+        An attempt killed hard (SIGKILL, a worker lost) never ran ``on_kill``, and one that lost its connection
+        left its runner measuring: a runner still running is watched to its end (its output into this attempt's
+        log; never a second runner beside it). A runner that finished while its attempt failed after it (the store
+        down mid-load, the reply of a committed load lost) left its document: it is loaded - a no-op if stored
+        already - rather than the point measured a second time in this sweep. Anything else it left (a failed
+        document, which a new attempt may well turn into a result) is removed, so that it cannot be taken for
+        the new runner's."""
+        name = board.settings.name
+        if board_jobs.running(board, job_dir):
+            self.log.info("board %s: %s: attempt %d follows the runner an earlier attempt started", name, label,
+                          attempt)
+            self._job_dir = job_dir  # on_kill stops it
+            board_jobs.wait(board, job_dir, lambda line: self.log.info("[%s] %s", name, line))
+        document = self._fetch(board, job_dir)
+        if document is not None and document.get("status") == "ok":
+            self.log.info("board %s: %s: attempt %d stores the result an earlier attempt's runner wrote", name,
+                          label, attempt)
+            return document
+        board.run(f"rm -f {shlex.quote(job_dir)}/result.json")
+        return None
+
+    def _store(self, context, dag_id: str | None, board_name: str, label: str, job_dir: str, document: dict) -> dict:
+        from operators.results_hook import ResultsHook
+
+        report = ResultsHook(self.results_conn_id).load([(f"{board_name}:{job_dir}", document)],
+                                                        board=board_name, sweep=self.sweep_id, dag_id=dag_id)
+        summary = {"board": board_name, "point": label, "status": document["status"],
                    "loaded": bool(report.loaded)}
         if "performance" in document:
             summary["median_ms"] = round(document["performance"]["median"] * 1e3, 4)
@@ -145,7 +186,7 @@ class RunPointOperator(BaseOperator):
             summary["top1"] = document["accuracy"]["top1"]
         if document["status"] != "ok":  # stored with its error; the sweep goes on with the other points
             self._stored_document = True
-            raise AirflowFailException(f"point failed on {settings.name}: {document['error']['type']}: "
+            raise AirflowFailException(f"point failed on {board_name}: {document['error']['type']}: "
                                        f"{document['error']['message']}")
         return summary
 

@@ -13,7 +13,8 @@ with requestflow's MobileNet program compiled against it; skipped when no armcl 
 or the run is marked failed). armcl points are one per variant (the form's ArmCL targets x layouts x conv
 methods x tuners). ``summary`` accounts for every planned point (stored ok, stored failed, stored
 without a result, skipped because already stored) and updates the results Asset; ``verdict`` fails the run when a
-point did not succeed.
+point did not succeed, or when the plan refused the params (what the form cannot express: armcl points without a
+build; weights = random with accuracy points, a precision other than fp32 or a release).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 BOARD_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
 MODEL_IDS = [c.id for c in CONFIGS]
 RESULTS_ASSET = "requestflow://results/scoreboard"  # updated by every sweep; regression detection follows it
+# the sweep's weights: the registry's real weights (each point needs them in the controller's data folder), or
+# randomly initialised weights for every point (``requestflow run --weights random``: performance only)
+WEIGHTS = ("registry", "random")
 
 
 def inventory() -> list[str]:
@@ -55,8 +59,9 @@ def params(defaults: dict | None = None) -> dict:
 
     armcl_builds = list(configured_builds())
     d = {"boards": ["local"], "models": MODEL_IDS, "backends": ["tflite"], "modes": ["performance", "accuracy"],
-         "precision": None, "release": None, "repetitions": 20, "warmup": 3, "batch_size": 1, "threads": None,
-         "cpus": None, "cluster": "all", "image_limit": 500, "cooldown_c": None, "resume": False, "dry_run": False,
+         "precision": None, "release": None, "weights": "registry", "repetitions": 20, "warmup": 3, "batch_size": 1,
+         "threads": None, "cpus": None, "cluster": "all", "image_limit": 500, "cooldown_c": None, "resume": False,
+         "dry_run": False,
          "armcl_build": armcl_builds[0] if armcl_builds else None,
          **{f"armcl_{key}s": [choices[0]] for key, choices in ARMCL_VARIANT.items()}}
     d.update(defaults or {})
@@ -76,6 +81,10 @@ def params(defaults: dict | None = None) -> dict:
                            description="which registry weights (empty: what each backend finds first)"),
         "release": Param(d["release"], type=["null", "string"], title="Weights release",
                          enum=[None, "2018_02_22", "keras", "2017_06_14", "2018_08_02_quant"]),
+        "weights": Param(d["weights"], type="string", enum=list(WEIGHTS), title="Weights",
+                         description="registry: real weights (every point needs them in the data folder); random: "
+                         "He-initialised fp32 weights for every point, performance only (latency does not depend "
+                         "on weight values; labelled random_weights on the scoreboard)"),
         "repetitions": Param(d["repetitions"], type="integer", minimum=1, maximum=100000, title="Repetitions"),
         "warmup": Param(d["warmup"], type="integer", minimum=0, maximum=10000, title="Warm-up runs"),
         "batch_size": Param(d["batch_size"], type="integer", minimum=1, maximum=256, title="Batch size"),
@@ -113,6 +122,13 @@ def plan(board: str, p: dict) -> list[dict]:
         raise ValueError("armcl points need an ArmCL build: choose one (config/armcl.json)")
     if p.get("cooldown_c") is not None and not math.isfinite(p["cooldown_c"]):  # NaN passes minimum and maximum
         raise ValueError(f"cooldown_c must be a finite temperature, not {p['cooldown_c']}")
+    random = p.get("weights", "registry") == "random"
+    if random and p.get("precision") not in (None, "fp32"):
+        raise ValueError(f"weights = random runs fp32 weights, not precision {p['precision']}: leave precision "
+                         "empty (or choose fp32), or choose weights = registry")
+    if random and p.get("release"):
+        raise ValueError(f"weights = random uses no release ({p['release']} names registry weights): leave the "
+                         "release empty, or choose weights = registry")
     # JSON Schema's "integer" admits 3.0 (a trigger's conf from the REST API or the CLI): the runner wants 3
     p = {**p, **{key: int(p[key]) for key in ("repetitions", "warmup", "batch_size", "threads", "image_limit")
                  if isinstance(p.get(key), float)}}
@@ -122,13 +138,28 @@ def plan(board: str, p: dict) -> list[dict]:
             point = {"model": model, "backend": backend, "mode": mode, "precision": p.get("precision"),
                      "release": p.get("release"), "batch_size": p["batch_size"], "threads": p.get("threads"),
                      "cpus": p.get("cpus"), "cluster": None if p.get("cluster") in (None, "all") else p["cluster"],
-                     "variant": variant, "armcl_build": p["armcl_build"] if variant else None}
+                     "variant": variant, "armcl_build": p["armcl_build"] if variant else None,
+                     "weights": "random" if random else None}
             if mode == "performance":
                 point.update(repetitions=p["repetitions"], warmup=p["warmup"])
             else:
                 point["limit"] = p["image_limit"]
             points.append({k: v for k, v in point.items() if v is not None})
+    if random:
+        _refuse_accuracy_on_random_weights(points)
     return points
+
+
+def _refuse_accuracy_on_random_weights(points: list[dict]) -> None:
+    """weights = random with accuracy points: refused before any board is touched, naming them. Random weights have
+    no accuracy (the runner refuses them), and dropping the points silently would leave the sweep with fewer points
+    than the form asked for (the default modes include accuracy): the user chooses, explicitly."""
+    labels = [point_label(p) for p in points if p["mode"] == "accuracy"]
+    if labels:
+        shown = ", ".join(labels[:5]) + (f" and {len(labels) - 5} more" if len(labels) > 5 else "")
+        raise ValueError(f"weights = random measures performance only, and accuracy needs real weights: "
+                         f"{len(labels)} accuracy point(s) cannot run ({shown}): choose modes = performance only, "
+                         "or weights = registry")
 
 
 def retry_delay_s() -> float:
@@ -153,7 +184,10 @@ def build(dag_id: str, schedule, defaults: dict | None, doc: str, tags: list[str
             with TaskGroup(group_id=f"board_{board}"):
                 @task(task_id="plan")
                 def plan_points(board: str = board, **context) -> list[dict]:
-                    points = plan(board, context["params"])
+                    try:
+                        points = plan(board, context["params"])
+                    except ValueError:  # what the form cannot express: no retry can change the answer
+                        raise AirflowFailException(refusal(context["params"])) from None
                     print(f"{len(points)} point(s) on board {board}" + "".join(
                         f"\n  {point_label(p)}" for p in points))
                     if not points:
@@ -194,6 +228,8 @@ def build(dag_id: str, schedule, defaults: dict | None, doc: str, tags: list[str
 
         @task(task_id="verdict", retries=0)
         def verdict(counts: dict) -> None:
+            if counts.get("refused"):
+                raise AirflowFailException(counts["refused"])
             failed = counts.get("failed_points") or []
             if failed:
                 raise AirflowFailException(f"{len(failed)} point(s) failed: {'; '.join(failed[:10])}"
@@ -207,9 +243,21 @@ def build(dag_id: str, schedule, defaults: dict | None, doc: str, tags: list[str
     return dag
 
 
+def refusal(p: dict) -> str | None:
+    """What the plan tasks refused in the sweep's params (``plan`` is a function of the params alone, so summary
+    asks it again), or None."""
+    for board in p["boards"]:
+        try:
+            plan(board, p)
+        except ValueError as exc:
+            return f"the sweep's params are refused: {exc}"
+    return None
+
+
 def summarize(context) -> dict:
     """Account for every planned point of the sweep and print the sweep's scoreboard: ``{"boards": per-board counts,
-    "failed_points": ["<board>: <point label>", ...]}`` (the ``verdict`` task fails the run when that is not empty).
+    "failed_points": ["<board>: <point label>", ...]}`` (the ``verdict`` task fails the run when that is not empty),
+    plus ``"refused"`` (why) when the plan tasks refused the params: then there are no points, and the run fails.
 
     A planned point with neither a result nor a stored failure (its board's provisioning failed, or the task was
     killed before it could store anything) is stored now as ``NotRun``: every point of a sweep ends in the store.
@@ -220,6 +268,10 @@ def summarize(context) -> dict:
 
     ti, run_id, p = context["ti"], context["run_id"], context["params"]
     dag_id = context["dag"].dag_id
+    refused = refusal(p)
+    if refused:  # the plan tasks failed with it and left no points: without this the run would end "success"
+        print(refused)
+        return {"boards": {}, "failed_points": [], "refused": refused}
     if p["dry_run"]:
         print("dry run: the points are listed in each board's plan task; nothing ran")
         return {"boards": {}, "failed_points": []}

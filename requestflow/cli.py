@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="the catalogue, and which weights are available here")
     models.add_argument("--format", choices=("table", "json"), default="table")
 
-    validate = sub.add_parser("validate", help="check result JSON files against the result schema")
+    validate = sub.add_parser("validate", help="check result JSON files: what the results store would refuse "
+                                               "(schema, version, numbers and text it cannot hold), no database")
     validate.add_argument("files", nargs="+")
 
     db_help = ("PostgreSQL URL (default: $REQUESTFLOW_DATABASE_URL, the Airflow Connection requestflow_results, "
@@ -208,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--repetitions", type=int, help="timed runs of each performance point (default: the DAG's)")
     sweep.add_argument("--warmup", type=int, help="untimed runs before them (default: the DAG's)")
     sweep.add_argument("--image-limit", type=int, help="images of each accuracy point (default: the DAG's)")
+    sweep.add_argument("--weights", choices=("registry", "random"),
+                       help="registry: real weights, which every point needs in the data folder (the DAG's "
+                            "default); random: randomly initialised weights for every point, performance only "
+                            "(with --modes performance), labelled random_weights on the scoreboard")
     sweep.add_argument("--armcl-build", metavar="NAME", help="armcl points: a build of config/armcl.json")
     from requestflow.board.catalogue import ARMCL_VARIANT  # the choices only: a light module
 
@@ -229,6 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--store", action="store_true",
                         help="also load the replay's result into the store (sweep replay/<time>)")
     replay.add_argument("--db", help=db_help)
+
+    gc = sub.add_parser("board-gc", help="remove what a board's work dir no longer needs: old runners, job folders "
+                                         "finished long ago, blobs nothing links to (provisioning does it too)")
+    gc.add_argument("name", help="the board: local, or the name of its Airflow Connection")
+    gc.add_argument("--keep-runners", type=int, metavar="N",
+                    help="runners kept, the current one included (default: the board's extra gc_keep_runners, 2)")
+    gc.add_argument("--keep-days", type=float, metavar="DAYS",
+                    help="finished job folders younger than this stay (default: extra gc_keep_days, 30)")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
 
     airflow_env = sub.add_parser("airflow-env", help="set up the local Airflow and print its environment as export "
                                                      "lines: eval \"$(requestflow airflow-env)\"; airflow standalone")
@@ -266,18 +280,39 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The CLI. ``argv`` None: this process is the command (console script, ``python -m requestflow.cli``)."""
+    process = argv is None
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = build_parser().parse_args(argv)
         if args.command in ("run", "classify"):
             _quiet_tensorflow()
-        return COMMANDS[args.command](args, argv)
+        code = COMMANDS[args.command](args, argv)
     except UserError as exc:
         print(f"requestflow: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        code = exc.exit_code
     except KeyboardInterrupt:
         print("requestflow: interrupted", file=sys.stderr)
-        return 130
+        code = 130
+    if process and "tensorflow" in sys.modules:
+        _exit_now(code)
+    return code
+
+
+def _exit_now(code: int) -> None:
+    """End the process without the interpreter's teardown. TensorFlow's takes 1-2 s after the result is written
+    (measured here: 1.8 s from a tf run's last line to its exit, 0.1 s for tflite): outside the runner's clock,
+    but on every point of a sweep, which waits for the process to end. Everything of ours is done by then (the
+    document written atomically, the output printed): only the streams and the log handlers need flushing."""
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def _quiet_tensorflow() -> None:
@@ -419,17 +454,18 @@ def cmd_models(args, argv) -> int:
 
 
 def cmd_validate(args, argv) -> int:
-    from requestflow.board.schema import validate_document
+    from requestflow.results.document import check_document
 
     bad = 0
     for path in args.files:
         try:
             with open(path) as handle:
-                validate_document(json.load(handle))
+                check_document(json.load(handle), path)
             print(f"{path}: valid")
         except (OSError, ValueError, UserError) as exc:
             bad += 1
-            print(f"{path}: INVALID: {exc}")
+            message = str(exc)
+            print(f"{path}: INVALID: {message.removeprefix(f'{path}: ')}")
     return 1 if bad else 0
 
 
@@ -708,7 +744,10 @@ def cmd_sweep(args, argv) -> int:
         catalogue.get_model(model)  # an unknown id: the nearest ones suggested
     conf = {"models": models, "backends": _names(args.backends, catalogue.BACKENDS, "backend"),
             "modes": _names(args.modes, catalogue.MODES, "mode"), "repetitions": args.repetitions,
-            "warmup": args.warmup, "image_limit": args.image_limit}
+            "warmup": args.warmup, "image_limit": args.image_limit, "weights": args.weights}
+    if args.weights == "random" and conf["modes"] != ["performance"]:  # else the DAG's plan refuses it, later
+        raise UserError("--weights random measures performance only (accuracy needs real weights): add --modes "
+                        "performance")
     for key, choices in catalogue.ARMCL_VARIANT.items():
         values = getattr(args, f"armcl_{key}s")
         conf[f"armcl_{key}s"] = _names([v.upper() for v in values] if values else None, choices,
@@ -770,6 +809,29 @@ def cmd_sweep(args, argv) -> int:
     return 0
 
 
+def cmd_board_gc(args, argv) -> int:
+    if args.keep_runners is not None and args.keep_runners < 1:
+        raise UserError(f"--keep-runners must be at least 1 (the current runner), got {args.keep_runners}")
+    if args.keep_days is not None and not args.keep_days >= 0:
+        raise UserError(f"--keep-days must be >= 0, got {args.keep_days}")
+    _controller_checkout()
+    from operators.board_gc import collect_garbage
+    from operators.board_hook import board_for
+
+    board = board_for(args.name)
+    try:
+        s = board.settings
+        garbage = collect_garbage(board, args.keep_runners or s.gc_keep_runners,
+                                  s.gc_keep_days if args.keep_days is None else args.keep_days, dry_run=args.dry_run)
+    finally:
+        board.close()
+    if args.dry_run:
+        for kind in ("job", "blob"):
+            for path, _ in garbage.removed[kind]:
+                print(f"  {path}")
+    return 0
+
+
 def cmd_replay(args, argv) -> int:
     """Exit 0 when the replay reproduced the stored result, 1 when something changed or the replay failed."""
     from requestflow.results.replay import compare, render, stored
@@ -823,7 +885,7 @@ COMMANDS = {
     "validate": cmd_validate, "db": cmd_db, "load": cmd_load, "scoreboard": cmd_scoreboard, "sql": cmd_sql,
     "board": cmd_board, "plot": cmd_plot, "import-reference": cmd_import_reference, "diff": cmd_diff,
     "regressions": cmd_regressions,
-    "sweep": cmd_sweep, "airflow-env": cmd_airflow_env, "replay": cmd_replay,
+    "sweep": cmd_sweep, "airflow-env": cmd_airflow_env, "replay": cmd_replay, "board-gc": cmd_board_gc,
     "export": cmd_export, "import": cmd_import_archive,
     "platform": cmd_platform, "clocks": cmd_clocks, "cooldown": cmd_cooldown,
 }

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from operators.board_hook import BoardHook, BoardUnreachable, HostKeyMismatch
+from operators.board_hook import BoardConnectionLost, BoardHook, BoardUnreachable, HostKeyMismatch
 from operators.board_settings import BoardSettings
 from tests.farm import farm_fixture
 
@@ -44,6 +44,20 @@ class TestRunningOnABoard:
                 assert hook.run(f"cd {board.work_dir} && pwd").stdout.strip() == str(board.work_dir)
             finally:
                 hook.close()
+
+    @pytest.mark.parametrize("warn", [False, True])
+    def test_a_command_without_an_exit_status_says_so_and_the_next_one_reconnects(self, farm, warn):
+        """The shell killed by a signal: sshd sends no exit status, as when the connection drops mid-command. Not
+        invoke's "bad command exit code ... Exit code: -1", and not a result with return code -1 under warn."""
+        board = farm.boards[0]
+        hook = BoardHook(settings=settings_for(board))
+        try:
+            with pytest.raises(BoardConnectionLost, match=f"board {board.name} .*: a command ended without an exit "
+                                                          r"status: the connection was lost, .* \(kill -KILL \$\$\)"):
+                hook.run("kill -KILL $$", warn=warn)
+            assert hook.run("hostname").stdout.strip() == board.name
+        finally:
+            hook.close()
 
     def test_reads_the_board_from_an_airflow_connection(self, farm, monkeypatch):
         board = farm.boards[0]

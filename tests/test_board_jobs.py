@@ -84,6 +84,25 @@ def test_a_killed_job_releases_whoever_waits_for_it(board):
     assert board_jobs.wait(hook, job, lambda line: None, poll_s=0.1, timeout_s=10) == 143
 
 
+def test_kill_spares_a_process_group_that_is_no_longer_the_jobs(board, tmp_path):
+    """A job that ended long ago leaves its pid file; the system may have given that number to another process
+    group since. Killing the job must not stop that group."""
+    hook, b = board
+    job = b.work_dir / "jobs" / uuid.uuid4().hex
+    board_jobs.start(hook, str(job), "true")
+    assert board_jobs.wait(hook, str(job), lambda line: None, poll_s=0.1, timeout_s=10) == 0
+    stranger = subprocess.Popen(["sleep", "300"], cwd=tmp_path, start_new_session=True)  # leads its own group
+    try:
+        (job / "pid").write_text(f"{stranger.pid}\n")  # as if its number had been reused
+        (job / "exit_code").unlink()
+        board_jobs.kill(hook, str(job), grace_s=1)
+        assert stranger.poll() is None, "a process group that is not the job's was killed"
+        assert (job / "exit_code").read_text().strip() == "143"  # whoever waits is still released
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
 class TestRunPointOperatorOnKill:
     def test_on_kill_leaves_no_runner_process_on_the_board(self, tmp_path, monkeypatch):
         import threading

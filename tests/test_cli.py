@@ -33,6 +33,14 @@ def out(tmp_path):
     return tmp_path / "result.json"
 
 
+@pytest.fixture(scope="module")
+def runner_document(models_dir) -> dict:
+    from requestflow.board.runner import RunConfig, run
+
+    return run(RunConfig(model="mobilenet-v1-0.25-128", backend="tflite", repetitions=2, warmup=1, progress=False,
+                         weights=[str(models_dir / "mobilenet_v1_0.25_128_quant.tflite")]))
+
+
 class TestBadInputIsRefused:
     def test_unknown_model_id_suggests_the_nearest(self, run_cli, out):
         assert_refused(run_cli("run", "--model", "mobilenet-v1-0.25-129", "--out", out), out,
@@ -103,6 +111,26 @@ class TestBadInputIsRefused:
         result = subprocess.run([sys.executable, "-m", "requestflow.cli", "run", "--model", "nope", "--out", str(out)],
                                 capture_output=True, text=True)
         assert_refused((result.returncode, result.stdout, result.stderr), out, "unknown model id 'nope'")
+
+
+    def test_a_tensorflow_run_ends_at_once_with_its_output_and_exit_code(self, tmp_path):
+        """The process skips TensorFlow's teardown (`cli._exit_now`): nothing it printed or wrote may be lost."""
+        out = tmp_path / "r.json"
+        result = subprocess.run([sys.executable, "-m", "requestflow.cli", "run", "--model", "mobilenet-v1-0.25-128",
+                                 "--backend", "tf", "--weights", "random", "--repetitions", "2", "--warmup", "0",
+                                 "--quiet", "--out", str(out)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines()[-1] == f"result: {out}"
+        assert "tf fp32 RANDOM weights performance: median" in result.stdout
+        validate_document(json.loads(out.read_text()))
+
+    def test_the_fast_exit_keeps_an_error_and_its_exit_code(self, tmp_path):
+        code = ("import sys, tensorflow\nfrom requestflow import cli\n"
+                f"sys.argv = ['requestflow', 'run', '--model', 'nope', '--out', {str(tmp_path / 'r.json')!r}]\n"
+                "print('before', flush=False)\ncli.main()\nprint('after: the process went on')\n")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert result.returncode == 2
+        assert result.stdout == "before\n" and "unknown model id 'nope'" in result.stderr
 
 
 class TestRuns:
@@ -218,3 +246,38 @@ class TestOtherCommands:
         bad.write_text(json.dumps({"schema_version": 1, "status": "ok"}))
         code, stdout, _ = run_cli("validate", bad)
         assert code == 1 and "INVALID" in stdout and "requestflow_version" in stdout
+
+    @pytest.mark.parametrize(("where", "value", "said"), [
+        (("performance", "median"), float("nan"), "performance/median: nan is not a finite number"),
+        (("context", "threads"), 2**40, "context/threads: 1099511627776 is too large for the store"),
+        (("context", "model", "macs"), 2**64, "context/model/macs: 18446744073709551616 is too large"),
+        (("performance", "n"), 2.0**31, "performance/n: 2147483648.0 is too large"),  # "integer" admits 2.0
+        (("machine", "cpu_model"), "x86\x00", "machine/cpu_model: text with a NUL character"),
+        (("started_at",), "yesterday", "started_at: 'yesterday' is not an ISO 8601 date-time"),
+    ])
+    def test_validate_refuses_what_the_store_would(self, run_cli, runner_document, tmp_path, where, value, said):
+        """The loader's checks without a database: a file `validate` passes is one the store can hold."""
+        good = tmp_path / "good.json"
+        good.write_text(json.dumps(runner_document))
+        assert run_cli("validate", good)[:2] == (0, f"{good}: valid\n")
+        document = json.loads(good.read_text())
+        node = document
+        for key in where[:-1]:
+            node = node[key]
+        node[where[-1]] = value
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps(document))
+        code, stdout, _ = run_cli("validate", good, bad)
+        assert code == 1
+        assert stdout.startswith(f"{good}: valid\n{bad}: INVALID: field ") and said in stdout, stdout
+
+    def test_validate_needs_no_database_library(self, tmp_path):
+        """`requestflow validate` runs where only the board's packages are (a board, a laptop)."""
+        bad = tmp_path / "bad.json"
+        bad.write_text("{}")
+        code = ("import sys\nfrom requestflow.cli import main\n"
+                f"assert main(['validate', {str(bad)!r}]) == 1\n"
+                "print('loaded:', ','.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+                "('sqlalchemy', 'psycopg', 'airflow', 'fabric', 'alembic'))))\n")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        assert result.stdout.strip().splitlines()[-1] == "loaded:"

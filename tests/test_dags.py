@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from requestflow.board.catalogue import CONFIGS
 from requestflow.results.query import read_only
 from tests.airflow_run import airflow_databases, farm_connections, run_dag
 from tests.armcl_real import real_build
@@ -82,6 +83,8 @@ class TestTheTriggerForm:
         ("armcl_layouts", ["NWHC"], "is not one of"),
         ("armcl_tuners", [], "non-empty"),
         ("armcl_build", "armcl_25_02", "is not one of"),
+        ("weights", "randomly", "is not one of"),
+        ("weights", None, "is not of type"),
     ])
     def test_bad_params_are_rejected_before_anything_runs(self, dagbag, field, value, message):
         from airflow.sdk.exceptions import ParamValidationError
@@ -112,6 +115,89 @@ class TestTheTriggerForm:
                           "mobilenet-v1-0.25-128 tflite accuracy"]
         assert {p.get("armcl_build") for p in points} == {"armcl_24_11_cl_fp32", None}
         assert "variant" not in points[-1]
+
+    def test_weights_default_to_the_registry_and_leave_the_points_as_they_were(self, dagbag):
+        import shlex
+
+        from operators.run_point import runner_command
+        from operators.sweep import plan
+
+        params = dagbag.dags["mobilenets_sweep"].params.validate()
+        assert params["weights"] == "registry"
+        points = plan("local", params)
+        assert len(points) == 32 and not any("weights" in p for p in points)  # their identities are unchanged
+        assert "--weights" not in shlex.split(runner_command("python3", points[0]))
+
+    def test_random_weights_plan_all_sixteen_models_for_performance_with_weights_random(self, dagbag):
+        import shlex
+
+        from operators.run_point import runner_command
+        from operators.sweep import plan
+        from requestflow.cli import build_parser
+
+        params = dagbag.dags["mobilenets_sweep"].params.validate()
+        params.update(weights="random", modes=["performance"], backends=["tflite", "tf"], precision="fp32")
+        points = plan("local", params)
+        assert len(points) == 32 and {p["weights"] for p in points} == {"random"}
+        assert {p["model"] for p in points} == {c.id for c in CONFIGS}
+        for point in points[:2]:
+            args = shlex.split(runner_command("python3", point))
+            assert args[args.index("--weights") + 1] == "random"
+            parsed = build_parser().parse_args(args[3:])  # the runner's own parser reads it as --weights random
+            assert parsed.weights == ["random"] and parsed.mode == "performance" and parsed.precision == "fp32"
+        # resume identifies a point with the same command line, --identify instead of --out
+        assert "--weights random" in runner_command("python3", points[0], out=None)
+
+    @pytest.mark.parametrize("change, message", [
+        ({}, r"weights = random measures performance only, and accuracy needs real weights: 2 accuracy point\(s\) "
+             r"cannot run \(mobilenet-v1-0\.75-160 tflite accuracy, mobilenet-v1-0\.25-128 tflite accuracy\): "
+             r"choose modes = performance only, or weights = registry"),
+        ({"modes": ["performance"], "precision": "uint8"}, r"runs fp32 weights, not precision uint8"),
+        ({"modes": ["performance"], "release": "2018_08_02_quant"},
+         r"uses no release \(2018_08_02_quant names registry weights\)"),
+    ])
+    def test_random_weights_refuse_what_they_cannot_run_before_any_board(self, dagbag, change, message):
+        """The default modes include accuracy: the plan names the accuracy points rather than dropping them, so
+        that the sweep never has fewer points than the form asked for without saying so."""
+        from operators.sweep import plan
+
+        params = dagbag.dags["mobilenets_sweep"].params.validate()
+        params.update(weights="random", models=["mobilenet-v1-0.75-160", "mobilenet-v1-0.25-128"], **change)
+        with pytest.raises(ValueError, match=message):
+            plan("local", params)
+        assert plan("rfb9", params) == []  # a board not chosen has no points, whatever the params
+
+    def test_a_point_on_random_weights_has_an_identity_of_its_own(self, dagbag, data_dir):
+        """What resume and the store key on: the runner's --identify on the planned points' own command lines. For
+        0.25 x 224, whose real weights are float (the .h5): the same backend, variant, precision and preprocessing
+        on random and on real weights, and still two points, by the weights' sha256 (the random ones': a seeded He
+        initialisation per config, the same each time, so a resume finds a point on random weights stored)."""
+        import shlex
+        import subprocess
+        import sys
+
+        from operators.run_point import runner_command
+        from operators.sweep import plan
+        from requestflow.results.identity import identity, point_id
+
+        params = dagbag.dags["mobilenets_sweep"].params.validate()
+        params.update(models=["mobilenet-v1-0.25-224"], modes=["performance"], precision="fp32", threads=1)
+        contexts = []
+        for weights in ("registry", "random", "random"):
+            [point] = plan("local", {**params, "weights": weights})
+            result = subprocess.run(shlex.split(runner_command(sys.executable, point, out=None)), text=True,
+                                    capture_output=True, timeout=600,
+                                    env={**os.environ, "REQUESTFLOW_DATA": str(data_dir)})
+            assert result.returncode == 0, result.stderr
+            contexts.append(json.loads(result.stdout.strip().splitlines()[-1])["context"])
+        real, random, again = contexts
+        assert (real["weights"]["random"], random["weights"]["random"]) == (False, True)
+        assert real["weights"]["files"] == [str(data_dir / "models" / "mobilenet_v1_0.25_224.h5")]
+        assert random["weights"]["sha256"] != real["weights"]["sha256"]
+        assert point_id("local", random) != point_id("local", real)
+        assert point_id("local", random) == point_id("local", again)
+        different = {k for k, v in identity("local", random).items() if identity("local", real)[k] != v}
+        assert different == {"weights_sha256"}, different
 
     def test_the_runner_command_carries_the_variant_and_the_build_folder(self):
         import shlex
@@ -199,6 +285,52 @@ class TestSweeps:
                                    "JOIN sweeps s ON s.id = r.sweep_id WHERE s.run_id = %(s)s AND "
                                    "r.document->'context'->'backend'->>'name' = 'armcl'", {"s": run["run_id"]})
         assert keys == [(build.name,)]
+
+    def test_a_sweep_on_random_weights_runs_configs_without_real_weights_labelled_random(self, airflow_env, data_dir):
+        """weights = random: 0.75 x 160 has no real weights in the shared data (a registry sweep refuses it at
+        provisioning); on random weights, explicitly, its performance point runs, lands on the scoreboard with
+        random_weights = true, and provisioning copies no weights file (0.25 x 128, which has real weights, runs on
+        random ones too: the sweep's weights are one choice for every point)."""
+        env, store = airflow_env
+        models = ["mobilenet-v1-0.75-160", "mobilenet-v1-0.25-128"]
+        assert not list((data_dir / "models").glob("mobilenet_v1_0.75_160*"))
+        run = run_dag(env, {"models": models, "backends": ["tflite"], "modes": ["performance"], "weights": "random",
+                            "repetitions": 3, "warmup": 1, "threads": 1})
+        assert "--weights random" in run["output"]  # the runner's command line, in the point's task log
+        assert "board local: 0 data file(s)" in run["output"], run["output"][-3000:]
+        columns, rows = read_only(store, "SELECT * FROM scoreboard WHERE sweep = %(s)s ORDER BY model",
+                                  {"s": run["run_id"]})
+        rows = [dict(zip(columns, row, strict=True)) for row in rows]
+        assert [(r["model"], r["random_weights"], r["precision"]) for r in rows] == [
+            ("mobilenet-v1-0.25-128", True, "fp32"), ("mobilenet-v1-0.75-160", True, "fp32")]
+        assert all(r["latency_median_s"] > 0 and r["top1"] is None for r in rows)
+        documents = result_documents(Path(env["REQUESTFLOW_STATE"]), run["run_id"])
+        assert len(documents) == 2
+        for document in documents:
+            weights = document["context"]["weights"]
+            assert (weights["random"], weights["origin"], weights["files"]) == (True, "random", [])
+            assert document["command"][document["command"].index("--weights") + 1] == "random"
+        # the same point on real weights is another point: 0.25 x 128's registry weights give another identity
+        real = run_dag(env, {"models": models[1:], "backends": ["tflite"], "modes": ["performance"],
+                             "repetitions": 3, "warmup": 1, "threads": 1})
+        _, ids = read_only(store, "SELECT sweep, random_weights, point_id, weights_sha256 FROM scoreboard "
+                                  "WHERE model = %(m)s AND threads = 1 AND sweep IN (%(a)s, %(b)s) ORDER BY sweep",
+                           {"m": models[1], "a": run["run_id"], "b": real["run_id"]})
+        assert len(ids) == 2 and {r[1] for r in ids} == {True, False}
+        assert ids[0][2] != ids[1][2] and ids[0][3] != ids[1][3]
+
+    def test_a_sweep_on_random_weights_with_accuracy_points_is_refused_before_any_board(self, airflow_env):
+        env, store = airflow_env
+        run = run_dag(env, {"models": ["mobilenet-v1-0.75-160"], "weights": "random"}, expect=None)  # both modes
+        assert run["state"] == "failed", run["output"][-3000:]
+        assert ("weights = random measures performance only, and accuracy needs real weights: 1 accuracy point(s) "
+                "cannot run (mobilenet-v1-0.75-160 tflite accuracy)") in run["output"]
+        assert "the sweep's params are refused: weights = random" in run["output"].split("starting task_id=verdict")[-1]
+        assert "starting task_id=board_local.provision" not in run["output"]
+        assert run["output"].count("starting task_id=board_local.plan ") == 1  # refused once: no retry can help
+        _, rows = read_only(store, "SELECT count(*) FROM results r JOIN sweeps s ON s.id = r.sweep_id "
+                                   "WHERE s.run_id = %(s)s", {"s": run["run_id"]})
+        assert rows == [(0,)]
 
     def test_a_dry_run_lists_the_points_and_runs_none(self, airflow_env):
         env, store = airflow_env

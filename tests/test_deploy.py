@@ -271,6 +271,28 @@ class TestDataFilesForPoints:
         with pytest.raises(UserError, match="no data folder"):
             data_files_for_points([{"model": MODEL}], None)
 
+    def test_points_on_random_weights_need_no_file_even_without_real_weights(self, data_dir):
+        """weights = random: the runner makes the weights on the board; the configs without real weights in the
+        data folder (0.75 x 160 here) are no longer refused, and a real-weights point beside them still gets its
+        file."""
+        assert not list((data_dir / "models").glob("mobilenet_v1_0.75_160*"))  # no real weights for this one
+        random = [{"model": m, "backend": b, "mode": "performance", "weights": "random"}
+                  for m in ("mobilenet-v1-0.75-160", MODEL) for b in ("tflite", "tf")]
+        assert data_files_for_points(random, data_dir) == []
+        real = {"model": MODEL, "backend": "tflite", "mode": "performance"}
+        assert [r for _p, r in data_files_for_points([*random, real], data_dir)] == [
+            "models/mobilenet_v1_0.25_128_quant.tflite"]
+
+    def test_an_accuracy_point_on_random_weights_is_refused(self, data_dir):
+        with pytest.raises(UserError, match=r"mobilenet-v1-0\.75-160 tflite accuracy: accuracy needs real weights"):
+            data_files_for_points([{"model": "mobilenet-v1-0.75-160", "backend": "tflite", "mode": "accuracy",
+                                    "limit": 5, "weights": "random"}], data_dir)
+
+    def test_the_refusal_of_missing_weights_says_how_to_sweep_on_random_ones(self, data_dir):
+        with pytest.raises(UserError, match=r"mobilenet-v1-0\.75-160 tflite precision any.*weights = random"):
+            data_files_for_points([{"model": "mobilenet-v1-0.75-160", "backend": "tflite", "mode": "performance"}],
+                                  data_dir)
+
 
 # --- the runner on the boards ------------------------------------------------------------------------------------
 

@@ -2,14 +2,19 @@
 Airflow's metadata in the shared PostgreSQL), with the results store in a PostgreSQL cluster of this module's own
 (started here, on a free port, so that a test may restart it without touching the shared server).
 
-- Load: four sweeps at once, each 4 boards x 4 models (tflite performance points, 3 repetitions), one thread count
-  each: 64 points, 16 per board. Each board runs one thing at a time (its runner documents and its pool's task
-  instances never overlap, across the four sweeps), the boards run in parallel, the store holds exactly 64 results,
-  one per point identity, and every sweep succeeds with 16 points ok per board. (The shared data holds real weights
-  for 7 of the 16 MobileNets-v1 configurations, and a sweep refuses a point without real weights: 16 points per
-  board come from 4 models x 4 thread counts, a thread count being part of a point's identity.)
+- Load: 4 boards x all 16 MobileNets-v1 configurations at once, in two sweeps triggered together on all four boards
+  (tflite performance points, 3 repetitions, 1 thread): the 7 configurations whose real weights the shared data
+  holds, on those (weights = registry), and the 9 others on random weights (weights = random: latency does not
+  depend on weight values; a sweep refuses a point without real weights unless asked for random ones). 64 points,
+  16 per board, each board's pool contended by both sweeps. Each board runs one thing at a time (its runner
+  documents and its pool's task instances never overlap, across the sweeps), the boards run in parallel, the store
+  holds exactly 64 results, one per point identity, labelled random exactly where they ran on random weights, and
+  both sweeps succeed with every planned point ok. (Every point is a task of its own, and each configuration's
+  first point on random weights on a board converts them to a .tflite with TensorFlow: 16 configurations x 4
+  boards, once each, keep the test near the time it took with 4 models x 4 thread counts on a 2-core CI runner.)
 - The results PostgreSQL restarted while points load: a load that meets the outage fails its attempt with the
-  driver's error in the task log, the retry runs the point again and stores it; every point is stored once.
+  driver's error in the task log, the retry stores the point (the document its runner had written, when the
+  outage hit its load; otherwise it measures it); every point is stored once.
 - A board's work dir read-only (a read-only bind mount as the board sees it; the farm's sshd runs as root, which
   ignores file modes): provisioning fails with an error naming the folder and "Read-only file system", the board's
   points are stored as failures with it, the other board's land; once writable, a resume completes the sweep. A
@@ -19,21 +24,26 @@ Airflow's metadata in the shared PostgreSQL), with the results store in a Postgr
   another data file replaced by a damaged copy): the runner refuses to run on it (exit 2, "sha256 mismatch"), and the
   next provisioning finds the damage, sends the file again and relinks the other; the points then run on the right
   weights.
-- The task of a running point SIGKILLed (``on_kill`` never runs): its retry stops the runner the killed attempt left
-  on the board before starting its own; never two runners at once, the point stored once, the clocks restored.
+- The task of a running point SIGKILLed (``on_kill`` never runs): its retry follows the runner the killed attempt
+  left on the board to its end and stores its result; never two runners at once, the point stored once, the clocks
+  restored.
+- A board's sshd killed while a point runs (the link gone; the runner, in its own session, measures on): the
+  attempt fails with the lost connection, sshd comes back, and the retry reconnects, follows the same runner and
+  stores its result once; the clocks restored.
 
-Covered elsewhere, not repeated here: an unreachable board, and an sshd killed mid-sweep then a resumed sweep that
-completes it with no duplicates (``tests/test_sweep_faults.py``, through ``dag.test()``); a point's task killed
-by Airflow under a real scheduler (marked failed: ``on_kill`` runs), leaving no runner process on the board and the
-clocks restored by the teardown
+Covered elsewhere, not repeated here: an unreachable board, and a board whose sshd and everything it started are
+killed mid-sweep (a board that went down), then a resumed sweep that completes it with no duplicates
+(``tests/test_sweep_faults.py``, through ``dag.test()``); a point's task killed by Airflow under a real scheduler
+(marked failed: ``on_kill`` runs), leaving no runner process on the board and the clocks restored by the teardown
 (``tests/test_scheduler.py::test_killing_a_running_point_stops_its_runner_and_restores_the_clocks``).
 
-Each test uses thread counts of its own (1-4 for the load, then 5 to 8), so that no test's resume finds another
+Each test uses thread counts of its own (1 for the load, 3 and 5 to 8), so that no test's resume finds another
 test's results of the same identity.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -51,6 +61,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from requestflow.board.catalogue import CONFIGS
 from tests.airflow_run import farm_connections
 from tests.airflow_services import AirflowServices, free_port
 from tests.fake_sysfs import governors, hikey960_tree
@@ -63,6 +74,7 @@ MODELS = ["mobilenet-v1-0.25-128", "mobilenet-v1-0.25-160", "mobilenet-v1-0.5-16
 WEIGHTS = {"mobilenet-v1-0.25-128": "models/mobilenet_v1_0.25_128_quant.tflite",
            "mobilenet-v1-0.25-160": "models/mobilenet_v1_0.25_160_quant.tflite"}
 PERFORMANCE = {"backends": ["tflite"], "modes": ["performance"], "repetitions": 3, "warmup": 1}
+ALL_MODELS = [config.id for config in CONFIGS]  # the 16: 7 with real weights in the shared data, 9 without
 SCHEDUTIL = dict.fromkeys(range(8), "schedutil")  # the fake boards' original governors
 
 farm = farm_fixture(4, scope="module")
@@ -268,48 +280,72 @@ def diagnose(airflow: AirflowServices, run_ids: list[str]) -> str:
 
 # -- the tests ----------------------------------------------------------------------------------------------------
 class TestFourBoardsAtOnce:
-    def test_sixty_four_points_keep_each_board_exclusive_and_nothing_is_lost_or_stored_twice(self, airflow, sysfs):
-        threads = (1, 2, 3, 4)
-        run_ids = {t: run_id_for(f"load_t{t}") for t in threads}
-        for t, run_id in run_ids.items():
-            trigger(airflow, run_id, {**PERFORMANCE, "boards": list(BOARDS), "models": MODELS, "threads": t})
-        runs = list(run_ids.values())
+    def test_sixteen_models_on_each_of_four_boards_keep_each_board_exclusive_and_lose_or_repeat_nothing(
+            self, airflow, sysfs, data_dir):
+        from requestflow.board.catalogue import get_model
+        from requestflow.board.resolve import local_choice
 
-        states = airflow.wait_for_runs(DAG_ID, runs, timeout=1500)
+        real = [m for m in ALL_MODELS if local_choice(get_model(m), "tflite", None, None, data=data_dir)]
+        random = [m for m in ALL_MODELS if m not in real]
+        assert (len(real), len(random)) == (7, 9), real
+        sweeps = {run_id_for("load_real"): ("registry", real), run_id_for("load_random"): ("random", random)}
+        for run_id, (weights, models) in sweeps.items():
+            trigger(airflow, run_id, {**PERFORMANCE, "boards": list(BOARDS), "models": models, "threads": 1,
+                                      "weights": weights})
+        runs = list(sweeps)
+        points = len(BOARDS) * len(ALL_MODELS)  # 64
+
+        started = time.monotonic()
+        states = airflow.wait_for_runs(DAG_ID, runs, timeout=1800)
+        print(f"load: {points} points in {time.monotonic() - started:.0f} s")
         assert states == dict.fromkeys(runs, "success"), (states, diagnose(airflow, runs))
 
-        # nothing lost, nothing twice: one ok result per point (board x model x thread count), 64 in all
+        # nothing lost, nothing twice: one ok result per point (board x model), 16 models on each board
         rows = stored(airflow.results, runs)
-        assert len(rows) == 64, [(r.board, r.model, r.threads, r.status) for r in rows]
+        assert len(rows) == points, [(r.board, r.model, r.threads, r.status) for r in rows]
         assert {r.status for r in rows} == {"ok"}
-        assert len({r.point_id for r in rows}) == 64, "a point was stored twice"
-        assert sorted((r.board, r.model, r.threads) for r in rows) == sorted(product(BOARDS, MODELS, threads))
+        assert len({r.point_id for r in rows}) == points, "a point was stored twice"
+        assert sorted((r.board, r.model) for r in rows) == sorted(product(BOARDS, ALL_MODELS))
         assert failures(airflow.results, runs) == []
-        for t, run_id in run_ids.items():  # each sweep accounted for its 16 points: 4 ok on each board
-            assert {r.board for r in rows if r.run_id == run_id and r.threads == t} == set(BOARDS)
+        for run_id, (weights, models) in sweeps.items():  # each sweep accounted for its points on every board
+            mine = [r for r in rows if r.run_id == run_id]
+            assert sorted((r.board, r.model) for r in mine) == sorted(product(BOARDS, models))
+            # random exactly where asked for: the real weights are the shared data's files, copied to the board
+            assert {r.weights["random"] for r in mine} == {weights == "random"}
+            assert {r.weights["origin"] for r in mine} == {"random" if weights == "random" else "local"}
             counts = summary_of(airflow, run_id)
             assert counts["failed_points"] == []
-            assert counts["boards"] == dict.fromkeys(BOARDS, {"planned": 4, "ok": 4, "already_stored": 0,
-                                                              "failed": 0, "no_result": 0}), counts
+            assert counts["boards"] == dict.fromkeys(BOARDS, {"planned": len(models), "ok": len(models),
+                                                              "already_stored": 0, "failed": 0, "no_result": 0}), counts
+        with airflow.results.connect() as connection:  # the scoreboard says which numbers came from random weights
+            labelled = dict(connection.execute(text(
+                "SELECT model, bool_and(random_weights) FROM scoreboard WHERE sweep = ANY(:runs) GROUP BY model "
+                "HAVING count(*) = :boards"), {"runs": runs, "boards": len(BOARDS)}).fetchall())
+        assert labelled == {m: m in random for m in ALL_MODELS}, labelled
 
-        # one runner at a time on a board, across the four sweeps (the runner documents' own times) ...
+        # one runner at a time on a board, across the sweeps (the runner documents' own times) ...
         for board in BOARDS:
-            spans = sorted((r.started_at, r.finished_at, r.model, r.threads) for r in rows if r.board == board)
+            spans = sorted((r.started_at, r.finished_at, r.model) for r in rows if r.board == board)
+            assert len(spans) == len(ALL_MODELS)
             clashes = [(a, b) for a, b in zip(spans, spans[1:], strict=False) if b[0] < a[1]]
             assert not clashes, f"runners overlapped on {board}: {clashes}"
-        # ... and one task of the board's pool at a time (provision, pin, the points, restore, of all sweeps)
+        # ... and one task of the board's pool at a time (provision, pin, the points, restore, of both sweeps)
         tis = [ti for ti in task_instances(airflow, runs) if ti.task_id.startswith("board_")
                and not ti.task_id.endswith(".plan") and ti.state != "skipped"]  # no armcl point: no build
-        assert len(tis) == 4 * 4 * (3 + 4) and {ti.state for ti in tis} == {"success"}
+        assert len(tis) == len(BOARDS) * (len(sweeps) * 3 + len(ALL_MODELS)) and {ti.state for ti in tis} == {
+            "success"}
         for board in BOARDS:
             spans = [(ti.start_date, ti.end_date, ti.run_id, ti.task_id, ti.map_index) for ti in tis
                      if ti.task_id.startswith(f"board_{board}.")]
             clashes = [(a, b) for a, b in combinations(spans, 2) if overlaps(a, b)]
             assert not clashes, f"tasks overlap in the pool of {board}: {clashes}"
-        # the boards did run at the same time
+        # the boards did run at the same time, and so did the two sweeps
         parallel = {frozenset((a.board, b.board)) for a, b in combinations(rows, 2)
                     if a.board != b.board and overlaps((a.started_at, a.finished_at), (b.started_at, b.finished_at))}
         assert len(parallel) >= 2, f"the boards hardly ran in parallel: {parallel}"
+        spans = {run_id: (min(r.started_at for r in rows if r.run_id == run_id),
+                          max(r.finished_at for r in rows if r.run_id == run_id)) for run_id in runs}
+        assert overlaps(*spans.values()), f"the sweeps ran one after the other: {spans}"
         assert all(governors(tree) == SCHEDUTIL for tree in sysfs.values())  # every teardown gave the clocks back
 
 
@@ -466,10 +502,10 @@ class TestACorruptedCachedWeightsFile:
 class TestATaskKilledHard:
     """The task of a running point SIGKILLed (an OOM kill, a worker that crashed): unlike a task stopped by Airflow
     (``tests/test_scheduler.py``), its ``on_kill`` never runs, so the runner it started on the board runs on, and
-    Airflow retries the point. The retry stops that orphan before anything else: never two runners at once on the
-    board, the point stored once, the clocks restored."""
+    Airflow retries the point. The retry follows that runner to its end and stores its result: never two runners at
+    once on the board, the point stored once, the clocks restored."""
 
-    def test_the_retry_stops_the_orphaned_runner_first(self, airflow, farm, board_work_root, sysfs):
+    def test_the_retry_follows_the_orphaned_runner(self, airflow, farm, board_work_root, sysfs):
         conf = {**PERFORMANCE, "boards": ["rfb2"], "models": MODELS[:1], "threads": 8, "repetitions": 4000}
         run_id = run_id_for("hard_kill")
         trigger(airflow, run_id, conf)
@@ -479,26 +515,100 @@ class TestATaskKilledHard:
         wait_until(lambda: runners(job), 120, "the runner process", airflow, poll_s=0.1)
         task = wait_until(lambda: task_process_of(farm.boards[1].host), 60, "the task's SSH connection", airflow,
                           poll_s=0.1)
+        runner = (job / "pid").read_text()
         os.kill(task, signal.SIGKILL)
 
-        most = 0  # runners at once in the point's folder, until the run ends
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            most = max(most, len(runners(job)))
-            with airflow.metadata.connect() as connection:
-                state = connection.execute(text("SELECT state FROM dag_run WHERE dag_id = :d AND run_id = :r"),
-                                           {"d": DAG_ID, "r": run_id}).scalar()
-            if state in ("success", "failed"):
-                break
-            time.sleep(0.1)
+        state, most = watch_to_the_end(airflow, run_id, job)
         assert state == "success", diagnose(airflow, [run_id])
         assert most == 1, f"{most} runners at once on rfb2: the killed attempt's runner was left running"
-        assert runners(job) == []
+        assert runners(job) == [] and (job / "pid").read_text() == runner, "the point was measured again"
         point = [ti for ti in task_instances(airflow, [run_id]) if ti.task_id == "board_rfb2.run"]
         assert [(ti.state, ti.try_number) for ti in point] == [("success", 2)]
+        assert "an earlier attempt" in task_log(airflow, run_id, "board_rfb2.run", point[0].map_index, attempt=2)
         rows = stored(airflow.results, [run_id])
         assert [(r.board, r.model, r.status) for r in rows] == [("rfb2", MODELS[0], "ok")]
         assert governors(sysfs["rfb2"]) == SCHEDUTIL
+
+
+class TestAnSshdKilledMidRun:
+    """The board's sshd and its sessions killed while a point runs (an sshd restart, a link that went down): the
+    runner, detached in a session of its own, measures on. The attempt fails with the lost connection; sshd comes
+    back; the retry reconnects, follows that same runner to its end and stores its result. Never two runners at
+    once, the point stored once, the clocks restored."""
+
+    def test_the_retry_reconnects_and_follows_the_runner(self, airflow, farm, board_work_root, sysfs):
+        board = farm.boards[2]
+        conf = {**PERFORMANCE, "boards": [board.name], "models": MODELS[:1], "threads": 3, "repetitions": 20000}
+        run_id = run_id_for("sshd_kill")
+        trigger(airflow, run_id, conf)
+        runs = board_work_root / board.name / "runs"
+        job = wait_until(lambda: next(iter(runs.glob(f"{run_id}_*/pid")), None), 600, "the runner started",
+                         airflow, poll_s=0.2).parent
+        wait_until(lambda: runners(job), 120, "the runner process", airflow, poll_s=0.1)
+        runner = (job / "pid").read_text()
+        task_id = f"board_{board.name}.run"
+        kill_sshd_only(board)
+        try:
+            wait_until(lambda: [ti for ti in task_instances(airflow, [run_id]) if ti.task_id == task_id
+                                and (ti.state == "up_for_retry" or ti.try_number > 1)], 300,
+                       "the attempt meeting the lost link", airflow, poll_s=0.2)
+            assert runners(job), "the runner did not outlive the board's sshd"
+        finally:
+            board.start_sshd()
+
+        state, most = watch_to_the_end(airflow, run_id, job)
+        assert state == "success", diagnose(airflow, [run_id])
+        assert most == 1, f"{most} runners at once on {board.name}"
+        assert (job / "pid").read_text() == runner, "the retry started a runner of its own"
+        point = [ti for ti in task_instances(airflow, [run_id]) if ti.task_id == task_id]
+        assert point[0].state == "success" and point[0].try_number >= 2, point
+        # the lost connection failed the first attempt (BoardConnectionLost when it hit a command, paramiko's
+        # error when it hit the opening of one); the retry took the runner up
+        first = task_log(airflow, run_id, task_id, point[0].map_index, attempt=1)
+        assert "Task failed with exception" in first, first[-4000:]
+        assert "an earlier attempt" in task_log(airflow, run_id, task_id, point[0].map_index,
+                                                attempt=point[0].try_number)
+        rows = stored(airflow.results, [run_id])
+        assert [(r.board, r.model, r.status) for r in rows] == [(board.name, MODELS[0], "ok")]
+        assert governors(sysfs[board.name]) == SCHEDUTIL
+
+
+def kill_sshd_only(board) -> None:
+    """SIGKILL the board's sshd and its sessions and nothing else: what runs in sessions of its own goes on."""
+    from tests.farm import _netns_pids
+
+    def sshds() -> list[int]:
+        found = []
+        for pid in _netns_pids(board.netns):
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd":
+                    found.append(pid)
+            except OSError:
+                pass
+        return found
+
+    for pid in sshds():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while sshds() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not sshds(), "the board's sshd survived SIGKILL"
+
+
+def watch_to_the_end(airflow: AirflowServices, run_id: str, job: Path, timeout: float = 600) -> tuple[str, int]:
+    """(the run's final state, the most runner processes seen at once in the point's folder meanwhile)."""
+    most, state = 0, None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        most = max(most, len(runners(job)))
+        with airflow.metadata.connect() as connection:
+            state = connection.execute(text("SELECT state FROM dag_run WHERE dag_id = :d AND run_id = :r"),
+                                       {"d": DAG_ID, "r": run_id}).scalar()
+        if state in ("success", "failed"):
+            break
+        time.sleep(0.1)
+    return state, most
 
 
 def runners(job: Path) -> list[str]:

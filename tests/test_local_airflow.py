@@ -89,6 +89,11 @@ class TestBadArgumentsAreRefused:
         (["--models", MODEL, "--image-limit", "0"], r"--image-limit must be at least 1"),
         (["--models", MODEL, "--repetitions", "many"], r"invalid int value: 'many'"),
         (["--models", MODEL, "--board", "hikey"], r"board 'hikey' is not in the inventory"),
+        (["--models", MODEL, "--weights", "random"], r"--weights random measures performance only \(accuracy "
+                                                     r"needs real weights\): add --modes performance"),
+        (["--models", MODEL, "--weights", "random", "--modes", "performance", "accuracy"],
+         r"--weights random measures performance only"),
+        (["--models", MODEL, "--weights", "fake"], r"argument --weights: invalid choice: 'fake'"),
         ([], r"required: --models"),
     ])
     def test_one_line_and_exit_2_before_anything_starts(self, run_cli, argv, message):
@@ -202,6 +207,15 @@ class TestASweepThroughAirflow:
             "requestflow: error: an Airflow scheduler is running on this metadata database and mobilenets_sweep is "
             "unpaused")
         assert "running mobilenets_sweep" not in result.stdout
+
+    def test_weights_random_sweeps_a_config_without_real_weights(self, sweep, databases):
+        # no real weights for 0.5-128 in the shared data: on random weights, explicitly, its performance runs
+        result = requestflow(databases, "sweep", "--models", "mobilenet-v1-0.5-128", "--backends", "tflite",
+                             "--modes", "performance", "--weights", "random", "--repetitions", "2")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert '"weights": "random"' in result.stdout  # the run's conf, as the command prints it
+        assert re.search(r"^local\s+mobilenet-v1-0\.5-128\s+tflite\s+fp32\s+\d+\s+\d+\.\d+", result.stdout,
+                         re.M), result.stdout[-3000:]
 
     def test_a_failed_point_makes_the_command_fail_with_a_clear_line(self, sweep, databases):
         # no weights for 0.5-128 in the shared data and no network: the accuracy point is refused on the board

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
 
 from requestflow.errors import UserError
+from requestflow.results.document import check_document
 
 # No example database in the work tree (the suite runs from a clean clone in CI); no deadline: every example
 # talks to PostgreSQL. A failure prints the seed blob that reproduces it (@reproduce_failure).
@@ -155,10 +156,8 @@ class TestTheResultLoader:
         ["schema_version", "requestflow_version", "status", "started_at", "finished_at", "context", "machine",
          "timings", "performance", "accuracy", "predictions", "error"]), JSONISH, max_size=12))
     def test_arbitrary_json_is_refused_clearly(self, store, document):
-        from requestflow.results.load import validate
-
         try:
-            validate(document, SOURCE)
+            check_document(document, SOURCE)
         except UserError as refused:
             assert str(refused).startswith(f"{SOURCE}: ")
         else:  # a document needs far more structure than chance gives
@@ -168,8 +167,6 @@ class TestTheResultLoader:
     @settings(max_examples=250, **SETTINGS)
     @given(data=st.data())
     def test_a_mutated_real_document_loads_or_is_refused_clearly_and_whole(self, store, real_documents, data):
-        from requestflow.results.load import validate
-
         name = data.draw(st.sampled_from(sorted(real_documents)), label="document")
         document, done = mutate(data, real_documents[name])
         # in one batch with a good document: a refusal must not write that one either
@@ -178,9 +175,12 @@ class TestTheResultLoader:
         event("refused" if isinstance(outcome, UserError) else "loaded")
         if not isinstance(outcome, UserError):  # it loaded: then it was valid, and loading it again is a no-op
             assert "good.json" in outcome.loaded, (done, outcome)
-            validate(document, SOURCE)
+            check_document(document, SOURCE)
             again = load_or_refuse(store, batch)
             assert not isinstance(again, UserError) and again.loaded == [], (done, again)
+        else:  # `requestflow validate` runs the loader's checks: what the store refuses, validate refuses
+            with pytest.raises(UserError):
+                check_document(document, SOURCE)
 
     @settings(max_examples=40, **SETTINGS)
     @given(value=st.floats(allow_nan=True, allow_infinity=True) | st.integers(min_value=2**31),
@@ -196,6 +196,12 @@ class TestTheResultLoader:
         outcome = load_or_refuse(store, [(SOURCE, document)])
         if isinstance(value, float) and not math.isfinite(value):
             assert isinstance(outcome, UserError), f"{field} = {value} was stored"
+        try:  # `requestflow validate` says the same as the store, without one
+            check_document(document, SOURCE)
+            valid = True
+        except UserError:
+            valid = False
+        assert valid == (not isinstance(outcome, UserError)), (field, value, outcome)
 
 
 # -- the trigger form --------------------------------------------------------------------------------------------
@@ -293,6 +299,9 @@ class TestTheTriggerForm:
             except ValueError as exc:  # what the form cannot express, refused by the plan task before any board
                 if "armcl points need an ArmCL build" in str(exc):
                     assert "armcl" in valid["backends"] and not valid["armcl_build"], exc
+                elif str(exc).startswith("weights = random"):  # no accuracy, no precision but fp32, no release
+                    assert valid["weights"] == "random" and ("accuracy" in valid["modes"] or valid["release"]
+                                                             or valid["precision"] not in (None, "fp32")), exc
                 else:  # NaN: JSON has none, but json.loads (the CLI's --conf, the REST API) reads it
                     assert "cooldown_c must be a finite temperature" in str(exc), exc
                     assert math.isnan(valid["cooldown_c"]), exc
@@ -330,6 +339,7 @@ def _runner_accepts(args: list[str]) -> None:
         RunConfig(model=parsed.model, backend=parsed.backend, mode=parsed.mode, precision=parsed.precision,
                   release=parsed.release, batch_size=parsed.batch_size, threads=parsed.threads, cpus=cpus,
                   variant=parsed.variant, armcl_build=parsed.armcl_build, repetitions=parsed.repetitions,
-                  warmup=parsed.warmup, limit=parsed.limit).validate()
+                  warmup=parsed.warmup, limit=parsed.limit, weights=parsed.weights).validate()
+        assert parsed.weights in (None, ["random"]), parsed.weights  # the sweep names no weights file
     except UserError as refused:
         assert any(rule in str(refused) for rule in RUNNER_RULES), f"the runner refuses {args}: {refused}"

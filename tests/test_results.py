@@ -91,7 +91,7 @@ class TestTheSchema:
             materialized = set(connection.execute(text("SELECT matviewname FROM pg_matviews")).scalars())
         engine.dispose()
         assert views == {"scoreboard_live", "pareto_frontier", "regressions"} and materialized == {"scoreboard"}
-        assert version == "0008"
+        assert version == "0009"
 
     def test_upgrading_twice_is_harmless(self, database):
         upgrade(database)

@@ -60,8 +60,9 @@ from sqlalchemy.engine import Connection, Engine
 from requestflow.board.files import canonical_json
 from requestflow.errors import UserError
 from requestflow.results import models as m
+from requestflow.results.document import check_document
 from requestflow.results.identity import sha256_of
-from requestflow.results.load import load_documents, refresh_scoreboard, validate
+from requestflow.results.load import load_documents, refresh_scoreboard
 
 FORMAT = "requestflow-archive"
 FORMAT_VERSION = 1
@@ -517,7 +518,7 @@ class _Archive:
                 yield entry, document
                 continue
             try:
-                document = validate(document, name)
+                document = check_document(document, name)
             except UserError as exc:
                 raise self.refuse(str(exc)) from None
             if sha256_of({"board": entry["board"], "document": document}) != sha:

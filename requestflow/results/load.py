@@ -12,10 +12,6 @@
 
 from __future__ import annotations
 
-import copy as copy_module
-import datetime as dt
-import json
-import math
 from dataclasses import dataclass, field
 
 from psycopg import DataError as PsycopgDataError
@@ -26,12 +22,8 @@ from sqlalchemy.exc import DataError
 
 from requestflow.errors import UserError
 from requestflow.results import models as m
+from requestflow.results.document import check_document, parse_time
 from requestflow.results.identity import accuracy_key, identity, library_build, sha256_of
-
-CURRENT_SCHEMA_VERSION = 1
-# schema_version -> function upgrading a document of that version to the next one. Empty while only version 1
-# exists; a version 2 adds {1: _v1_to_v2}, so that every older document still loads.
-UPGRADES: dict = {}
 
 
 @dataclass
@@ -39,78 +31,6 @@ class LoadReport:
     loaded: list[str] = field(default_factory=list)  # sources whose result was new
     unchanged: list[str] = field(default_factory=list)  # sources already in the store
     result_ids: list[int] = field(default_factory=list)
-
-
-def upgrade_document(document: dict, source: str) -> dict:
-    if not isinstance(document, dict):
-        raise UserError(f"{source}: a result document is a JSON object, got {type(document).__name__}")
-    version = document.get("schema_version")
-    if not isinstance(version, int) or not (1 <= version <= CURRENT_SCHEMA_VERSION):
-        raise UserError(f"{source}: unknown schema_version {version!r} (this requestflow loads 1.."
-                        f"{CURRENT_SCHEMA_VERSION})")
-    while version < CURRENT_SCHEMA_VERSION:
-        document = UPGRADES[version](copy_module.deepcopy(document))
-        version = document["schema_version"]
-    return document
-
-
-def validate(document: dict, source: str) -> dict:
-    from requestflow.board.schema import validate_document
-
-    document = upgrade_document(document, source)
-    try:
-        validate_document(document)
-        _check_storable(document)
-    except UserError as exc:
-        raise UserError(f"{source}: {exc}") from None
-    except RecursionError:
-        raise UserError(f"{source}: nested too deeply") from None
-    return document
-
-
-def _check_storable(document: dict) -> None:
-    """What JSON Schema lets through but the store cannot hold: NaN and infinite numbers (JSON has neither;
-    PostgreSQL's jsonb refuses them), NUL characters and lone surrogates in text (PostgreSQL refuses the first,
-    UTF-8 cannot encode the second), and timestamps ``datetime.fromisoformat`` cannot read (jsonschema checks
-    ``format: date-time`` only where rfc3339-validator is installed). One C-speed pass over the whole document;
-    the field is looked for only when something is wrong."""
-    for key in ("started_at", "finished_at"):
-        try:
-            _time(document[key])
-        except ValueError:
-            raise UserError(f"field {key}: {document[key]!r} is not an ISO 8601 date-time") from None
-    try:
-        text = json.dumps(document, allow_nan=False, ensure_ascii=False)
-        text.encode("utf-8")
-        if "\\u0000" not in text:
-            return
-    except (ValueError, UnicodeEncodeError):
-        pass
-    stack: list[tuple[tuple, object]] = [((), document)]
-    while stack:
-        path, value = stack.pop()
-        where = "/".join(map(str, path)) or "(document)"
-        if isinstance(value, dict):
-            for key, child in value.items():
-                _check_text(key, f"{where} (a key)")
-                stack.append(((*path, key), child))
-        elif isinstance(value, list):
-            stack.extend(((*path, index), child) for index, child in enumerate(value))
-        elif isinstance(value, float) and not math.isfinite(value):
-            raise UserError(f"field {where}: {value} is not a finite number")
-        elif isinstance(value, str):
-            _check_text(value, where)
-
-
-def _check_text(value, where: str) -> None:
-    if not isinstance(value, str):
-        return
-    if "\x00" in value:
-        raise UserError(f"field {where}: text with a NUL character, which PostgreSQL cannot store")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise UserError(f"field {where}: not valid Unicode ({exc.reason} at position {exc.start})") from None
 
 
 def load_documents(engine: Engine, documents: list[tuple[str, dict]], board: str, sweep: str | None = None,
@@ -124,7 +44,7 @@ def load_documents(engine: Engine, documents: list[tuple[str, dict]], board: str
         raise UserError("a board name is needed to load results")
     if reference is not None and not (reference.get("read_only") and (reference.get("info") or {}).get("sha256")):
         raise ValueError("a reference board is read_only and its info names its source's sha256")
-    checked = [(source, validate(document, source)) for source, document in documents]
+    checked = [(source, check_document(document, source)) for source, document in documents]
     report = LoadReport()
     with engine.begin() as connection:
         board_id = _board(connection, board, reference)
@@ -216,8 +136,8 @@ def _load_one(connection: Connection, document: dict, board: str, board_id: int,
         stored["performance"] = {k: v for k, v in stored["performance"].items() if k != "samples"}
     inserted = connection.execute(insert(m.Result).values(
         document_sha256=sha256_of({"board": board, "document": document}), point_id=point_row, sweep_id=sweep_id,
-        snapshot_id=snapshot_id, status=document["status"], started_at=_time(document["started_at"]),
-        finished_at=_time(document["finished_at"]), schema_version=document["schema_version"],
+        snapshot_id=snapshot_id, status=document["status"], started_at=parse_time(document["started_at"]),
+        finished_at=parse_time(document["finished_at"]), schema_version=document["schema_version"],
         requestflow_version=document["requestflow_version"], repetitions=context.get("repetitions"),
         warmup=context.get("warmup"), document=stored,
     ).on_conflict_do_nothing(index_elements=["document_sha256"]).returning(m.Result.id)).scalar_one_or_none()
@@ -251,7 +171,3 @@ def _copy(connection: Connection, target: str, types: list[str], rows) -> None:
         copy.set_types(types)
         for row in rows:
             copy.write_row(row)
-
-
-def _time(text: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(text)

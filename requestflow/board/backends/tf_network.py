@@ -34,14 +34,32 @@ def forward_function(weights: CanonicalWeights):
 
 
 def export_tflite(weights: CanonicalWeights) -> Path:
-    """A float32 ``.tflite`` of the canonical weights, cached by their sha256 and the TensorFlow version."""
-    tf = import_tensorflow()
-    path = cache_dir("tflite-export") / f"{weights.model.id}-{weights.sha256[:16]}-tf{tf.__version__}.tflite"
+    """A float32 ``.tflite`` of the canonical weights, cached by their sha256 and the TensorFlow version. A cached
+    file is found without importing TensorFlow (seconds and most of a GB per run: every tflite point on random
+    weights comes here)."""
+    path = cache_dir("tflite-export") / f"{weights.model.id}-{weights.sha256[:16]}-tf{_tensorflow_version()}.tflite"
     if path.is_file():
         return path
+    tf = import_tensorflow()
     resolution = weights.model.resolution
     function = tf.function(forward_function(weights),
                            input_signature=[tf.TensorSpec([1, resolution, resolution, 3], tf.float32, name="input")])
     concrete = function.get_concrete_function()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], function)
     return atomic_write_bytes(path, converter.convert())
+
+
+def _tensorflow_version() -> str:
+    """``tf.__version__``, read from the installed distribution that provides the ``tensorflow`` package
+    (``tensorflow``, ``tensorflow-cpu``, ...) when TensorFlow is not imported yet; imported when that is unclear."""
+    import sys
+    from importlib import metadata
+
+    if "tensorflow" not in sys.modules:
+        providers = metadata.packages_distributions().get("tensorflow") or []
+        if len(set(providers)) == 1:
+            try:
+                return metadata.version(providers[0])
+            except metadata.PackageNotFoundError:
+                pass
+    return import_tensorflow().__version__

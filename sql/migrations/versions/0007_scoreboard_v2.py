@@ -7,35 +7,23 @@ Revision ID: 0007
 Revises: 0006
 """
 
+import runpy
 from pathlib import Path
-
-from alembic import op
 
 revision = "0007"
 down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-VIEWS = Path(__file__).resolve().parents[2] / "views"
-
-
-def _scoreboard(live_sql: str, pareto_sql: str) -> None:
-    op.execute("DROP VIEW pareto_frontier")
-    op.execute("DROP MATERIALIZED VIEW scoreboard")
-    op.execute("DROP VIEW scoreboard_live")
-    op.execute(live_sql)
-    op.execute("CREATE MATERIALIZED VIEW scoreboard AS SELECT * FROM scoreboard_live")
-    op.execute("CREATE UNIQUE INDEX ux_scoreboard_point ON scoreboard (point_id)")
-    op.execute("CREATE INDEX ix_scoreboard_board_latency ON scoreboard (board, latency_median_s)")
-    op.execute("CREATE INDEX ix_scoreboard_sweep ON scoreboard (sweep)")
-    op.execute(pareto_sql)
+# the scoreboard's rebuild, shared with 0007-0009 (sql/migrations/scoreboard_rebuild.py: why it is loaded by path)
+_rebuild = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scoreboard_rebuild.py"))
+rebuild_scoreboard, view_sql = _rebuild["rebuild_scoreboard"], _rebuild["view_sql"]
 
 
 def upgrade() -> None:
-    _scoreboard((VIEWS / "scoreboard.v2.sql").read_text(), (VIEWS / "pareto_frontier.v3.sql").read_text())
+    rebuild_scoreboard(view_sql("scoreboard.v2.sql"), view_sql("pareto_frontier.v3.sql"))
 
 
 def downgrade() -> None:
-    live_v1 = (VIEWS / "scoreboard.v1.sql").read_text().replace("CREATE VIEW scoreboard AS",
-                                                                "CREATE VIEW scoreboard_live AS")
-    _scoreboard(live_v1, (VIEWS / "pareto_frontier.v2.sql").read_text())
+    live_v1 = view_sql("scoreboard.v1.sql").replace("CREATE VIEW scoreboard AS", "CREATE VIEW scoreboard_live AS")
+    rebuild_scoreboard(live_v1, view_sql("pareto_frontier.v2.sql"))

@@ -19,33 +19,22 @@ Revision ID: 0008
 Revises: 0007
 """
 
+import runpy
 from pathlib import Path
-
-from alembic import op
 
 revision = "0008"
 down_revision = "0007"
 branch_labels = None
 depends_on = None
 
-VIEWS = Path(__file__).resolve().parents[2] / "views"
-
-
-def _scoreboard(live_sql: str, pareto_sql: str) -> None:
-    op.execute("DROP VIEW pareto_frontier")
-    op.execute("DROP MATERIALIZED VIEW scoreboard")
-    op.execute("DROP VIEW scoreboard_live")
-    op.execute(live_sql)
-    op.execute("CREATE MATERIALIZED VIEW scoreboard AS SELECT * FROM scoreboard_live")
-    op.execute("CREATE UNIQUE INDEX ux_scoreboard_point ON scoreboard (point_id)")
-    op.execute("CREATE INDEX ix_scoreboard_board_latency ON scoreboard (board, latency_median_s)")
-    op.execute("CREATE INDEX ix_scoreboard_sweep ON scoreboard (sweep)")
-    op.execute(pareto_sql)
+# the scoreboard's rebuild, shared with 0007-0009 (sql/migrations/scoreboard_rebuild.py: why it is loaded by path)
+_rebuild = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scoreboard_rebuild.py"))
+rebuild_scoreboard, view_sql = _rebuild["rebuild_scoreboard"], _rebuild["view_sql"]
 
 
 def upgrade() -> None:
-    _scoreboard((VIEWS / "scoreboard.v3.sql").read_text(), (VIEWS / "pareto_frontier.v4.sql").read_text())
+    rebuild_scoreboard(view_sql("scoreboard.v3.sql"), view_sql("pareto_frontier.v4.sql"))
 
 
 def downgrade() -> None:
-    _scoreboard((VIEWS / "scoreboard.v2.sql").read_text(), (VIEWS / "pareto_frontier.v3.sql").read_text())
+    rebuild_scoreboard(view_sql("scoreboard.v2.sql"), view_sql("pareto_frontier.v3.sql"))
