@@ -6,6 +6,7 @@ import copy
 import json
 import os
 import threading
+import time
 import uuid
 
 import pytest
@@ -186,6 +187,49 @@ class TestLoading:
                                     "(SELECT * FROM scoreboard_live EXCEPT SELECT * FROM scoreboard)")
         assert stale == []
         assert c["predictions"] == 80
+
+    def test_a_load_waiting_for_another_to_commit_refreshes_with_its_rows(self, store, documents):
+        """Load A has refreshed the scoreboard and not committed yet; load B, of another point, waits for it. B's
+        REFRESH must see A's rows once A commits: a REFRESH whose snapshot was taken before it waited would publish
+        a scoreboard without them, and B commits last (seen in CI: a sweep's point missing from the scoreboard)."""
+        from requestflow.results.load import _board, _load_one, refresh_scoreboard
+
+        document = documents["perf_tflite"]
+        # its library build, model, weights and dataset stored and committed: loads A and B below share no new row,
+        # so that B gets as far as its REFRESH while A has not committed (as two boards' points of known configs)
+        load_documents(store, [("0.json", document)], board="board-0")
+        a = store.connect()
+        transaction = a.begin()
+        _load_one(a, document, "board-a", _board(a, "board-a"), None)
+        refresh_scoreboard(a)
+        errors: list[Exception] = []
+
+        def load_b():
+            try:
+                load_documents(store, [("b.json", document)], board="board-b")
+            except Exception as exc:  # noqa: BLE001 - asserted below
+                errors.append(exc)
+
+        thread = threading.Thread(target=load_b)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            with store.connect() as watcher:
+                while True:
+                    waiting = watcher.execute(text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND wait_event_type = 'Lock'")).scalar()
+                    watcher.rollback()  # pg_stat_activity is a snapshot per transaction
+                    if waiting:
+                        break
+                    assert time.monotonic() < deadline, f"load B never waited for load A: {errors}"
+                    time.sleep(0.02)
+        finally:
+            transaction.commit()
+            a.close()
+            thread.join(60)
+        assert errors == []
+        assert sorted(row["board"] for row in scoreboard_rows(store)) == ["board-0", "board-a", "board-b"]
 
 
 class TestBadDocumentsAreRefusedWhole:

@@ -65,9 +65,20 @@ def load_documents(engine: Engine, documents: list[tuple[str, dict]], board: str
     return report
 
 
+# pg_advisory_xact_lock's key for "refreshing the scoreboard" (any constant; this one spells "rf-score")
+SCOREBOARD_LOCK = 0x72662D73636F7265
+
+
 def refresh_scoreboard(connection: Connection) -> None:
     """Bring the materialized scoreboard up to date, inside the caller's transaction (readers see the new rows
-    exactly when the load commits; concurrent loads refresh one after the other)."""
+    exactly when the load commits; concurrent loads refresh one after the other).
+
+    The lock is taken by a statement of its own before the REFRESH: a REFRESH takes its snapshot when it starts and
+    only then waits for the view's lock, so a load that waited there for another to commit would rebuild the view
+    without that load's rows, and, committing last, publish it so (two boards' points loading at once: one went
+    missing from the scoreboard). Waiting in the statement before, the REFRESH starts after the other load has
+    committed and sees its rows. Held to the end of the transaction, like the view's own lock."""
+    connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCOREBOARD_LOCK})")
     connection.exec_driver_sql("REFRESH MATERIALIZED VIEW scoreboard")
 
 
