@@ -74,11 +74,15 @@ _OURS = ('here=$(pwd -P); ours=; for p in /proc/[0-9]*; do '
          '[ "$g" = "$pid" ] && { ours=1; break; }; done')
 
 
+def _in_job(job_dir: str) -> str:
+    """The shell prefix of ``running`` and ``kill``: into the job folder, $pid read, $ours set (nothing to do, and
+    exit 0, without a folder or a pid)."""
+    return f"cd {shlex.quote(job_dir)} 2>/dev/null || exit 0; pid=$(cat pid 2>/dev/null) || exit 0; {_OURS}; "
+
+
 def running(board, job_dir: str) -> bool:
     """Whether the job in ``job_dir`` is still running (its process group alive and still the job's)."""
-    quoted = shlex.quote(job_dir)
-    result = board.run(f"cd {quoted} 2>/dev/null || exit 0; pid=$(cat pid 2>/dev/null) || exit 0; {_OURS}; "
-                       "[ -n \"$ours\" ] && echo RUNNING; exit 0", warn=True)
+    result = board.run(_in_job(job_dir) + "[ -n \"$ours\" ] && echo RUNNING; exit 0", warn=True)
     return result.stdout.strip() == "RUNNING"
 
 
@@ -86,9 +90,7 @@ def kill(board, job_dir: str, grace_s: float = 5.0) -> None:
     """Stop the job's whole process group: TERM, then KILL after ``grace_s``. A job killed before it could write
     its exit code gets 143 (TERM) written for it, so that whoever waits for it is released. A group that is no
     longer the job's (``_OURS``) is left alone: the kill only writes the exit code."""
-    quoted = shlex.quote(job_dir)
-    board.run(f"cd {quoted} 2>/dev/null || exit 0; pid=$(cat pid 2>/dev/null) || exit 0; {_OURS}; "
-              f"if [ -n \"$ours\" ]; then kill -TERM -- -$pid 2>/dev/null; "
+    board.run(_in_job(job_dir) + f"if [ -n \"$ours\" ]; then kill -TERM -- -$pid 2>/dev/null; "
               f"for i in $(seq {int(grace_s * 10)}); do kill -0 -- -$pid 2>/dev/null || break; sleep 0.1; done; "
               "kill -KILL -- -$pid 2>/dev/null; fi; [ -f exit_code ] || echo 143 > exit_code; exit 0",
               warn=True)

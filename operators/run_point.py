@@ -110,7 +110,7 @@ class RunPointOperator(BaseOperator):
         if ti is not None and ti.try_number > 1:
             previous = self._earlier_attempt(board, job_dir, label, ti.try_number)
             if previous is not None:
-                return self._store(context, dag_id, settings.name, label, job_dir, previous)
+                return self._store(dag_id, settings.name, label, job_dir, previous)
         armcl_build = self._armcl_build(context)
         if _true(self.resume):
             stored = self._stored_result(board, python, env, armcl_build)
@@ -136,7 +136,7 @@ class RunPointOperator(BaseOperator):
         document = self._fetch(board, job_dir)
         if document is None:
             raise RuntimeError(f"board {settings.name}: the runner exited {code} without a result")
-        return self._store(context, dag_id, settings.name, label, job_dir, document)
+        return self._store(dag_id, settings.name, label, job_dir, document)
 
     def _fetch(self, board, job_dir: str) -> dict | None:
         """The runner's document in ``job_dir`` (written atomically: whole or absent), or None."""
@@ -173,7 +173,7 @@ class RunPointOperator(BaseOperator):
         board.run(f"rm -f {shlex.quote(job_dir)}/result.json")
         return None
 
-    def _store(self, context, dag_id: str | None, board_name: str, label: str, job_dir: str, document: dict) -> dict:
+    def _store(self, dag_id: str | None, board_name: str, label: str, job_dir: str, document: dict) -> dict:
         from operators.results_hook import ResultsHook
 
         report = ResultsHook(self.results_conn_id).load([(f"{board_name}:{job_dir}", document)],
