@@ -133,21 +133,25 @@ class RunPointOperator(BaseOperator):
         code = board_jobs.wait(board, job_dir, show)
         if code == 2:  # the runner refused its input: retrying cannot help
             raise AirflowFailException(f"board {settings.name} refused the point: {lines[-1] if lines else code}")
-        document = self._fetch(board, job_dir)
+        document, missing = self._fetch(board, job_dir)
         if document is None:
-            raise RuntimeError(f"board {settings.name}: the runner exited {code} without a result")
+            last = f"; its last output: {' | '.join(lines[-3:])}" if lines else "; it printed nothing"
+            raise RuntimeError(f"board {settings.name}: the runner exited {code} without a result ({missing}){last}")
         return self._store(dag_id, settings.name, label, job_dir, document)
 
-    def _fetch(self, board, job_dir: str) -> dict | None:
-        """The runner's document in ``job_dir`` (written atomically: whole or absent), or None."""
+    def _fetch(self, board, job_dir: str) -> tuple[dict | None, str]:
+        """The runner's document in ``job_dir`` (written atomically: whole or absent) and "", or None and why not."""
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / "result.json"
             try:
                 board.get(f"{job_dir}/result.json", str(local))
-            except (OSError, FileNotFoundError) as exc:
+            except OSError as exc:
                 self.log.info("board %s: no result in %s (%s)", board.settings.name, job_dir, exc)
-                return None
-            return json.loads(local.read_text())
+                return None, f"{job_dir}/result.json: {exc.strerror or exc}"
+            try:
+                return json.loads(local.read_text()), ""
+            except ValueError as exc:  # never written so by the runner: a damaged disk, a hand-edited file
+                return None, f"{job_dir}/result.json is not a JSON document: {exc}"
 
     def _earlier_attempt(self, board, job_dir: str, label: str, attempt: int) -> dict | None:
         """On a retry: the successful document of the runner an earlier attempt started, else None.
@@ -165,7 +169,7 @@ class RunPointOperator(BaseOperator):
                           attempt)
             self._job_dir = job_dir  # on_kill stops it
             board_jobs.wait(board, job_dir, lambda line: self.log.info("[%s] %s", name, line))
-        document = self._fetch(board, job_dir)
+        document, _ = self._fetch(board, job_dir)
         if document is not None and document.get("status") == "ok":
             self.log.info("board %s: %s: attempt %d stores the result an earlier attempt's runner wrote", name,
                           label, attempt)

@@ -131,5 +131,6 @@ class TestRunPointOperatorOnKill:
         operator.on_kill()
         thread.join(timeout=30)
         assert not thread.is_alive()
-        assert "without a result" in str(outcome.get("error"))
+        error = str(outcome.get("error"))
+        assert "without a result" in error and "result.json: No such file or directory" in error, error
         assert commands_under(marker) == []
