@@ -33,7 +33,11 @@ class ResultsHook(BaseHook):
 
     def get_conn(self):
         engine = engine_for(self.url)
-        upgrade(self.url)
+        try:
+            upgrade(self.url, engine=engine)
+        except BaseException:
+            engine.dispose()
+            raise
         return engine
 
     def load(self, documents: list[tuple[str, dict]], board: str, sweep: str | None, dag_id: str | None = None):

@@ -20,6 +20,7 @@ from requestflow.results.identity import point_id
 from requestflow.results.load import load_documents
 from requestflow.results.query import read_only
 
+MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sql", "migrations", "versions")
 SERVER = os.environ.get("REQUESTFLOW_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 TABLES = ("boards", "platform_snapshots", "library_builds", "models", "weights", "datasets", "sweeps", "points",
           "results", "performance", "samples", "accuracy", "predictions", "errors")
@@ -97,6 +98,29 @@ class TestTheSchema:
     def test_upgrading_twice_is_harmless(self, database):
         upgrade(database)
         upgrade(database)
+        check(database)
+
+    def test_a_database_at_the_head_is_not_migrated_again_and_an_older_one_is(self, database, monkeypatch):
+        import alembic.command
+
+        from requestflow.results.database import head_revision
+
+        upgrade(database)
+        assert head_revision() == max(f for f in os.listdir(MIGRATIONS) if f.endswith(".py"))[:4]
+        calls = []
+        real_upgrade, real_downgrade = alembic.command.upgrade, alembic.command.downgrade
+        monkeypatch.setattr(alembic.command, "upgrade", lambda *args, **kwargs: calls.append(args[1]))
+        upgrade(database)  # at the head: one query, no Alembic
+        assert calls == []
+        monkeypatch.setattr(alembic.command, "upgrade", real_upgrade)
+        engine = create_engine(database)
+        with engine.begin() as connection:
+            from requestflow.results.database import alembic_config
+            real_downgrade(alembic_config(database, connection), "0008")
+        upgrade(database, engine=engine)  # an engine of the caller's: used, and left open
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0009"
+        engine.dispose()
         check(database)
 
 

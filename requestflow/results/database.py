@@ -7,6 +7,7 @@ PostgreSQL that requestflow starts in its state folder. PostgreSQL only: one SQL
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -81,18 +82,34 @@ def alembic_config(url: str, connection=None):
     return config
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+@functools.cache
+def head_revision() -> str:
+    """The newest migration's revision. Read once per process: Alembic imports every migration file to find it."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config("postgresql://")).get_current_head()
+
+
+def upgrade(url: str, revision: str = "head", engine: Engine | None = None) -> None:
+    """Bring the database at ``url`` (through ``engine`` when given, which stays open) to ``revision``. A database
+    already at the head costs one query: every stored point checks this (bench/bench_sweep.py)."""
     from alembic import command
 
-    engine = engine_for(url)
-    with engine.begin() as connection:
-        before = connection.exec_driver_sql(
-            "SELECT version_num FROM alembic_version" if _has_version_table(connection) else "SELECT NULL").scalar()
-        command.upgrade(alembic_config(url, connection), revision)
-        after = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-        if before != after and after is not None and int(after) >= 4:
-            connection.exec_driver_sql("REFRESH MATERIALIZED VIEW scoreboard")  # rows stored before the upgrade
-    engine.dispose()
+    own = engine is None
+    engine = engine_for(url) if own else engine
+    try:
+        with engine.begin() as connection:
+            before = connection.exec_driver_sql("SELECT version_num FROM alembic_version" if _has_version_table(
+                connection) else "SELECT NULL").scalar()
+            if revision == "head" and before == head_revision():
+                return
+            command.upgrade(alembic_config(url, connection), revision)
+            after = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+            if before != after and after is not None and int(after) >= 4:
+                connection.exec_driver_sql("REFRESH MATERIALIZED VIEW scoreboard")  # rows stored before the upgrade
+    finally:
+        if own:
+            engine.dispose()
 
 
 def _has_version_table(connection) -> bool:
