@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -88,6 +89,18 @@ def _restore_cpu_affinity():
                 os.sched_setaffinity(int(task), saved)
             except OSError:
                 pass
+
+
+@pytest.fixture(autouse=True)
+def _drop_logging_to_closed_streams():
+    """Airflow configures logging when a test first imports it (``requestflow replay`` builds a board hook): a root
+    StreamHandler on that test's captured stdout, which pytest closes after the test. Later log records (Alembic's,
+    at every migration) would then print "--- Logging error ---" into other tests' stderr: drop such handlers."""
+    yield
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(getattr(handler, "stream", None), "closed", False):
+            root.removeHandler(handler)
 
 
 @pytest.fixture(scope="session")
