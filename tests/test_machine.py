@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -86,6 +88,31 @@ def test_opencl_is_reported_either_way():
     info = machine_info()["opencl"]
     assert isinstance(info["available"], bool)
     assert info["available"] or info["reason"]
+
+
+_REPORT = "import json; from requestflow.board.machine import opencl; print(json.dumps(opencl()))"
+
+
+def _opencl_report(*prelude: str) -> dict:
+    result = subprocess.run([sys.executable, "-X", "faulthandler", "-c", "; ".join([*prelude, _REPORT])],
+                            capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_opencl_after_tensorflow_is_read_by_a_fresh_process():
+    """PoCL segfaulted starting its devices in a process that had loaded TensorFlow (the reverse test order found
+    it: a runner on a TF-slim checkpoint, or any caller that imported TensorFlow first): the same report, no crash."""
+    plain = _opencl_report()
+    assert plain["available"] and plain["platforms"][0]["devices"], plain  # PoCL, which these tests install
+    assert _opencl_report("import tensorflow") == plain
+
+
+def test_a_failed_opencl_probe_process_is_reported_not_raised(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow", types.ModuleType("tensorflow"))
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    assert opencl() == {"available": False, "source": "pyopencl",
+                        "reason": "the OpenCL probe process ended with exit code 1"}
 
 
 @pytest.mark.parametrize(("model", "cpuinfo", "board_id", "name"), [

@@ -240,7 +240,35 @@ def _first_line_of(command: list[str]) -> str | None:
 def opencl() -> dict:
     """Platforms and devices through pyopencl, when it and a driver are present; without pyopencl, through
     ``clinfo --json`` (clinfo 3.x), else ``clinfo -l`` (names only). Each device has
-    ``non_uniform_work_group_support``: true/false where the device answers (OpenCL 2.0+), else null."""
+    ``non_uniform_work_group_support``: true/false where the device answers (OpenCL 2.0+), else null.
+
+    In a process that has loaded TensorFlow, a fresh interpreter asks instead: PoCL, an OpenCL driver built on
+    LLVM, segfaults when it starts its devices in a process holding TensorFlow's own LLVM (``clGetDeviceIDs``, seen
+    with tensorflow-cpu 2.21 and Debian's PoCL 3.1; the other order works). A runner loads TensorFlow before this
+    when its weights need it to be read (a TF-slim checkpoint)."""
+    if "tensorflow" in sys.modules:
+        return _opencl_in_a_child()
+    return _opencl_here()
+
+
+def _opencl_in_a_child() -> dict:
+    root = Path(__file__).resolve().parents[2]  # the folder holding the requestflow package
+    code = (f"import json, sys; sys.path.insert(0, {str(root)!r}); "
+            "from requestflow.board.machine import _opencl_here; print(json.dumps(_opencl_here()))")
+    try:
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                                stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return {"available": False, "source": "pyopencl", "reason": f"the OpenCL probe process failed: {exc}"}
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        last = (result.stderr.strip().splitlines() or [""])[-1]
+        return {"available": False, "source": "pyopencl",
+                "reason": f"the OpenCL probe process ended with exit code {result.returncode}: {last}".rstrip(": ")}
+    return json.loads(lines[-1])
+
+
+def _opencl_here() -> dict:
     try:
         import pyopencl as cl
     except ImportError:
