@@ -78,10 +78,14 @@ def run_cli(capsys):
     return run
 
 
+_SESSION_AFFINITY = os.sched_getaffinity(0)
+
+
 @pytest.fixture(autouse=True)
 def _restore_cpu_affinity():
-    """Runs with --cpus pin this (test) process: give every thread its CPUs back afterwards."""
-    saved = os.sched_getaffinity(0)
+    """Runs with --cpus pin this (test) process: give every thread the session's CPUs back after each test (also
+    after a module fixture's run, which pinned the process before this fixture of the module's first test)."""
+    saved = _SESSION_AFFINITY
     yield
     if os.sched_getaffinity(0) != saved:
         for task in os.listdir("/proc/self/task"):

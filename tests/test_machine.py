@@ -220,7 +220,14 @@ CLINFO_JSON = {
 
 
 @pytest.fixture
-def without_pyopencl(monkeypatch):
+def fakes_in_this_process(monkeypatch):
+    """For tests of ``opencl()`` with fakes (never the real driver): an earlier test module's TensorFlow import
+    would send it to a fresh interpreter, where the fakes are not."""
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
+
+
+@pytest.fixture
+def without_pyopencl(monkeypatch, fakes_in_this_process):
     monkeypatch.setitem(sys.modules, "pyopencl", None)  # `import pyopencl` now raises ImportError
 
 
@@ -251,7 +258,8 @@ def test_opencl_without_pyopencl_or_clinfo(tmp_path, monkeypatch, without_pyopen
     assert opencl() == {"available": False, "source": None, "reason": "neither pyopencl nor clinfo installed"}
 
 
-def test_opencl_through_pyopencl_reports_non_uniform_work_groups_where_the_device_answers(monkeypatch):
+def test_opencl_through_pyopencl_reports_non_uniform_work_groups_where_the_device_answers(monkeypatch,
+                                                                                       fakes_in_this_process):
     class Device:
         def __init__(self, name, non_uniform):
             self.name, self._non_uniform = name, non_uniform
