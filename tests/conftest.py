@@ -88,11 +88,9 @@ def _restore_cpu_affinity():
     saved = _SESSION_AFFINITY
     yield
     if os.sched_getaffinity(0) != saved:
-        for task in os.listdir("/proc/self/task"):
-            try:
-                os.sched_setaffinity(int(task), saved)
-            except OSError:
-                pass
+        from requestflow.board.runner import pin_process
+
+        pin_process(sorted(saved))
 
 
 @pytest.fixture(autouse=True)

@@ -28,7 +28,7 @@ from sqlalchemy import create_engine
 
 from requestflow.board import quality
 from requestflow.board.quality import FLAGGED, VALID, assess
-from requestflow.board.runner import statistics
+from requestflow.board.runner import pin_process, statistics
 from requestflow.board.schema import validate_document
 from requestflow.cli import main
 from requestflow.errors import UserError
@@ -249,11 +249,7 @@ def real(models_dir, tmp_path_factory) -> dict:
                      "--repetitions", "60", "--warmup", "10", "--threads", "1", "--cpus", CPU, "--offline", "--quiet",
                      "--out", str(out)]) == 0
     finally:  # --cpus pinned every thread of this process; the test-wide restore runs per test, after this fixture
-        for task in os.listdir("/proc/self/task"):
-            try:
-                os.sched_setaffinity(int(task), saved)
-            except OSError:
-                pass
+        pin_process(sorted(saved))
     return json.loads(out.read_text())
 
 
