@@ -9,9 +9,12 @@ no single SSH channel open and survives a dropped connection.
 
 from __future__ import annotations
 
+import json
 import shlex
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def start(board, job_dir: str, command: str, env: dict[str, str] | None = None) -> None:
@@ -94,3 +97,26 @@ def kill(board, job_dir: str, grace_s: float = 5.0) -> None:
               f"for i in $(seq {int(grace_s * 10)}); do kill -0 -- -$pid 2>/dev/null || break; sleep 0.1; done; "
               "kill -KILL -- -$pid 2>/dev/null; fi; [ -f exit_code ] || echo 143 > exit_code; exit 0",
               warn=True)
+
+
+def fetch_document(board, job_dir: str, name: str = "result.json") -> tuple[dict | None, str]:
+    """The JSON document the job wrote to ``name`` in its folder (the runner writes it atomically: whole or absent)
+    and "", or None and why there is none."""
+    path = f"{job_dir}/{name}"
+    with tempfile.TemporaryDirectory(prefix="rf-job-") as folder:
+        local = Path(folder) / name
+        try:
+            board.get(path, str(local))
+        except OSError as exc:
+            return None, f"{path}: {exc.strerror or exc}"
+        try:
+            return json.loads(local.read_text()), ""
+        except ValueError as exc:  # never written so by the runner: a damaged disk, a hand-edited file
+            return None, f"{path} is not a JSON document: {exc}"
+
+
+def no_document(board_name: str, code: int, why: str, lines: list[str]) -> str:
+    """The error of a job that ended without its document: its exit code, why (``fetch_document``), and its last
+    three output lines."""
+    last = f"; its last output: {' | '.join(lines[-3:])}" if lines else "; it printed nothing"
+    return f"board {board_name}: the runner exited {code} without a result ({why}){last}"

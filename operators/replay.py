@@ -9,11 +9,8 @@ its command names. ``requestflow.results.replay`` compares the two documents.
 
 from __future__ import annotations
 
-import json
 import shlex
-import tempfile
 import time
-from pathlib import Path
 
 from requestflow.errors import UserError
 
@@ -73,12 +70,9 @@ def run_on_board(board_name: str, document: dict, log=print, timeout_s: float | 
             raise
         if code == 2:
             raise UserError(f"board {board_name} refused the replay: {lines[-1] if lines else 'exit 2'}")
-        with tempfile.TemporaryDirectory(prefix="rf-replay-") as folder:
-            local = Path(folder) / "result.json"
-            try:
-                board.get(f"{job_dir}/result.json", str(local))
-            except OSError as exc:
-                raise RuntimeError(f"board {board_name}: the runner exited {code} without a result ({exc})") from None
-            return json.loads(local.read_text())
+        replayed, missing = board_jobs.fetch_document(board, job_dir)
+        if replayed is None:
+            raise RuntimeError(board_jobs.no_document(board_name, code, missing, lines))
+        return replayed
     finally:
         board.close()

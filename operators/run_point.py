@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import tempfile
-from pathlib import Path
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
@@ -133,25 +131,10 @@ class RunPointOperator(BaseOperator):
         code = board_jobs.wait(board, job_dir, show)
         if code == 2:  # the runner refused its input: retrying cannot help
             raise AirflowFailException(f"board {settings.name} refused the point: {lines[-1] if lines else code}")
-        document, missing = self._fetch(board, job_dir)
+        document, missing = board_jobs.fetch_document(board, job_dir)
         if document is None:
-            last = f"; its last output: {' | '.join(lines[-3:])}" if lines else "; it printed nothing"
-            raise RuntimeError(f"board {settings.name}: the runner exited {code} without a result ({missing}){last}")
+            raise RuntimeError(board_jobs.no_document(settings.name, code, missing, lines))
         return self._store(dag_id, settings.name, label, job_dir, document)
-
-    def _fetch(self, board, job_dir: str) -> tuple[dict | None, str]:
-        """The runner's document in ``job_dir`` (written atomically: whole or absent) and "", or None and why not."""
-        with tempfile.TemporaryDirectory() as tmp:
-            local = Path(tmp) / "result.json"
-            try:
-                board.get(f"{job_dir}/result.json", str(local))
-            except OSError as exc:
-                self.log.info("board %s: no result in %s (%s)", board.settings.name, job_dir, exc)
-                return None, f"{job_dir}/result.json: {exc.strerror or exc}"
-            try:
-                return json.loads(local.read_text()), ""
-            except ValueError as exc:  # never written so by the runner: a damaged disk, a hand-edited file
-                return None, f"{job_dir}/result.json is not a JSON document: {exc}"
 
     def _earlier_attempt(self, board, job_dir: str, label: str, attempt: int) -> dict | None:
         """On a retry: the successful document of the runner an earlier attempt started, else None.
@@ -169,8 +152,10 @@ class RunPointOperator(BaseOperator):
                           attempt)
             self._job_dir = job_dir  # on_kill stops it
             board_jobs.wait(board, job_dir, lambda line: self.log.info("[%s] %s", name, line))
-        document, _ = self._fetch(board, job_dir)
-        if document is not None and document.get("status") == "ok":
+        document, missing = board_jobs.fetch_document(board, job_dir)
+        if document is None:
+            self.log.info("board %s: no result of an earlier attempt (%s)", name, missing)
+        elif document.get("status") == "ok":
             self.log.info("board %s: %s: attempt %d stores the result an earlier attempt's runner wrote", name,
                           label, attempt)
             return document

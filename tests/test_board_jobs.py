@@ -103,6 +103,36 @@ def test_kill_spares_a_process_group_that_is_no_longer_the_jobs(board, tmp_path)
         stranger.wait()
 
 
+class TestTheJobsDocument:
+    def test_a_document_the_job_wrote_is_read_back(self, board):
+        hook, b = board
+        job = f"{b.work_dir}/jobs/{uuid.uuid4().hex}"
+        board_jobs.start(hook, job, """printf '{"status": "ok", "n": [1, 2]}' > result.json""")
+        assert board_jobs.wait(hook, job, lambda line: None, poll_s=0.1, timeout_s=30) == 0
+        assert board_jobs.fetch_document(hook, job) == ({"status": "ok", "n": [1, 2]}, "")
+
+    def test_a_missing_document_says_where_it_was_looked_for(self, board):
+        hook, b = board
+        job = f"{b.work_dir}/jobs/{uuid.uuid4().hex}"
+        board_jobs.start(hook, job, "echo loading; echo 'Killed' >&2; exit 137")
+        lines: list[str] = []
+        code = board_jobs.wait(hook, job, lines.append, poll_s=0.1, timeout_s=30)
+        document, why = board_jobs.fetch_document(hook, job)
+        # SFTP's words ("No such file"); a local board's are the OS's ("No such file or directory")
+        assert document is None and why.startswith(f"{job}/result.json: No such file"), why
+        assert board_jobs.no_document("rfb1", code, why, lines) == (
+            f"board rfb1: the runner exited 137 without a result ({why}); its last output: loading | Killed")
+
+    def test_a_damaged_document_is_named_not_raised(self, board):
+        hook, b = board
+        job = f"{b.work_dir}/jobs/{uuid.uuid4().hex}"
+        board_jobs.start(hook, job, """printf '{"status": "o' > result.json""")
+        assert board_jobs.wait(hook, job, lambda line: None, poll_s=0.1, timeout_s=30) == 0
+        document, why = board_jobs.fetch_document(hook, job)
+        assert document is None and why.startswith(f"{job}/result.json is not a JSON document: "), why
+        assert board_jobs.no_document("rfb1", 0, why, []).endswith("; it printed nothing")
+
+
 class TestRunPointOperatorOnKill:
     def test_on_kill_leaves_no_runner_process_on_the_board(self, tmp_path, monkeypatch):
         import threading
