@@ -115,6 +115,15 @@ def test_a_failed_opencl_probe_process_is_reported_not_raised(monkeypatch):
                         "reason": "the OpenCL probe process ended with exit code 1"}
 
 
+def test_a_probe_process_without_a_report_is_reported_not_raised(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow", types.ModuleType("tensorflow"))
+    monkeypatch.setattr(sys, "executable", "/bin/echo")  # exits 0, prints its arguments: no JSON
+    report = opencl()
+    assert report["available"] is False and report["source"] == "pyopencl", report
+    assert report["reason"].startswith("the OpenCL probe process printed no report (its last line: \"-c import json"), \
+        report
+
+
 @pytest.mark.parametrize(("model", "cpuinfo", "board_id", "name"), [
     ("HiKey960", None, "hikey960", "HiKey960"),
     ("Firefly-RK3399 Board", None, "firefly-rk3399", "Firefly RK3399"),

@@ -265,7 +265,11 @@ def _opencl_in_a_child() -> dict:
         last = (result.stderr.strip().splitlines() or [""])[-1]
         return {"available": False, "source": "pyopencl",
                 "reason": f"the OpenCL probe process ended with exit code {result.returncode}: {last}".rstrip(": ")}
-    return json.loads(lines[-1])
+    try:
+        return json.loads(lines[-1])
+    except ValueError:
+        return {"available": False, "source": "pyopencl",
+                "reason": f"the OpenCL probe process printed no report (its last line: {lines[-1][:200]!r})"}
 
 
 def _opencl_here() -> dict:
