@@ -119,6 +119,7 @@ run_tests() {
     if [ "$(id -u)" -eq 0 ]; then
         bash "$ROOT/tests/farm-setup.sh"
         apt_install docker-compose chromium  # compose: docker-compose.yml checked (no engine); chromium: browser test
+        apt_install qemu-user-static mmdebstrap  # arm64: trixie toolchain env, NEON under qemu-user (test_arm64_neon)
     else
         log "not root: the board-farm and compose tests skip"
     fi

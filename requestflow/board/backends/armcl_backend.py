@@ -111,6 +111,7 @@ class ArmclBackend(FloatBackend):
         self.build_dir = Path(build) if build else None
         self._process = None
         self._shim_counts = None
+        self._emulated = None
 
     def load(self) -> None:
         from requestflow.board import armcl_program, clshim
@@ -143,7 +144,13 @@ class ArmclBackend(FloatBackend):
             self._opencl = opencl()
             extra, self._shim = clshim.prepare(self._opencl, stats_path=self._stats)
             env.update(extra)
-        command = [self._program["path"], "--weights", str(folder), "--resolution", str(self.model.resolution),
+        from requestflow.board.emulation import program_launch
+
+        try:  # an aarch64 program on x86_64 runs under the emulator of $REQUESTFLOW_EMULATOR, and says so
+            launch, self._emulated = program_launch(self._program["path"])
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        command = [*launch, "--weights", str(folder), "--resolution", str(self.model.resolution),
                    "--batch", str(self.batch_size), "--target", variant["target"], "--layout", variant["layout"],
                    "--conv-method", variant["conv_method"], "--tuner", variant["tuner"],
                    "--threads", str(self.threads)]
@@ -236,7 +243,13 @@ class ArmclBackend(FloatBackend):
             if "pocl" in f"{device.get('platform')} {device.get('name')} {device.get('version')}".lower():
                 out["device_note"] = ("the CL device is PoCL on the CPU, reached through requestflow's OpenCL "
                                       "forwarding shim (ADR 0006, issue #5): these are not Mali GPU timings")
-        if self.variant["target"] == "NEON" and platform.machine() not in ("aarch64", "arm64", "armv7l"):
+        if self._emulated is not None:
+            emulated = self._emulated
+            out["emulated"] = emulated
+            out["untested"] = (f"{self.variant['target']} run as {emulated['program_arch']} code under "
+                               f"{emulated['version'] or emulated['emulator']} on {platform.machine()} (emulated): "
+                               "predictions are a correctness check, timings are meaningless")
+        elif self.variant["target"] == "NEON" and platform.machine() not in ("aarch64", "arm64", "armv7l"):
             out["untested"] = f"NEON on {platform.machine()}: not verified"
         if self._tuner_file is not None:
             out["tuner_file"] = {"path": str(self._tuner_file), "reused": self._tuner_reused}
