@@ -211,3 +211,6 @@ def test_an_emulated_performance_run_is_labelled_never_a_measurement_of_arm(mode
     assert backend["emulated"]["emulator"] == "qemu-aarch64-static"
     assert "timings are meaningless" in backend["untested"]
     assert document["machine"]["arch"] == "x86_64"  # the runner's machine, not an ARM board
+    assert document["machine"]["emulated"]["evidence"] == ["native programs run through $REQUESTFLOW_EMULATOR"]
+    verdict = document["performance"]["quality"]
+    assert verdict["verdict"] == "EMULATED" and verdict["reasons"][0].startswith("emulated (qemu-aarch64 version")

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from requestflow.board import emulation
 from requestflow.errors import UserError
 
 _PROBE_TIMEOUT_S = 5
@@ -397,6 +398,9 @@ def machine_info(root: str | os.PathLike = "/", with_opencl: bool = True) -> dic
         "os": os_release(root),
         "kernel": platform.release(),
         "python": sys.version.split()[0],
+        # None, or why this runner or its native programs run emulated (issue #15): results to check correctness
+        # with, never timings of a CPU
+        "emulated": emulation.detect(),
     }
     if with_opencl:
         info["opencl"] = opencl()

@@ -53,6 +53,11 @@ The checks and their limits (:class:`Limits`), chosen for what the scoreboard do
   min to max, covers the median with probability 1 - 2^(1-n) < 0.95): flagged as too few. The detail says about how
   many repetitions would do (the half-width shrinks as 1/sqrt(n)).
 
+- **emulated** (issue #15): a run under an emulator (``machine.emulated`` or the backend's ``emulated``: qemu-user
+  running arm64 code on an x86 host) gets the verdict **EMULATED** whatever its samples look like, its first reason
+  naming the emulator: its timings are the emulator's, not those of any CPU, and no check on them makes them a
+  measurement. The other checks are still computed and their failures listed after it.
+
 What it does not do: it cannot see the untimed warm-up runs, it treats the samples of one run as independent draws
 (they share the run's state), and it judges one run alone (the run-to-run spread across sweeps is the regression
 check's business).
@@ -67,7 +72,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 METHOD = "requestflow.board.quality 1"  # bumped whenever a check or a limit changes meaning
-VALID, FLAGGED = "VALID", "FLAGGED"
+VALID, FLAGGED, EMULATED = "VALID", "FLAGGED", "EMULATED"
 CHECKS = ("variation", "bimodality", "trend", "clocks", "temperature", "repetitions")  # in the order they are given
 MAD_TO_SIGMA = 1.4826  # MAD x this estimates the standard deviation of normal data
 
@@ -94,11 +99,12 @@ DEFAULT_LIMITS = Limits()
 
 
 def assess(samples_s: Sequence[float], environment_before: dict | None = None, environment_after: dict | None = None,
-           cpus: Sequence[int] | None = None, limits: Limits = DEFAULT_LIMITS) -> dict:
+           cpus: Sequence[int] | None = None, limits: Limits = DEFAULT_LIMITS, emulated: dict | None = None) -> dict:
     """The verdict on one performance run: ``samples_s`` its raw latencies (seconds, in the order they were timed),
     ``environment_before``/``environment_after`` the runner's snapshots (``{"cur_khz": {cpu: kHz},
     "temperatures": {zone: °C}}``, see ``machine.snapshot_frequencies_and_temperatures``), ``cpus`` the CPUs the run
-    used (their clocks are compared; None: all). JSON-able: no NaN or infinity anywhere."""
+    used (their clocks are compared; None: all), ``emulated`` the run's emulation record (``machine.emulated``):
+    then the verdict is EMULATED. JSON-able: no NaN or infinity anywhere."""
     samples = np.asarray([float(s) for s in samples_s], np.float64)
     if samples.ndim != 1 or samples.size == 0 or not np.all(np.isfinite(samples)):
         raise ValueError("assess needs at least one finite latency sample")
@@ -112,8 +118,15 @@ def assess(samples_s: Sequence[float], environment_before: dict | None = None, e
     # the interval shrinks as 1/sqrt(n) for one regime; with two, more runs only estimate the mixture better
     checks["repetitions"] = repetitions(samples, limits, suggest=checks["bimodality"]["ok"])
     reasons = [check["detail"] for check in checks.values() if not check["ok"]]
-    return {"verdict": FLAGGED if reasons else VALID, "reasons": reasons, "checks": checks, "method": METHOD,
-            "limits": asdict(limits)}
+    out = {"verdict": FLAGGED if reasons else VALID, "reasons": reasons, "checks": checks, "method": METHOD,
+           "limits": asdict(limits)}
+    if emulated:
+        emulator = emulated.get("version") or emulated.get("emulator") or "an emulator"
+        out["verdict"] = EMULATED
+        out["reasons"] = [f"emulated ({emulator}): these timings are the emulator's, not a measurement of any CPU",
+                          *reasons]
+        out["emulated"] = {key: emulated.get(key) for key in ("emulator", "version")}
+    return out
 
 
 # -- the checks ------------------------------------------------------------------------------------------------------

@@ -254,7 +254,8 @@ class Runner:
 
             document["performance"]["quality"] = assess(
                 document["performance"]["samples"], before, document["environment"]["after"],
-                cpus=document["context"]["cpu_affinity"])
+                cpus=document["context"]["cpu_affinity"],
+                emulated=document["machine"].get("emulated") or document["context"]["backend"].get("emulated"))
         self.timings["total_s"] = time.perf_counter() - total_start
         document["finished_at"] = _now()
         return document

@@ -144,12 +144,14 @@ class ArmclBackend(FloatBackend):
             self._opencl = opencl()
             extra, self._shim = clshim.prepare(self._opencl, stats_path=self._stats)
             env.update(extra)
-        from requestflow.board.emulation import program_launch
+        from requestflow.board.emulation import detect, program_launch
 
         try:  # an aarch64 program on x86_64 runs under the emulator of $REQUESTFLOW_EMULATOR, and says so
             launch, self._emulated = program_launch(self._program["path"])
         except ValueError as exc:
             raise UserError(str(exc)) from None
+        # a runner that is itself emulated (qemu-user: platform.machine() says aarch64) must not look like ARM
+        self._emulated = self._emulated or detect()
         command = [*launch, "--weights", str(folder), "--resolution", str(self.model.resolution),
                    "--batch", str(self.batch_size), "--target", variant["target"], "--layout", variant["layout"],
                    "--conv-method", variant["conv_method"], "--tuner", variant["tuner"],
@@ -246,8 +248,10 @@ class ArmclBackend(FloatBackend):
         if self._emulated is not None:
             emulated = self._emulated
             out["emulated"] = emulated
-            out["untested"] = (f"{self.variant['target']} run as {emulated['program_arch']} code under "
-                               f"{emulated['version'] or emulated['emulator']} on {platform.machine()} (emulated): "
+            code = emulated.get("program_arch") or emulated.get("python_arch") or platform.machine()
+            host = emulated.get("host_arch") or emulated.get("cpu_arch") or "another machine"
+            out["untested"] = (f"{self.variant['target']} run as {code} code under "
+                               f"{emulated['version'] or emulated['emulator']} on {host} (emulated): "
                                "predictions are a correctness check, timings are meaningless")
         elif self.variant["target"] == "NEON" and platform.machine() not in ("aarch64", "arm64", "armv7l"):
             out["untested"] = f"NEON on {platform.machine()}: not verified"
