@@ -137,3 +137,71 @@ def test_a_runner_that_says_it_is_emulated_writes_an_emulated_document(models_di
     checked = subprocess.run([sys.executable, "-m", "requestflow.cli", "validate", str(out)], capture_output=True,
                              text=True, timeout=120)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+class TestTheFrontier:
+    """Migration 0010 (pareto_frontier v5): an emulated point never sits on a frontier, even on the board that also
+    holds real measurements, even when its emulated latency beats them."""
+
+    @pytest.fixture(scope="class")
+    def documents(self, models_dir):
+        from requestflow.board.runner import statistics
+
+        weights = [str(models_dir / "mobilenet_v1_0.25_128_quant.tflite")]
+
+        def performance(threads: int) -> dict:
+            document = run(RunConfig(model="mobilenet-v1-0.25-128", backend="tflite", repetitions=12, warmup=1,
+                                     threads=threads, progress=False, weights=weights))
+            assert document["status"] == "ok"
+            return document
+
+        real = performance(1)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv(SETTING, "qemu-user")
+            emulated = performance(2)  # another point (2 threads), the same configuration's accuracy
+        # twice as fast as the real one: on the old frontier it would be the only point of the board
+        p = emulated["performance"]
+        p.update(statistics([s * 0.5 * real["performance"]["median"] / p["median"] for s in p["samples"]],
+                            p["batch_size"]))
+        p["quality"] = quality.assess(p["samples"], emulated=emulated["machine"]["emulated"])
+        accuracy = run(RunConfig(model="mobilenet-v1-0.25-128", backend="tflite", mode="accuracy", limit=5,
+                                 progress=False, weights=weights))
+        for document in (real, emulated, accuracy):
+            validate_document(document)
+        return {"real": real, "emulated": emulated, "accuracy": accuracy}
+
+    def test_the_emulated_point_is_on_the_scoreboard_but_not_on_the_frontier(self, documents):
+        from alembic import command
+        from sqlalchemy import create_engine
+
+        from requestflow.results.database import alembic_config, sqlalchemy_url, upgrade
+        from requestflow.results.identity import point_id
+        from requestflow.results.load import load_documents
+        from requestflow.results.query import read_only
+        from tests.databases import throwaway_database
+
+        ids = {name: point_id("mixed", documents[name]["context"]) for name in ("real", "emulated")}
+        assert ids["real"] != ids["emulated"]
+        with throwaway_database() as url:
+            engine = create_engine(sqlalchemy_url(url))
+            try:
+                load_documents(engine, list(documents.items()), "mixed", sweep="manual__emulated")
+                _, rows = read_only(engine, "SELECT point_id, quality, quality_reasons, top1 FROM scoreboard "
+                                            "WHERE board = 'mixed' AND latency_median_s IS NOT NULL")
+                by_point = {row[0]: row for row in rows}
+                assert by_point[ids["emulated"]][1] == "EMULATED"
+                assert by_point[ids["emulated"]][2][0].startswith("emulated (qemu-user)")
+                assert by_point[ids["emulated"]][3] == by_point[ids["real"]][3] is not None  # the same top-1
+
+                def frontier():
+                    return [row[0] for row in read_only(engine, "SELECT point_id FROM pareto_frontier "
+                                                                "WHERE board = 'mixed'")[1]]
+
+                assert frontier() == [ids["real"]]
+                with engine.begin() as connection:  # pareto_frontier v4: the emulated point beat the real one
+                    command.downgrade(alembic_config(sqlalchemy_url(url), connection), "0009")
+                assert frontier() == [ids["emulated"]]
+                upgrade(sqlalchemy_url(url))
+                assert frontier() == [ids["real"]]
+            finally:
+                engine.dispose()

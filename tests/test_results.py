@@ -93,7 +93,7 @@ class TestTheSchema:
             materialized = set(connection.execute(text("SELECT matviewname FROM pg_matviews")).scalars())
         engine.dispose()
         assert views == {"scoreboard_live", "pareto_frontier", "regressions"} and materialized == {"scoreboard"}
-        assert version == "0009"
+        assert version == "0010"
 
     def test_upgrading_twice_is_harmless(self, database):
         upgrade(database)
@@ -119,7 +119,7 @@ class TestTheSchema:
             real_downgrade(alembic_config(database, connection), "0008")
         upgrade(database, engine=engine)  # an engine of the caller's: used, and left open
         with engine.connect() as connection:
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0009"
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0010"
         engine.dispose()
         check(database)
 

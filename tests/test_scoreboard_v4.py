@@ -243,10 +243,10 @@ def store():
 
 
 class TestVersion4GivesVersion3sRows:
-    def test_head_is_0009_with_version_4(self, store):
+    def test_head_is_0010_with_version_4(self, store):  # 0010 changed pareto_frontier only (emulated points)
         engine, _ = store
         with engine.connect() as connection:
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0009"
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0010"
             definition = live_definition(connection)
         assert "first_value" in definition and "tf_reference" not in definition
 
@@ -313,7 +313,7 @@ class TestMigration0009:
             upgrade(url)
             check(url)
             with engine.connect() as connection:
-                assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0009"
+                assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0010"
                 assert "tf_reference" not in live_definition(connection)
                 assert (rows(connection, "scoreboard"), rows(connection, "pareto_frontier")) == at_head
                 indexes = set(connection.execute(text(
