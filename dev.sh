@@ -14,7 +14,10 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 VENV=${REQUESTFLOW_VENV:-$ROOT/.venv}
 ARCH=$(uname -m)
 CONSTRAINTS=$ROOT/requirements/constraints-$ARCH.txt
-export REQUESTFLOW_DATA=${REQUESTFLOW_DATA:-$(cd "$ROOT/.." && pwd)/shared/data}
+# the shared data folder beside the checkout, when there is one (else requestflow's own data folder, or none)
+if [ -z "${REQUESTFLOW_DATA:-}" ] && [ -f "$ROOT/../shared/data/README.md" ]; then
+    REQUESTFLOW_DATA=$(cd "$ROOT/../shared/data" && pwd); export REQUESTFLOW_DATA
+fi
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 
 log() { printf '\033[1m[dev.sh]\033[0m %s\n' "$*" >&2; }
@@ -84,30 +87,45 @@ ensure_armcl_tools() {
 }
 
 check_data() {
-    if [ ! -f "$REQUESTFLOW_DATA/README.md" ]; then
-        log "shared data not found at $REQUESTFLOW_DATA: weights are downloaded, or random (performance only)"
+    if [ ! -f "${REQUESTFLOW_DATA:-/nonexistent}/README.md" ]; then
+        log "no shared data folder (../shared/data or \$REQUESTFLOW_DATA): weights are downloaded (offline:" \
+            "random, performance only); accuracy needs ImageNet images (requestflow dataset import)"
         return 1
     fi
 }
 
+# ./dev.sh demo [IMAGE...]: the images named are classified too (default: the sample images)
 demo() {
     ensure_venv
     local rf="$VENV/bin/requestflow"
     "$rf" models
     if check_data; then
         log "classify the sample images (mobilenet-v1-1.0-224, uint8, TFLite)"
-        "$rf" classify "$REQUESTFLOW_DATA"/samples/*.{bmp,jpg} --model mobilenet-v1-1.0-224 --backend tflite
+        "$rf" classify "$@" --model mobilenet-v1-1.0-224 --backend tflite
         log "a sweep through Airflow, this machine as the board: 2 models x tflite (uint8) and tf (dequantized to" \
             "fp32), performance + accuracy on the 500 shared images"
         "$rf" sweep --models mobilenet-v1-0.25-128 mobilenet-v1-0.5-160 --backends tflite tf \
             --modes performance accuracy --repetitions 50 --warmup 5 --image-limit 500
+        log "the Pareto frontier (median latency vs top-1), with plain SQL on the view"
+        "$rf" sql "SELECT board, model, backend, precision, round((latency_median_s * 1000)::numeric, 3) AS median_ms,
+                   top1 FROM pareto_frontier ORDER BY board, latency_median_s"
     else
-        log "a performance sweep of mobilenet-v1-0.25-224 through Airflow: official weights if downloadable, else random"
-        "$rf" sweep --models mobilenet-v1-0.25-224 --backends tflite --modes performance --repetitions 50 --warmup 5
+        log "classify sample images (mobilenet-v1-0.25-224, TFLite), if real weights can be had"
+        "$rf" classify "$@" --model mobilenet-v1-0.25-224 --backend tflite ||
+            log "classify skipped: no real weights here (the line above says why)"
+        local modes=(performance)
+        if "$rf" dataset where >/dev/null 2>&1; then modes+=(accuracy); fi
+        log "a sweep of mobilenet-v1-0.25-224 through Airflow, this machine as the board: ${modes[*]}" \
+            "(official weights if they can be had, else random ones for performance)"
+        "$rf" sweep --models mobilenet-v1-0.25-224 --backends tflite --modes "${modes[@]}" --repetitions 50 \
+            --warmup 5 --image-limit 500
+        "$rf" sql "SELECT board, model, backend, precision, round((latency_median_s * 1000)::numeric, 3) AS median_ms,
+                   top1, random_weights FROM scoreboard ORDER BY board, model, backend"
+        if [ ${#modes[@]} -eq 1 ]; then
+            log "accuracy needs ImageNet validation images: requestflow dataset import ILSVRC2012_img_val.tar" \
+                "--labels caffe_ilsvrc12.tar.gz, then ./dev.sh demo again"
+        fi
     fi
-    log "the Pareto frontier (median latency vs top-1), with plain SQL on the view"
-    "$rf" sql "SELECT board, model, backend, precision, round((latency_median_s * 1000)::numeric, 3) AS median_ms, top1
-               FROM pareto_frontier ORDER BY board, latency_median_s"
     log "every point's latest result: $rf scoreboard; the database: $("$rf" db url)"
 }
 

@@ -22,12 +22,11 @@ timed share    = sum of timed-region samples / wall                        (info
 ``requestflow sweep`` gets. Under a real scheduler each task is a fresh process (and a board's pool still runs
 one point at a time), which adds per-task start-up this benchmark does not see.
 
-Only 7 of the 16 configs have real weights in the shared data folder. Provisioning refuses points whose weights
-it cannot copy to the board (``operators.deploy.data_files_for_points``: "the runner would use random weights");
-``requestflow run --offline`` itself runs such points on random weights (performance mode). So that every config
-takes part, the DAG runs here with that refusal relaxed (points without real weights get no weights copied and
-the runner uses random ones, labelled ``random`` in the store); ``--real-weights-only`` instead runs the
-``requestflow sweep`` command itself, unchanged, on the configs that have real weights.
+Only 7 of the 16 configs have real weights in the shared data folder. The sweep runs the others on random weights
+(``operators.point_data.prepare``: no real weights on the controller, none downloadable, so a performance point
+falls back to random weights, labelled ``random`` in the store); the child runs with ``$REQUESTFLOW_OFFLINE`` so
+that no download is tried. ``--real-weights-only`` instead runs the ``requestflow sweep`` command itself on the
+configs that have real weights.
 
 Usage:
 
@@ -70,29 +69,16 @@ class BenchError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The Airflow subprocess (dag mode): operators.local_airflow's own run-dag, provisioning relaxed for random weights
+# The Airflow subprocess (dag mode): operators.local_airflow's own run-dag, offline
 
 
 def child_main(argv: list[str]) -> int:
-    """``run-dag DAG_ID CONF OUTCOME`` of ``operators.local_airflow``, with one change: provisioning copies the
-    weights of the points that have them and leaves the others to the runner's random weights."""
+    """``run-dag DAG_ID CONF OUTCOME`` of ``operators.local_airflow``, offline (configs without real weights run on
+    random ones)."""
     sys.path.insert(0, str(ROOT))
-    from operators import deploy, local_airflow
-    from requestflow.board import catalogue, resolve
+    from operators import local_airflow
 
-    refusing = deploy.data_files_for_points
-
-    def data_files_allowing_random(points, data_dir):
-        points = list(points)
-        kept = [p for p in points if p.get("mode", "performance") == "accuracy" or resolve.local_choice(
-            catalogue.get_model(p["model"]), p.get("backend", "tflite"), p.get("precision"), p.get("release"),
-            data=Path(data_dir)) is not None]
-        if len(kept) < len(points):
-            print(f"bench_sweep: {len(points) - len(kept)} of {len(points)} point(s) have no real weights in "
-                  f"{data_dir}: none copied, the runner uses random weights (performance only)", flush=True)
-        return refusing(kept, data_dir)
-
-    deploy.data_files_for_points = data_files_allowing_random
+    os.environ["REQUESTFLOW_OFFLINE"] = "1"  # configs without real weights here: random ones, no download tried
     profile = os.environ.get(PROFILE_ENV)
     if not profile:
         return local_airflow._main(["run-dag", *argv])

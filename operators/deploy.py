@@ -12,9 +12,10 @@ What, in three steps:
 2. ``deploy_runner``: the bundle into ``<work_dir>/runner/<digest>/``: the wheels the board lacks are sent once
    (a content-addressed store, below), a venv is made with the board's Python and the runner installed into it
    with ``pip --no-index`` from those wheels only, then checked. Reused while unchanged: one round trip.
-3. ``push_data``: weights and images into ``<work_dir>/data/`` through the same store, each distinct content sent
-   once. ``data_files_for_points`` says which files a sweep's points need (the registry's resolution, the dataset's
-   image selection: the runner's own code, asked on the controller).
+3. ``push_data``: weights and images into ``<work_dir>/data/`` (downloaded weights into ``<work_dir>/cache/``)
+   through the same store, each distinct content sent once. ``operators.point_data.files_for_points`` says which
+   files a sweep's points need (the registry's resolution, the dataset's image selection: the runner's own code,
+   asked on the controller).
 
 Why a content-addressed store: a new bundle (one source file changed) differs from the last one by the project's
 small wheel only, and two data paths with the same content (or the same weights in two sweeps) are one file: only
@@ -373,9 +374,11 @@ def runner_location(board) -> tuple[str, str]:
 # --- data, on the board ----------------------------------------------------------------------------------------
 
 
-def push_data(board, files: Iterable[tuple[Path, str]], log: Log = print) -> str:
-    """Copy local files to ``<work_dir>/data/<relative path>`` on the board; the board's data dir (absolute), for
-    ``$REQUESTFLOW_DATA``.
+def push_data(board, files: Iterable[tuple[Path, str]], log: Log = print,
+              cache_files: Iterable[tuple[Path, str]] = ()) -> str:
+    """Copy local files to ``<work_dir>/data/<relative path>`` on the board (and ``cache_files`` to
+    ``<work_dir>/cache/<relative path>``, the runner's ``$REQUESTFLOW_CACHE``: downloaded weights); the board's data
+    dir (absolute), for ``$REQUESTFLOW_DATA``.
 
     Each distinct content (sha256) crosses the link once, ever: the board's store says what it holds (one command,
     which also checks what it holds, so that a blob damaged on the board is found, removed and sent again); what is
@@ -383,14 +386,15 @@ def push_data(board, files: Iterable[tuple[Path, str]], log: Log = print) -> str
     hard links to the blobs (copies where the file system cannot link).
     """
     chosen: dict[str, Path] = {}
-    for local, relative in files:
-        relative = _relative(relative)
-        local = Path(local)
-        if not local.is_file():
-            raise UserError(f"push_data: {local} is not a file")
-        if relative in chosen and chosen[relative].resolve() != local.resolve():
-            raise UserError(f"push_data: data/{relative} is given twice ({chosen[relative]} and {local})")
-        chosen[relative] = local
+    for root, pairs in (("data", files), ("cache", cache_files)):
+        for local, relative in pairs:
+            destination = f"{root}/{_relative(relative)}"
+            local = Path(local)
+            if not local.is_file():
+                raise UserError(f"push_data: {local} is not a file")
+            if destination in chosen and chosen[destination].resolve() != local.resolve():
+                raise UserError(f"push_data: {destination} is given twice ({chosen[destination]} and {local})")
+            chosen[destination] = local
     settings = board.settings
     probe = board.run(f"W={_shell_path(settings.work_dir)}; mkdir -p \"$W/blobs/.incoming\" \"$W/data\" && "
                       "cd \"$W\" && pwd", warn=True)
@@ -400,10 +404,10 @@ def push_data(board, files: Iterable[tuple[Path, str]], log: Log = print) -> str
     work = probe.stdout.strip().splitlines()[-1]
     hashes: dict[Path, str] = {}
     entries = []
-    for relative, local in sorted(chosen.items()):
+    for destination, local in sorted(chosen.items()):
         if local not in hashes:
             hashes[local] = _sha256(local)
-        entries.append((local, hashes[local], f"data/{relative}"))
+        entries.append((local, hashes[local], destination))
     transfer = _sync(board, work, entries, log)
     log(f"board {settings.name}: data: {transfer.describe()}")
     return f"{work}/data"
@@ -416,57 +420,6 @@ def _relative(relative: str) -> str:
             or any(c in text for c in "\n\r\0")):
         raise UserError(f"push_data: {relative!r} is not a plain relative path under the data dir")
     return text
-
-
-def data_files_for_points(points: Iterable[dict], data_dir: str | os.PathLike | None) -> list[tuple[Path, str]]:
-    """The files of the controller's data folder that the runner needs for sweep ``points`` (``sweep.plan``), as
-    ``(local path, path relative to the data dir)``, sorted.
-
-    Weights: the shared-data files that the runner's resolution picks first for the point's model, backend,
-    precision and release (``resolve.local_choice``, the runner's own code); none for a point on random weights
-    (``"weights": "random"``, the sweep's weights = random: the runner makes them on the board). Accuracy points
-    add ``val.txt``, ``synset_words.txt`` and the images the runner selects (``dataset.load_dataset``: the first
-    ``limit`` in file name order). A point whose weights the data folder lacks is a UserError naming each such
-    model and precision: on the board it would run on random weights without having asked for them (performance)
-    or fail (accuracy); so is an accuracy point on random weights.
-    """
-    from requestflow.board import catalogue, resolve
-    from requestflow.board.dataset import load_dataset
-
-    if data_dir is None or not Path(data_dir).is_dir():
-        raise UserError(f"no data folder to copy from ({data_dir}): set $REQUESTFLOW_DATA on the controller")
-    data = Path(data_dir)
-    chosen: dict[str, Path] = {}
-    missing: list[str] = []
-    datasets: dict[int | None, object] = {}
-    for point in points:
-        model = catalogue.get_model(point["model"])
-        backend, precision = point.get("backend", "tflite"), point.get("precision")
-        if point.get("weights") == "random":
-            if point.get("mode", "performance") == "accuracy":
-                raise UserError(f"{model.id} {backend} accuracy: accuracy needs real weights, not random ones")
-            continue  # the runner makes them on the board (He-initialised, seeded): no file to copy
-        choice = resolve.local_choice(model, backend, precision, point.get("release"), data=data)
-        if choice is None:
-            what = f"{model.id} {backend} precision {precision or 'any'}"
-            missing.append(what + (f" release {point['release']}" if point.get("release") else ""))
-            continue
-        for path in choice[1]:
-            chosen[path.relative_to(data).as_posix()] = path
-        if point.get("mode", "performance") == "accuracy":
-            limit = point.get("limit")
-            if limit not in datasets:
-                # the runner's default images: <data>/imagenet/val, with val.txt beside it (runner.default_images)
-                datasets[limit] = load_dataset(data / "imagenet" / "val", limit=limit)
-            dataset = datasets[limit]
-            for path in (dataset.val_txt, dataset.val_txt.parent / "synset_words.txt",
-                         *(dataset.images_dir / name for name in dataset.files)):
-                chosen[path.relative_to(data).as_posix()] = path
-    if missing:
-        raise UserError(f"no weights in {data} for: {'; '.join(dict.fromkeys(missing))} (the runner would use "
-                        "random weights): add them to the data folder, choose another precision/release, or sweep "
-                        "performance on random weights explicitly (weights = random)")
-    return [(path, relative) for relative, path in sorted(chosen.items())]
 
 
 # --- the content-addressed store -------------------------------------------------------------------------------

@@ -70,21 +70,19 @@ class ProvisionBoardOperator(BaseOperator):
         self.data_dir = data_dir
 
     def execute(self, context) -> dict:
-        from operators.results_hook import fail_points_on_last_attempt
+        from operators.results_hook import fail_points_on_last_attempt, user_errors_are_final
 
         try:
-            return self._provision(context)
-        except Exception as exc:  # no attempt left: the points fail
+            with user_errors_are_final():
+                return self._provision(context)
+        except Exception as exc:  # no attempt left (or a user error): the points fail
             fail_points_on_last_attempt(self, context, self.points, exc)
             raise
 
     def _provision(self, context) -> dict:
-        import os
-
-        from operators import deploy
+        from operators import deploy, point_data
         from operators.board_hook import LocalBoard
         from operators.results_hook import ResultsHook
-        from requestflow.board.files import shared_data_dir
         from requestflow.results.boards import record_platform
 
         board = board_for(self.board_conn_id)
@@ -105,10 +103,10 @@ class ProvisionBoardOperator(BaseOperator):
                 engine.dispose()
             data = None
             if self.points:
-                source = self.data_dir or os.environ.get("REQUESTFLOW_DATA") or shared_data_dir()
-                files = deploy.data_files_for_points(self.points, source)
-                data = deploy.push_data(board, files, log=self.log.info)
-                self.log.info("board %s: %d data file(s) in %s", name, len(files), data)
+                shipment = point_data.files_for_points(self.points, point_data.controller_data_dir(self.data_dir))
+                data = deploy.push_data(board, shipment.data, log=self.log.info, cache_files=shipment.cache)
+                self.log.info("board %s: %d data file(s) in %s, %d downloaded weights file(s) in its cache", name,
+                              len(shipment.data), data, len(shipment.cache))
             return {"board": name, "python": python, "data_dir": data,
                     "known_board": (snapshot.get("board") or {}).get("id"), "arch": snapshot.get("arch")}
         finally:
@@ -150,6 +148,12 @@ class ClocksOperator(BaseOperator):
         self.results_conn_id = results_conn_id
 
     def execute(self, context) -> dict:
+        from operators.results_hook import user_errors_are_final
+
+        with user_errors_are_final():
+            return self._execute(context)
+
+    def _execute(self, context) -> dict:
         from operators.results_hook import ResultsHook
         from requestflow.results.sweeps import record_sweep_info
 

@@ -6,6 +6,7 @@ embedded PostgreSQL), so a local Airflow needs no set-up. The schema is brought 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import cached_property
 
 from airflow.sdk import BaseHook
@@ -65,6 +66,21 @@ class ResultsHook(BaseHook):
         except Exception as store_error:
             self.log.error("could not store the failure of %d point(s) of board %s: %s", len(points), board,
                            store_error)
+
+
+@contextmanager
+def user_errors_are_final():
+    """A ``UserError`` (bad input: a missing folder, refused params, weights that cannot be had) fails the task at
+    once as ``AirflowFailException``, with the same message: no retry can fix it. Anything else is left to Airflow's
+    retries (an unreachable board, a lost connection, a killed runner)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from requestflow.errors import UserError
+
+    try:
+        yield
+    except UserError as exc:
+        raise AirflowFailException(str(exc)) from exc
 
 
 def fail_points_on_last_attempt(operator, context, points: list[dict] | None, error: BaseException,

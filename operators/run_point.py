@@ -79,11 +79,12 @@ class RunPointOperator(BaseOperator):
         self._stored_document = False
 
     def execute(self, context) -> dict:
-        from operators.results_hook import fail_points_on_last_attempt
+        from operators.results_hook import fail_points_on_last_attempt, user_errors_are_final
 
         dag_id = context["dag"].dag_id if context.get("dag") else None
         try:
-            return self._execute(context, dag_id)
+            with user_errors_are_final():
+                return self._execute(context, dag_id)
         except Exception as exc:  # a point whose failed document was stored needs nothing more
             fail_points_on_last_attempt(self, context, [] if self._stored_document else [self.point], exc,
                                         sweep=self.sweep_id)

@@ -162,6 +162,32 @@ def _refuse_accuracy_on_random_weights(points: list[dict]) -> None:
                          "or weights = registry")
 
 
+def prepare_points(board: str, points: list[dict], context) -> list[dict]:
+    """The plan task's second half: each point's weights and images resolved on the controller
+    (``operators.point_data.prepare``); points that cannot run are stored as refused failures of the sweep (the
+    summary reports them and the verdict fails the run), the others returned. None left: the task fails at once."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from operators import point_data
+    from operators.results_hook import ResultsHook, user_errors_are_final
+
+    with user_errors_are_final():  # e.g. a data folder's file whose sha256 is not the registry's
+        prepared = point_data.prepare(points, point_data.controller_data_dir())
+    for note in prepared.notes:
+        print(f"WARNING: {note}")
+    if prepared.refused:
+        engine = ResultsHook().get_conn()
+        try:
+            dag = context.get("dag")
+            point_data.record_refused(engine, context["run_id"], dag.dag_id if dag else None, board,
+                                      prepared.refused)
+        finally:
+            engine.dispose()
+    if not prepared.points:
+        raise AirflowFailException(f"board {board}: every point was refused: {prepared.refused[0][1]}")
+    return prepared.points
+
+
 def retry_delay_s() -> float:
     """Seconds between a task's attempts: 30, or $REQUESTFLOW_RETRY_DELAY_S (the tests' farm faults use 1)."""
     return float(os.environ.get("REQUESTFLOW_RETRY_DELAY_S", "30"))
@@ -194,7 +220,7 @@ def build(dag_id: str, schedule, defaults: dict | None, doc: str, tags: list[str
                         raise AirflowSkipException(f"board {board} is not part of this sweep")
                     if context["params"]["dry_run"]:
                         raise AirflowSkipException(f"dry run: {len(points)} point(s) listed, none run")
-                    return points
+                    return prepare_points(board, points, context)
 
                 points = plan_points()
                 provision = ProvisionBoardOperator(task_id="provision", board_conn_id=board, points=points,
@@ -281,8 +307,8 @@ def summarize(context) -> dict:
         counts, bad = {}, []
         for board in inventory():
             planned = ti.xcom_pull(task_ids=f"board_{board}.plan") or []
-            if not planned:
-                continue
+            if not planned and board not in tally:  # not part of the sweep (a board whose every point was
+                continue                            # refused has them stored: they are counted below)
             runs = ti.xcom_pull(task_ids=f"board_{board}.run") or []
             runs = [runs] if isinstance(runs, dict) else list(runs)
             already = {r["point"] for r in runs if r and r.get("status") == "already stored"}

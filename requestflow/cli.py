@@ -96,9 +96,32 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
     classify = sub.add_parser("classify", help="top-5 classes of images, with class names")
-    classify.add_argument("images", nargs="+", metavar="IMAGE")
+    classify.add_argument("images", nargs="*", metavar="IMAGE",
+                          help="default: the sample images (the shared data's, else one that matplotlib ships)")
     _add_weights_arguments(classify)
     classify.add_argument("--synset-words", help="class names (default: the shared data's synset_words.txt)")
+
+    dataset = sub.add_parser("dataset", help="ImageNet validation images for accuracy: import them into "
+                                             "requestflow's data folder, check them, say where they are")
+    dataset_actions = dataset.add_subparsers(dest="dataset_action", metavar="ACTION", required=True,
+                                             parser_class=_Parser)
+    dataset_import = dataset_actions.add_parser(
+        "import", help="ILSVRC2012_img_val.tar (or a folder of its JPEGs) and its ground truth, checked, into the "
+                       "data folder in one step")
+    dataset_import.add_argument("source", metavar="SOURCE", help="ILSVRC2012_img_val.tar or a folder of its JPEGs")
+    dataset_import.add_argument("--val-txt", help="ground truth: FILE CLASS per line, CLASS 0-based (caffe_ilsvrc12)")
+    dataset_import.add_argument("--synset-words", help="class names, line i = class i (caffe_ilsvrc12)")
+    dataset_import.add_argument("--labels", metavar="ARCHIVE",
+                                help="caffe_ilsvrc12.tar.gz, holding val.txt and synset_words.txt")
+    dataset_import.add_argument("--data", help="the data folder (default: $REQUESTFLOW_DATA, else requestflow's "
+                                               "own: $XDG_DATA_HOME/requestflow or ~/.local/share/requestflow)")
+    dataset_import.add_argument("--partial", action="store_true",
+                                help="accept fewer than the 50,000 validation images (a subset)")
+    dataset_import.add_argument("--replace", action="store_true", help="replace images imported before")
+    for name, text in (("check", "recompute the sha256 of every imported file against its SHA256SUMS"),
+                       ("where", "the data folder accuracy points use, and what it holds")):
+        action = dataset_actions.add_parser(name, help=text)
+        action.add_argument("--data", help="the data folder (default: as for import)")
 
     imp = sub.add_parser("import-weights", help="convert real weights into the canonical per-layer format")
     imp.add_argument("sources", nargs="+", metavar="SOURCE")
@@ -384,6 +407,10 @@ def cmd_classify(args, argv) -> int:
     from requestflow.board.runner import top_k
 
     model = catalogue.get_model(args.model)
+    if not args.images:
+        args.images = [str(p) for p in sample_images()]
+        if not args.images:
+            raise UserError("no images given, and no sample images here (the shared data's, or matplotlib's)")
     for image in args.images:
         if not os.path.isfile(image):
             raise UserError(f"image {image} does not exist")
@@ -412,6 +439,63 @@ def cmd_classify(args, argv) -> int:
             label = names[c].split(",")[0] if names else f"class {c}"
             print(f"  {scores[0, c]:.4f} - \"{label}\" ({c})")
     return 0
+
+
+def _dataset_folder(args) -> Path:
+    from requestflow.board.files import user_data_dir
+
+    return Path(args.data or os.environ.get("REQUESTFLOW_DATA") or user_data_dir())
+
+
+def cmd_dataset(args, argv) -> int:
+    from requestflow.board import imagenet_import
+
+    data = _dataset_folder(args)
+    if args.dataset_action == "import":
+        imported = imagenet_import.import_validation_set(
+            args.source, data, val_txt=args.val_txt, synset_words=args.synset_words, labels=args.labels,
+            partial=args.partial, replace=args.replace, log=lambda line: print(line, flush=True))
+        print(f"imported {imported.describe()}; accuracy points use them"
+              + ("" if args.data is None and not os.environ.get("REQUESTFLOW_DATA") else
+                 f" when $REQUESTFLOW_DATA={data}"))
+        return 0
+    if args.dataset_action == "check":
+        bad = imagenet_import.check_imported(data)
+        if bad:
+            print(f"{len(bad)} file(s) of {data / 'imagenet'} differ from SHA256SUMS or are missing: "
+                  + ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
+            return 1
+        print(f"{data / 'imagenet'}: every file matches SHA256SUMS")
+        return 0
+    from requestflow.board.files import shared_data_dir
+
+    used = Path(args.data) if args.data else shared_data_dir()
+    images = used / "imagenet" / "val" if used else None
+    if images is None or not images.is_dir():
+        print(f"no ImageNet validation images (data folder: {used or 'none'}); add them with `requestflow dataset "
+              f"import ILSVRC2012_img_val.tar --labels caffe_ilsvrc12.tar.gz` (into {_dataset_folder(args)})")
+        return 1
+    count = sum(1 for _ in images.glob("ILSVRC2012_val_*.JPEG"))
+    print(f"{used}: {count:,} validation image(s) in {images}")
+    return 0
+
+
+def sample_images() -> list[Path]:
+    """Images to classify when none are named: the shared data's samples, else the photograph matplotlib ships
+    (Grace Hopper in uniform, a US Navy photograph in the public domain; ImageNet class 652, military uniform)."""
+    from requestflow.board.files import shared_data_dir
+
+    data = shared_data_dir()
+    if data and (data / "samples").is_dir():
+        found = sorted(p for p in (data / "samples").iterdir() if p.suffix.lower() in (".bmp", ".jpg", ".jpeg"))
+        if found:
+            return found
+    try:
+        from matplotlib import cbook
+    except ImportError:
+        return []
+    path = Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    return [path] if path.is_file() else []
 
 
 def cmd_import_weights(args, argv) -> int:
@@ -445,7 +529,7 @@ def cmd_models(args, argv) -> int:
         return 0
     print(f"{'model':24} {'MMACs':>7} {'Mparams':>8} {'top-1*':>6}  weights here")
     for row in rows:
-        here = ", ".join(f"{r} ({how})" for r, how in row["weights"].items()) or "-  (downloadable)"
+        here = ", ".join(f"{r} ({how})" for r, how in row["weights"].items()) or "-  (none here: downloaded on use)"
         print(f"{row['id']:24} {row['macs'] / 1e6:7.1f} {row['params'] / 1e6:8.3f} "
               f"{row['published']['top1']:6.3f}  {here}")
     print("\n* TF-slim's published top-1 (2018_02_22 float, 50,000 images). Releases: "
@@ -790,7 +874,8 @@ def cmd_sweep(args, argv) -> int:
     columns, rows = read_only(
         engine, "SELECT board, model, backend, variant_label AS variant, precision, threads, "
                 "round((latency_median_s * 1000)::numeric, 3) AS median_ms, round(throughput_ips::numeric, 1) AS "
-                "images_per_s, top1, top5, image_count, accuracy_check FROM scoreboard WHERE sweep = %(run)s "
+                "images_per_s, top1, top5, image_count, accuracy_check, random_weights FROM scoreboard "
+                "WHERE sweep = %(run)s "
                 "ORDER BY board, model, backend, variant_label, precision, threads", {"run": run_id})
     print(f"\nsweep {run_id} on board {args.board}, from the results store:")
     print(render(columns, rows, "table"))
@@ -881,7 +966,8 @@ def cmd_airflow_env(args, argv) -> int:
 
 
 COMMANDS = {
-    "run": cmd_run, "classify": cmd_classify, "import-weights": cmd_import_weights, "models": cmd_models,
+    "run": cmd_run, "classify": cmd_classify, "dataset": cmd_dataset, "import-weights": cmd_import_weights,
+    "models": cmd_models,
     "validate": cmd_validate, "db": cmd_db, "load": cmd_load, "scoreboard": cmd_scoreboard, "sql": cmd_sql,
     "board": cmd_board, "plot": cmd_plot, "import-reference": cmd_import_reference, "diff": cmd_diff,
     "regressions": cmd_regressions,

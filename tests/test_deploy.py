@@ -27,12 +27,12 @@ from operators.deploy import (
     Bundle,
     DeployError,
     build_bundle,
-    data_files_for_points,
     deploy_runner,
     push_data,
     runner_python,
     source_digest,
 )
+from operators.point_data import files_for_points
 from requestflow.errors import UserError
 from tests.farm import farm_fixture
 
@@ -236,64 +236,6 @@ class TestBundle:
             build_bundle("riscv64", tmp_path)
 
 
-# --- which data a sweep's points need -----------------------------------------------------------------------------
-
-
-class TestDataFilesForPoints:
-    def test_a_performance_point_needs_its_weights_only(self, data_dir):
-        files = data_files_for_points([{"model": MODEL, "backend": "tflite", "mode": "performance",
-                                        "precision": "uint8"}], data_dir)
-        assert files == [(data_dir / "models/mobilenet_v1_0.25_128_quant.tflite",
-                          "models/mobilenet_v1_0.25_128_quant.tflite")]
-
-    def test_an_accuracy_point_adds_the_ground_truth_and_the_first_images(self, data_dir):
-        points = [{"model": MODEL, "backend": "tflite", "mode": "performance"},
-                  {"model": MODEL, "backend": "tflite", "mode": "accuracy", "limit": 5}]
-        relative = [r for _path, r in data_files_for_points(points, data_dir)]
-        first = sorted(p.name for p in (data_dir / "imagenet/val").glob("ILSVRC2012_val_*.JPEG"))[:5]
-        assert relative == sorted(["models/mobilenet_v1_0.25_128_quant.tflite", "imagenet/val.txt",
-                                   "imagenet/synset_words.txt", *(f"imagenet/val/{n}" for n in first)])
-
-    def test_weights_in_two_pieces_and_float_weights_for_tf(self, data_dir):
-        relative = [r for _p, r in data_files_for_points(
-            [{"model": "mobilenet-v1-1.0-224", "backend": "tflite", "mode": "performance"},
-             {"model": "mobilenet-v1-0.25-224", "backend": "tf", "mode": "performance"}], data_dir)]
-        assert relative == ["models/mobilenet_quant_v1_224_head_layers.tflite", "models/mobilenet_v1_0.25_224.h5",
-                            "models/mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"]
-
-    def test_weights_missing_from_the_data_folder_are_named(self, data_dir):
-        with pytest.raises(UserError, match=r"mobilenet-v1-0\.5-160 tflite precision fp32.*random weights"):
-            data_files_for_points([{"model": MODEL, "backend": "tflite", "mode": "performance"},
-                                   {"model": "mobilenet-v1-0.5-160", "backend": "tflite", "mode": "performance",
-                                    "precision": "fp32"}], data_dir)
-
-    def test_no_data_folder_is_refused(self):
-        with pytest.raises(UserError, match="no data folder"):
-            data_files_for_points([{"model": MODEL}], None)
-
-    def test_points_on_random_weights_need_no_file_even_without_real_weights(self, data_dir):
-        """weights = random: the runner makes the weights on the board; the configs without real weights in the
-        data folder (0.75 x 160 here) are no longer refused, and a real-weights point beside them still gets its
-        file."""
-        assert not list((data_dir / "models").glob("mobilenet_v1_0.75_160*"))  # no real weights for this one
-        random = [{"model": m, "backend": b, "mode": "performance", "weights": "random"}
-                  for m in ("mobilenet-v1-0.75-160", MODEL) for b in ("tflite", "tf")]
-        assert data_files_for_points(random, data_dir) == []
-        real = {"model": MODEL, "backend": "tflite", "mode": "performance"}
-        assert [r for _p, r in data_files_for_points([*random, real], data_dir)] == [
-            "models/mobilenet_v1_0.25_128_quant.tflite"]
-
-    def test_an_accuracy_point_on_random_weights_is_refused(self, data_dir):
-        with pytest.raises(UserError, match=r"mobilenet-v1-0\.75-160 tflite accuracy: accuracy needs real weights"):
-            data_files_for_points([{"model": "mobilenet-v1-0.75-160", "backend": "tflite", "mode": "accuracy",
-                                    "limit": 5, "weights": "random"}], data_dir)
-
-    def test_the_refusal_of_missing_weights_says_how_to_sweep_on_random_ones(self, data_dir):
-        with pytest.raises(UserError, match=r"mobilenet-v1-0\.75-160 tflite precision any.*weights = random"):
-            data_files_for_points([{"model": "mobilenet-v1-0.75-160", "backend": "tflite", "mode": "performance"}],
-                                  data_dir)
-
-
 # --- the runner on the boards ------------------------------------------------------------------------------------
 
 
@@ -424,7 +366,7 @@ class TestPointsOnTheBoard:
         points = [{"model": MODEL, "backend": "tflite", "mode": "performance", "precision": "uint8",
                    "repetitions": 2, "warmup": 1},
                   {"model": MODEL, "backend": "tflite", "mode": "accuracy", "precision": "uint8", "limit": 5}]
-        files = data_files_for_points(points, data_dir)
+        files = files_for_points(points, data_dir).data
         hook = BoardHook(settings=settings_for(board))
         try:
             started = time.monotonic()
@@ -452,8 +394,8 @@ class TestPointsOnTheBoard:
         assert Path(work, "cache", "preprocessed").is_dir()  # its cache is in the work dir too
 
     def test_pushing_the_same_data_again_sends_nothing(self, farm, deployed, data_dir):
-        files = data_files_for_points([{"model": MODEL, "backend": "tflite", "mode": "accuracy", "limit": 5}],
-                                      data_dir)
+        files = files_for_points([{"model": MODEL, "backend": "tflite", "mode": "accuracy", "limit": 5}],
+                                 data_dir).data
         board = Recorder(BoardHook(settings=settings_for(farm.boards[0])))
         try:
             push_data(board, files, log=lambda line: None)

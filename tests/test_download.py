@@ -6,7 +6,6 @@ Everything is served from a local ``http.server`` on 127.0.0.1: no test needs th
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 import shutil
@@ -31,6 +30,7 @@ from requestflow.board.download import (
 )
 from requestflow.board.files import sha256_file
 from requestflow.errors import UserError
+from tests.served import make_tar
 
 PAYLOAD = b"official weights, or something that stands in for them\n" * 1000
 QUANT_TFLITE = "mobilenet_v1_0.25_128_quant.tflite"
@@ -43,13 +43,7 @@ def sha256_bytes(data: bytes) -> str:
 
 def make_tgz(path: Path, members: dict[str, bytes]) -> Path:
     """A .tgz whose members are named exactly as given (no normalisation by tarfile)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
+    return make_tar(path, members, "w:gz")
 
 
 def files_under(folder: Path) -> list[Path]:

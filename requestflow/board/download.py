@@ -4,6 +4,11 @@ A URL's sha256 is pinned in the committed lock file ``requestflow/board/weights.
 that is not pinned there is downloaded once, its sha256 recorded (trust on first use) in the lock file that can
 be written — the committed one in a source checkout, else ``<cache>/weights.lock.json`` — and verified on every
 later use. A file whose sha256 differs from the lock is refused and not kept.
+
+A lab without internet access, or with its own copies, sets ``$REQUESTFLOW_WEIGHTS_MIRROR`` to a base URL (or a
+folder) holding the official files under their own names: each file is then fetched from
+``<mirror>/<file name>``, while the cache, the lock and every result keep the official URL (the mirror only
+changes where the bytes come from, and the lock still verifies them).
 """
 
 from __future__ import annotations
@@ -81,6 +86,17 @@ def cached_download_path(url: str) -> Path:
     return cache_dir("downloads", hashlib.sha256(url.encode()).hexdigest()[:16]) / name
 
 
+def source_url(url: str) -> str:
+    """Where ``url``'s bytes are fetched from: the official URL, or its file name under
+    ``$REQUESTFLOW_WEIGHTS_MIRROR`` (a URL or a folder)."""
+    mirror = os.environ.get("REQUESTFLOW_WEIGHTS_MIRROR", "").strip()
+    if not mirror:
+        return url
+    if "://" not in mirror:
+        mirror = Path(mirror).resolve().as_uri()
+    return f"{mirror.rstrip('/')}/{url.rstrip('/').rsplit('/', 1)[-1]}"
+
+
 def fetch(url: str, sha256: str | None = None, progress: bool = True) -> Path:
     """The local path of ``url``'s file, downloading it once. Verified against ``sha256`` or the lock."""
     expected = sha256 or pinned_sha256(url)
@@ -95,7 +111,8 @@ def fetch(url: str, sha256: str | None = None, progress: bool = True) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response:
+        source = source_url(url)
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(source, timeout=_TIMEOUT_S) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             bar = show_progress(total=total, description=f"download {target.name}", enabled=progress, unit="B",
                                 unit_scale=True)
@@ -109,7 +126,8 @@ def fetch(url: str, sha256: str | None = None, progress: bool = True) -> Path:
             raise UserError(f"sha256 mismatch for {url}: got {actual}, expected {expected}; the file was not kept")
         os.replace(tmp, target)
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise DownloadError(f"cannot download {url}: {getattr(exc, 'reason', exc)}") from None
+        where = url if source_url(url) == url else f"{url} (from the mirror {source_url(url)})"
+        raise DownloadError(f"cannot download {where}: {getattr(exc, 'reason', exc)}") from None
     finally:
         Path(tmp).unlink(missing_ok=True)
     if expected is None:

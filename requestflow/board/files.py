@@ -67,9 +67,18 @@ def progress(iterable=None, *, total: int | None = None, description: str, enabl
                 **options)
 
 
+def user_data_dir() -> Path:
+    """requestflow's own data folder, for a machine without the shared one: ``$XDG_DATA_HOME/requestflow`` (else
+    ``~/.local/share/requestflow``). ``requestflow dataset import`` puts ImageNet validation images there, laid out
+    as in the shared folder (``imagenet/val/``, ``imagenet/val.txt``, ``imagenet/synset_words.txt``)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(base, "requestflow")
+
+
 def shared_data_dir() -> Path | None:
-    """The read-only data folder (real weights, ImageNet images): ``$REQUESTFLOW_DATA``, else the first
-    ``shared/data`` found beside the current folder or the source checkout, walking up. None when absent."""
+    """The data folder (real weights, ImageNet images): ``$REQUESTFLOW_DATA``; else the first ``shared/data`` found
+    beside the current folder or the source checkout, walking up; else requestflow's own data folder
+    (``user_data_dir``) once something was imported into it. None when there is none."""
     env = os.environ.get("REQUESTFLOW_DATA")
     if env:
         return Path(env) if Path(env).is_dir() else None
@@ -79,4 +88,5 @@ def shared_data_dir() -> Path | None:
             candidate = folder / "shared" / "data"
             if (candidate / "README.md").is_file():
                 return candidate
-    return None
+    own = user_data_dir()
+    return own if (own / "imagenet").is_dir() else None

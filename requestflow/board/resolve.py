@@ -26,6 +26,14 @@ REGISTRY_PATH = Path(__file__).with_name("registry.json")
 REGISTRY_VERSION = 1
 
 
+class WeightsUnavailable(UserError):
+    """No real weights for a model here: none on disk, and none downloadable. ``reason``: the first problem met."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 def load_registry() -> dict:
     registry = json.loads(REGISTRY_PATH.read_text())
     if registry.get("registry_version") != REGISTRY_VERSION:
@@ -209,10 +217,13 @@ def local_choice(model: ModelConfig, backend: str, precision: str | None = None,
 
 
 def resolve(model: ModelConfig, backend: str, precision: str | None = None, release: str | None = None,
-            allow_download: bool = True, allow_random: bool = False) -> ResolvedWeights:
-    """The registry's weights for ``model``: on disk first, then downloaded, then (if allowed) random."""
+            allow_download: bool = True, allow_random: bool = False, data: Path | None = None,
+            data_folder: bool = True) -> ResolvedWeights:
+    """The registry's weights for ``model``: on disk first (the data folder ``data``, default
+    ``shared_data_dir()``, unless ``data_folder`` is false; then the download cache), then downloaded, then (if
+    allowed) random. Without any: ``WeightsUnavailable``."""
     order = candidate_releases(backend, precision, release)
-    local = local_choice(model, backend, precision, release)
+    local = local_choice(model, backend, precision, release, data) if data_folder else None
     if local:
         return ResolvedWeights(local[1], releases()[local[0]]["format"], local[0], "local")
     for rel in order:
@@ -234,5 +245,5 @@ def resolve(model: ModelConfig, backend: str, precision: str | None = None, rele
         print(f"requestflow: WARNING: no real weights for {model.id} ({problems[0]}); using RANDOMLY INITIALISED "
               "weights, labelled random: performance only, no accuracy", file=sys.stderr)
         return random_resolved(model)
-    raise UserError(f"no weights for {model.id} (releases tried: {', '.join(order)}; {problems[0]}); "
-                    "pass --weights FILE, or put the shared data folder in $REQUESTFLOW_DATA")
+    raise WeightsUnavailable(f"no weights for {model.id} (releases tried: {', '.join(order)}; {problems[0]}); "
+                             "pass --weights FILE, or put the shared data folder in $REQUESTFLOW_DATA", problems[0])
