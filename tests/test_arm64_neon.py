@@ -125,7 +125,9 @@ class TestDebiansBinaries:
         lines = []
         debs = arm64.fetch_debs(tmp_path, log=lines.append)
         path = Path(debs[0]["path"])
-        path.write_bytes(path.read_bytes()[:-1] + b"\0")
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
         lines.clear()
         again = arm64.fetch_debs(tmp_path, log=lines.append)
         assert any("damaged in the cache" in line for line in lines), lines
