@@ -530,9 +530,16 @@ class TestTheCommands:
 
 class TestSpeed:
     def test_a_50000_prediction_document_exports_and_imports_in_seconds(self, documents, target, tmp_path):
+        """Export and import each take at most 10 s, or 15x a bare COPY of the same 50,000 rows (psycopg alone, no
+        requestflow code) timed just before, when this machine is so busy that the COPY took over 0.67 s: a busy
+        machine slows the bare COPY and the archive alike, while an export or import that stopped working in bulk
+        would take many times the COPY's time. Measured on 2 cores beside other test suites: COPY 0.47-0.62 s,
+        export 1.2-2.0 s, import 2.5-3.0 s; with a busy loop on one core as well: COPY 1.05-1.47 s, export
+        1.8-3.6 s, import 5.0-7.6 s, three quarters of the fixed 10 s: too thin a margin on a busier machine."""
         document = blown_up(documents["acc_tflite"], 50_000)
         with throwaway_database() as url:
             engine = engine_of(url)
+            reference = bare_copy_seconds(engine, document)
             load_documents(engine, [("big", document)], "big-board")
             start = time.perf_counter()
             export(engine, tmp_path / "big.zip")
@@ -541,12 +548,31 @@ class TestSpeed:
         start = time.perf_counter()
         report = import_archive(target[0], tmp_path / "big.zip")
         imported = time.perf_counter() - start
-        print(f"50,000 predictions: export {exported:.2f} s, import {imported:.2f} s, "
+        print(f"50,000 predictions: bare COPY {reference:.2f} s, export {exported:.2f} s, import {imported:.2f} s, "
               f"{(tmp_path / 'big.zip').stat().st_size / 1e6:.1f} MB")
         assert report.loaded == 1 and counts(target[0])["predictions"] == 50_000
         sha = sha256_of({"board": "big-board", "document": document})
         assert json.loads(members(tmp_path / "big.zip")[f"documents/{sha}.json"]) == document
-        assert exported < 10 and imported < 10
+        limit = max(10.0, 15 * reference)
+        assert exported < limit and imported < limit, f"export {exported:.2f} s, import {imported:.2f} s, " \
+                                                      f"limit {limit:.1f} s (bare COPY {reference:.2f} s)"
+
+
+def bare_copy_seconds(engine, document: dict) -> float:
+    """How long a bare COPY of ``document``'s predictions into a temporary table takes (psycopg alone): how fast
+    this machine and its PostgreSQL server are right now."""
+    rows = [(p["file"], p["label"], [c for c, _ in p["top5"]], [s for _, s in p["top5"]])
+            for p in document["predictions"]]
+    with engine.connect() as connection:
+        cursor = connection.connection.driver_connection.cursor()
+        cursor.execute("CREATE TEMPORARY TABLE reference (image text, label int2, top5 int2[], scores float4[])")
+        start = time.perf_counter()
+        with cursor.copy("COPY reference FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        elapsed = time.perf_counter() - start
+        connection.rollback()
+    return elapsed
 
 
 def blown_up(template: dict, images: int) -> dict:
