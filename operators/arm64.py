@@ -424,6 +424,7 @@ PYTHON_SUITE = "bookworm"  # CPython 3.11, the version requestflow's pins are ma
 PYTHON_PACKAGES = ("python3.11", "libstdc++6", "ca-certificates")
 RUNNER_PACKAGES = ("numpy", "pillow", "tqdm", "h5py", "ai-edge-litert")  # the board side, without tensorflow
 AARCH64_PINS = {"ai-edge-litert": "1.4.0"}  # the newest for aarch64 CPython 3.11 (pyproject.toml)
+AARCH64_TENSORFLOW = "2.20.0"  # likewise; imports in 13 s under qemu-user here
 # pip takes a wheel only when one of its tags is listed: manylinux2014 alone misses manylinux_2_27/2_28 wheels
 # (numpy, pillow) and ai-edge-litert 1.4.0 was "not found" with it alone (issue #15); glibc 2.36 (bookworm) runs
 # wheels up to manylinux_2_36, 2.28 is the newest any of these needs
@@ -514,26 +515,28 @@ def _made_once(cache_dir, kind: str, spec: dict, record_name: str, check: Callab
         return key, folder, record, False
 
 
-def runner_site(cache_dir: str | os.PathLike | None = None, *, log: Log = print) -> Path:
+def runner_site(cache_dir: str | os.PathLike | None = None, *, tensorflow: bool = False, log: Log = print) -> Path:
     """A ``site-packages`` folder of the runner's dependencies for aarch64 CPython 3.11 (``RUNNER_PACKAGES`` at
-    the versions of ``requirements/constraints-x86_64.txt``, ai-edge-litert at ``AARCH64_PINS``), to put on the
-    arm64 Python's ``PYTHONPATH``. The wheels are downloaded once with every manylinux tag of ``PLATFORM_TAGS``; the
+    the versions of ``requirements/constraints-x86_64.txt``, ai-edge-litert at ``AARCH64_PINS``; with
+    ``tensorflow``, also tensorflow ``AARCH64_TENSORFLOW``: 1.6 GB, a site of its own), to put on the arm64
+    Python's ``PYTHONPATH``. The wheels are downloaded once with every manylinux tag of ``PLATFORM_TAGS``; the
     sha256 of each is recorded on its first download (trust on first use, as ``weights.lock.json``) and checked on
     every use: a damaged wheel is downloaded again and must match its record, and a damaged site is installed
     again from the wheels."""
     from operators.deploy import file_lock
-    from operators.sweep import ROOT
+    checkout = Path(__file__).resolve().parents[1]
+    constraints = [line.strip() for line in (checkout / "requirements/constraints-x86_64.txt").read_text()
+                   .splitlines() if line.strip() and not line.startswith("#")]
 
-    constraints = [line.strip() for line in (ROOT / "requirements/constraints-x86_64.txt").read_text().splitlines()
-                   if line.strip() and not line.startswith("#")]
     def name(line: str) -> str:
         return re.split(r"[=<>!~ ;\[]", line, maxsplit=1)[0].lower().replace("_", "-")
 
-    left_out = set(AARCH64_PINS) | {"tensorflow", "tensorflow-cpu"}  # tensorflow: not part of this runner
+    left_out = set(AARCH64_PINS) | {"tensorflow", "tensorflow-cpu"}  # x86's tensorflow-cpu 2.21 has no aarch64
     pins = sorted([line for line in constraints if name(line) not in left_out]
-                  + [f"{package}=={version}" for package, version in AARCH64_PINS.items()])
-    spec = {"format": 1, "packages": list(RUNNER_PACKAGES), "pins": pins, "tags": list(PLATFORM_TAGS),
-            "python": "3.11"}
+                  + [f"{package}=={version}" for package, version in AARCH64_PINS.items()]
+                  + ([f"tensorflow=={AARCH64_TENSORFLOW}"] if tensorflow else []))
+    packages = [*RUNNER_PACKAGES, *(["tensorflow"] if tensorflow else [])]
+    spec = {"format": 1, "packages": packages, "pins": pins, "tags": list(PLATFORM_TAGS), "python": "3.11"}
     key = _key(spec)[:16]
     root = cache_root(cache_dir) / "sites"
     root.mkdir(parents=True, exist_ok=True)
@@ -553,7 +556,7 @@ def runner_site(cache_dir: str | os.PathLike | None = None, *, log: Log = print)
         started = time.monotonic()
         pip = [sys.executable, "-m", "pip"]
         _run([*pip, "download", "-q", *target, "-c", str(folder / "constraints.txt"), "-d", str(folder / "wheels"),
-              *RUNNER_PACKAGES], "pip download (aarch64 wheels)")
+              *packages], "pip download (aarch64 wheels)")
         found = {p.name: _sha(p) for p in sorted((folder / "wheels").glob("*.whl"))}
         recorded = json.loads((folder / "wheels.json").read_text()) if (folder / "wheels.json").is_file() else {}
         changed = [name for name, digest in found.items() if name in recorded and recorded[name] != digest]
@@ -565,7 +568,7 @@ def runner_site(cache_dir: str | os.PathLike | None = None, *, log: Log = print)
         (folder / "site.json").unlink(missing_ok=True)
         shutil.rmtree(site, ignore_errors=True)
         _run([*pip, "install", "-q", "--no-index", "--find-links", str(folder / "wheels"), "--target", str(site),
-              *target, "-c", str(folder / "constraints.txt"), *RUNNER_PACKAGES], "pip install --target (aarch64)")
+              *target, "-c", str(folder / "constraints.txt"), *packages], "pip install --target (aarch64)")
         (folder / "manifest.json").write_text(json.dumps(_manifest(site), sort_keys=True) + "\n")
         record = {**spec, "key": key, "wheels": found, "seconds": round(time.monotonic() - started, 1)}
         (folder / "site.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")

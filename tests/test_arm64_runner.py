@@ -125,3 +125,25 @@ def test_a_damaged_userland_or_wheel_is_made_again(arm64, tmp_path):
     from requestflow.board.files import sha256_file
 
     assert sha256_file(wheel) == recorded[wheel.name]
+
+
+def test_tensorflow_2_20_on_arm64_gives_x86_tfs_top1(arm64, userland, site, models_dir, tmp_path):
+    """tf itself as aarch64 code (issue #15 asked whether it can): TensorFlow 2.20.0's aarch64 wheel (the newest for
+    CPython 3.11) imports in about 13 s under qemu-user here and classifies like x86's TensorFlow 2.21."""
+    images = 8
+    with_tf = arm64.runner_site(ARM64_CACHE, tensorflow=True, log=lambda line: None)
+    out = tmp_path / "tf.json"
+    result = aarch64_runner(userland, with_tf, "run", "--model", "mobilenet-v1-0.25-224", "--backend", "tf", "--mode",
+                            "accuracy", "--limit", str(images), "--weights",
+                            str(models_dir / "mobilenet_v1_0.25_224.h5"), "--quiet", "--out", str(out),
+                            cache=tmp_path / "cache", timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    arm = json.loads(out.read_text())
+    validate_document(arm)
+    x86 = run(RunConfig(model="mobilenet-v1-0.25-224", backend="tf", mode="accuracy", limit=images, progress=False,
+                        weights=[str(models_dir / "mobilenet_v1_0.25_224.h5")]))
+    assert arm["context"]["backend"]["version"] == "2.20.0" and arm["machine"]["arch"] == "aarch64"
+    assert arm["machine"]["emulated"]["python_arch"] == "aarch64"
+    top = [[p["top5"][0] for p in d["predictions"]] for d in (arm, x86)]
+    assert [c for c, _ in top[0]] == [c for c, _ in top[1]]
+    assert max(abs(a[1] - b[1]) for a, b in zip(*top, strict=True)) < 1e-4
