@@ -59,6 +59,9 @@ ensure_venv() {
     if [ -f "$CONSTRAINTS" ]; then pins=(-c "$CONSTRAINTS"); else log "no pins for $ARCH: resolving unpinned"; fi
     log "pip install requestflow[dev,opencl,results,controller] (TensorFlow is a large download the first time)"
     "$VENV/bin/python" -m pip install -q "${pins[@]}" -e "$ROOT[dev,opencl,results,controller]"
+    # the checkout on the venv's path: the controller's packages (operators/, dags/) beside the installed library,
+    # whose CLI finds the controller's commands through entry points (ADR 0007)
+    "$VENV/bin/python" -c 'import site, sys; open(site.getsitepackages()[0] + "/requestflow-checkout.pth", "w").write(sys.argv[1] + "\n")' "$ROOT"
     echo "$stamp_want" > "$VENV/.requestflow-stamp"
 }
 

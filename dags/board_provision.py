@@ -10,9 +10,9 @@ import pendulum
 from airflow.sdk import DAG, Param, TaskGroup, task
 from airflow.sdk.exceptions import AirflowSkipException
 
-from operators.armcl import ArmclBuildOperator, configured_builds
+from operators.armcl import ArmclBuildOperator, checked_builds
+from operators.config import inventory, pool_name, retry_delay_s
 from operators.provision import ClocksOperator, ProvisionBoardOperator
-from operators.sweep import inventory, pool_name, retry_delay_s
 
 DOC = """
 ### Provision boards
@@ -25,7 +25,7 @@ provenance lands in the results store, `library_builds`). Boards run in parallel
 """
 
 BOARDS = inventory()
-ARMCL_BUILDS = configured_builds()  # specs checked at parse time
+ARMCL_BUILDS = checked_builds()  # specs checked at parse time
 
 with DAG(dag_id="board_provision", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
          catchup=False, tags=["requestflow", "provisioning"], doc_md=DOC,

@@ -1,10 +1,9 @@
 """Airflow DAG mobilenets_nightly: the sweep on a schedule, configured by config/nightly.json (in the repo)."""
 
-import json
+from operators.config import nightly
+from operators.sweep import build
 
-from operators.sweep import ROOT, build
-
-CONFIG = json.loads((ROOT / "config" / "nightly.json").read_text())
+CONFIG = nightly()
 DOC = f"""
 ### Nightly MobileNets-v1 sweep
 Schedule `{CONFIG['schedule']}`, settings from `config/nightly.json`. Same tasks as `mobilenets_sweep`.

@@ -1,6 +1,6 @@
 """Airflow DAG regression_check: after every sweep, its results against each point's own history.
 
-Scheduled on the asset that every sweep's ``summary`` task updates (``operators.sweep.RESULTS_ASSET``): each
+Scheduled on the asset that every sweep's ``summary`` task updates (``operators.config.RESULTS_ASSET``): each
 update starts a run, which checks the sweep(s) whose events triggered it. One run at a time, so that sweeps are
 checked in the order they finished.
 """
@@ -8,8 +8,8 @@ checked in the order they finished.
 import pendulum
 from airflow.sdk import DAG, Asset, Param
 
+from operators.config import RESULTS_ASSET, retry_delay_s
 from operators.regressions import RegressionCheckOperator
-from operators.sweep import RESULTS_ASSET, retry_delay_s
 from requestflow.results.regressions import DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, DEFAULT_WINDOW
 
 DOC = f"""

@@ -761,12 +761,12 @@ def _read_result(board, remote: str) -> dict | None:
             return None
 
 
-def configured_builds() -> dict[str, dict]:
+def checked_builds() -> dict[str, dict]:
     """The ArmCL builds of ``config/armcl.json`` (name -> spec), each spec checked (a bad option fails the DAG's
     parse with its name)."""
-    from operators.sweep import ROOT
+    from operators.config import configured_builds
 
-    builds = json.loads((ROOT / "config" / "armcl.json").read_text())["builds"]
+    builds = configured_builds()
     for name, spec in builds.items():
         try:
             ArmclSpec.from_value(spec)

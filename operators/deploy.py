@@ -58,10 +58,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from operators.config import ROOT
 from requestflow.errors import UserError
 
 BUNDLE_FORMAT = 1
-ROOT = Path(__file__).resolve().parents[1]
 # A cross-architecture wheelhouse accepts manylinux wheels up to this glibc (2.28: Debian 10, Ubuntu 20.04 and
 # later, the boards' usual images); the board's pip refuses, at install time, a wheel its glibc cannot run.
 CROSS_GLIBC_MINOR = 28

@@ -25,9 +25,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from operators.config import ROOT
 from requestflow.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
 METADATA_DATABASE = "airflow"
 METADATA_ENV = "REQUESTFLOW_AIRFLOW_DATABASE_URL"
 STAMP = ".requestflow-migrated"  # in AIRFLOW_HOME: what `airflow db migrate` last brought to head
@@ -254,7 +254,7 @@ def ensure_pools(env: dict[str, str], boards: list[str], log: Callable[[str], No
     import psycopg
     from sqlalchemy.engine import make_url
 
-    from operators.sweep import pool_name
+    from operators.config import pool_name
 
     url = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
@@ -292,7 +292,7 @@ def prepare(metadata: str | None = None, results: str | None = None, boards: lis
             log: Callable[[str], None] | None = None) -> dict[str, str]:
     """Make the local Airflow ready: metadata database created and migrated (only when needed), one pool per
     board of the inventory. Returns its environment (see ``environment``)."""
-    from operators.sweep import inventory
+    from operators.config import inventory
 
     log = log or (lambda line: print(f"requestflow: {line}", file=sys.stderr, flush=True))
     url, origin = metadata_url(metadata)

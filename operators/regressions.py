@@ -15,7 +15,7 @@ from functools import cached_property
 
 from airflow.sdk import BaseOperator
 
-from operators.sweep import RESULTS_ASSET
+from operators.config import RESULTS_ASSET
 from requestflow.results.database import CONN_ID
 from requestflow.results.regressions import DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, DEFAULT_WINDOW
 

@@ -19,45 +19,25 @@ build; weights = random with accuracy points, a precision other than fp32 or a r
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import re
 from itertools import product
-from pathlib import Path
 
+from operators.config import RESULTS_ASSET, ROOT, inventory, pool_name, retry_delay_s  # noqa: F401 (ROOT: arm64)
 from requestflow.board.catalogue import ARMCL_VARIANT, BACKENDS, CONFIGS, MODES, PRECISIONS, point_label
 
-ROOT = Path(__file__).resolve().parents[1]
-BOARD_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
 MODEL_IDS = [c.id for c in CONFIGS]
-RESULTS_ASSET = "requestflow://results/scoreboard"  # updated by every sweep; regression detection follows it
 # the sweep's weights: the registry's real weights (each point needs them in the controller's data folder), or
 # randomly initialised weights for every point (``requestflow run --weights random``: performance only)
 WEIGHTS = ("registry", "random")
-
-
-def inventory() -> list[str]:
-    env = os.environ.get("REQUESTFLOW_BOARDS")
-    names = [b.strip() for b in env.split(",") if b.strip()] if env else \
-        json.loads((ROOT / "config" / "boards.json").read_text())["boards"]
-    for name in names:
-        if not re.match(BOARD_NAME, name):
-            raise ValueError(f"board name {name!r} in the inventory is not a valid name ({BOARD_NAME})")
-    return names
-
-
-def pool_name(board: str) -> str:
-    return f"board_{board}"
 
 
 def params(defaults: dict | None = None) -> dict:
     """The trigger form: every field validated by JSON Schema before anything runs."""
     from airflow.sdk import Param
 
-    from operators.armcl import configured_builds
+    from operators.armcl import checked_builds
 
-    armcl_builds = list(configured_builds())
+    armcl_builds = list(checked_builds())
     d = {"boards": ["local"], "models": MODEL_IDS, "backends": ["tflite"], "modes": ["performance", "accuracy"],
          "precision": None, "release": None, "weights": "registry", "repetitions": 20, "warmup": 3, "batch_size": 1,
          "threads": None, "cpus": None, "cluster": "all", "image_limit": 500, "cooldown_c": None, "resume": False,
@@ -188,17 +168,12 @@ def prepare_points(board: str, points: list[dict], context) -> list[dict]:
     return prepared.points
 
 
-def retry_delay_s() -> float:
-    """Seconds between a task's attempts: 30, or $REQUESTFLOW_RETRY_DELAY_S (the tests' farm faults use 1)."""
-    return float(os.environ.get("REQUESTFLOW_RETRY_DELAY_S", "30"))
-
-
 def build(dag_id: str, schedule, defaults: dict | None, doc: str, tags: list[str]):
     import pendulum
     from airflow.sdk import DAG, Asset, TaskGroup, task
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-    from operators.armcl import ArmclBuildOperator, configured_builds
+    from operators.armcl import ArmclBuildOperator, checked_builds
     from operators.provision import ClocksOperator, ProvisionBoardOperator
     from operators.run_point import RunPointOperator
 
@@ -229,7 +204,7 @@ def build(dag_id: str, schedule, defaults: dict | None, doc: str, tags: list[str
                 # are pinned once they are all done or skipped
                 builds = {name: ArmclBuildOperator(task_id=f"armcl_{name}", board_conn_id=board, spec=spec,
                                                    points=points, build_name=name, pool=pool_name(board))
-                          for name, spec in configured_builds().items()}
+                          for name, spec in checked_builds().items()}
                 pin = ClocksOperator(task_id="pin_clocks", board_conn_id=board, action="pin", pool=pool_name(board),
                                      trigger_rule="none_failed_min_one_success")
                 restore = ClocksOperator(task_id="restore_clocks", board_conn_id=board, action="restore",

@@ -9,6 +9,8 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from requestflow.errors import UserError
@@ -64,7 +66,44 @@ def _add_regressions_parser(sub, db_help: str) -> None:
     ack.add_argument("--db", default=argparse.SUPPRESS, help=db_help)
 
 
-def build_parser() -> argparse.ArgumentParser:
+DB_HELP = ("PostgreSQL URL (default: $REQUESTFLOW_DATABASE_URL, the Airflow Connection requestflow_results, else the "
+           "embedded PostgreSQL)")
+COMMAND_GROUP = "requestflow.commands"  # entry points: commands that other packages add (the controller's)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command another package adds to this CLI through the entry-point group ``requestflow.commands``:
+    its help line, a function adding its arguments to its parser, and the function running it (exit status)."""
+
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, list[str]], int]
+
+
+def added_commands() -> dict[str, Command]:
+    """The commands of the entry-point group ``requestflow.commands`` whose module imports here. In a checkout, the
+    controller's (``operators.commands``: sweep, replay, board-gc, airflow-env); on a board, installed from the
+    wheel without the checkout, none: an entry whose own top-level package is absent is left out, any other error
+    is raised."""
+    from importlib.metadata import entry_points
+
+    commands = {}
+    for entry in entry_points(group=COMMAND_GROUP):
+        try:
+            command = entry.load()
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] == entry.module.split(".")[0]:
+                continue
+            raise
+        if not all(callable(getattr(command, name, None)) for name in ("arguments", "run")):  # a Command (duck-
+            # typed: run as ``python -m requestflow.cli``, this module is __main__ and its class another object)
+            raise TypeError(f"entry point {entry.name} = {entry.value}: not a requestflow.cli.Command")
+        commands[entry.name] = command
+    return dict(sorted(commands.items()))
+
+
+def build_parser(added: dict[str, Command] | None = None) -> argparse.ArgumentParser:
     parser = _Parser(prog="requestflow", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"requestflow {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -135,8 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                "(schema, version, numbers and text it cannot hold), no database")
     validate.add_argument("files", nargs="+")
 
-    db_help = ("PostgreSQL URL (default: $REQUESTFLOW_DATABASE_URL, the Airflow Connection requestflow_results, "
-               "else the embedded PostgreSQL)")
+    db_help = DB_HELP
     db = sub.add_parser("db", help="the results database: upgrade its schema, check it, stop the embedded server")
     db.add_argument("action", choices=("upgrade", "check", "url", "stop"))
     db.add_argument("--db", help=db_help)
@@ -221,57 +259,6 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", required=True, metavar="FILE", help="FILE.svg or FILE.png")
     plot.add_argument("--db", help=db_help)
 
-    airflow_db_help = ("PostgreSQL URL of Airflow's metadata (default: $REQUESTFLOW_AIRFLOW_DATABASE_URL, else the "
-                       "database airflow of the embedded PostgreSQL)")
-    sweep = sub.add_parser("sweep", help="run one sweep through a local Airflow (the DAG mobilenets_sweep, once) and "
-                                         "print its scoreboard rows")
-    sweep.add_argument("--models", nargs="+", required=True, metavar="MODEL",
-                       help="model ids, space- or comma-separated (see `requestflow models`)")
-    sweep.add_argument("--backends", nargs="+", metavar="BACKEND", help="tf, tflite (default: the DAG's)")
-    sweep.add_argument("--modes", nargs="+", metavar="MODE", help="performance, accuracy (default: the DAG's)")
-    sweep.add_argument("--repetitions", type=int, help="timed runs of each performance point (default: the DAG's)")
-    sweep.add_argument("--warmup", type=int, help="untimed runs before them (default: the DAG's)")
-    sweep.add_argument("--image-limit", type=int, help="images of each accuracy point (default: the DAG's)")
-    sweep.add_argument("--weights", choices=("registry", "random"),
-                       help="registry: real weights, which every point needs in the data folder (the DAG's "
-                            "default); random: randomly initialised weights for every point, performance only "
-                            "(with --modes performance), labelled random_weights on the scoreboard")
-    sweep.add_argument("--armcl-build", metavar="NAME", help="armcl points: a build of config/armcl.json")
-    from requestflow.board.catalogue import ARMCL_VARIANT  # the choices only: a light module
-
-    for key, choices in ARMCL_VARIANT.items():
-        sweep.add_argument(f"--armcl-{key.replace('_', '-')}s", nargs="+", metavar=key.upper(),
-                           help=f"armcl points: one per value ({', '.join(choices)}; default {choices[0]})")
-    sweep.add_argument("--board", default="local", help="a board of the inventory (default: local, this machine)")
-    sweep.add_argument("--dag", default="mobilenets_sweep", help="the DAG to run (default: mobilenets_sweep)")
-    sweep.add_argument("--db", help=db_help)
-    sweep.add_argument("--airflow-db", metavar="URL", help=airflow_db_help)
-
-    replay = sub.add_parser("replay", help="rerun a stored point on its board and compare it with the stored result")
-    replay.add_argument("point", help="a point id (or a unique prefix of it, as the scoreboard shows it): its latest "
-                                      "successful result; or result:N")
-    replay.add_argument("--alpha", type=float, default=0.01,
-                        help="significance level of the latency test (default: 0.01)")
-    replay.add_argument("--min-effect", type=float, default=0.05, metavar="FRACTION",
-                        help="the smallest change of median latency that counts (default: 0.05, i.e. 5%%)")
-    replay.add_argument("--store", action="store_true",
-                        help="also load the replay's result into the store (sweep replay/<time>)")
-    replay.add_argument("--db", help=db_help)
-
-    gc = sub.add_parser("board-gc", help="remove what a board's work dir no longer needs: old runners, job folders "
-                                         "finished long ago, blobs nothing links to (provisioning does it too)")
-    gc.add_argument("name", help="the board: local, or the name of its Airflow Connection")
-    gc.add_argument("--keep-runners", type=int, metavar="N",
-                    help="runners kept, the current one included (default: the board's extra gc_keep_runners, 2)")
-    gc.add_argument("--keep-days", type=float, metavar="DAYS",
-                    help="finished job folders younger than this stay (default: extra gc_keep_days, 30)")
-    gc.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
-
-    airflow_env = sub.add_parser("airflow-env", help="set up the local Airflow and print its environment as export "
-                                                     "lines: eval \"$(requestflow airflow-env)\"; airflow standalone")
-    airflow_env.add_argument("--db", help=db_help)
-    airflow_env.add_argument("--airflow-db", metavar="URL", help=airflow_db_help)
-
     root_help = "the sysfs/procfs root to read (default: /; a fake tree in tests)"
     platform_cmd = sub.add_parser("platform", help="this board as one JSON document: CPUs and clusters, GPU clocks, "
                                                    "OpenCL, compilers, known board id")
@@ -294,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     cooldown_cmd.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
                               help="give up after this long (default: 300)")
     cooldown_cmd.add_argument("--root", type=_folder, default="/", help=root_help)
+    for name, command in (added if added is not None else added_commands()).items():
+        command.arguments(sub.add_parser(name, help=command.help))
     return parser
 
 
@@ -307,10 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     process = argv is None
     argv = sys.argv[1:] if argv is None else argv
     try:
-        args = build_parser().parse_args(argv)
+        added = added_commands()
+        args = build_parser(added).parse_args(argv)
         if args.command in ("run", "classify"):
             _quiet_tensorflow()
-        code = COMMANDS[args.command](args, argv)
+        code = (COMMANDS[args.command] if args.command in COMMANDS else added[args.command].run)(args, argv)
     except UserError as exc:
         print(f"requestflow: error: {exc}", file=sys.stderr)
         code = exc.exit_code
@@ -553,7 +543,7 @@ def cmd_validate(args, argv) -> int:
     return 1 if bad else 0
 
 
-def _store(args):
+def open_store(args):
     """(engine, url) of the results store, its schema brought up to date."""
     from requestflow.results.database import engine_for, resolve_url, upgrade
 
@@ -580,7 +570,7 @@ def cmd_db(args, argv) -> int:
     if args.action == "url":
         print(f"{shown}  ({origin})")
         return 0
-    _store(args)
+    open_store(args)
     if args.action == "check":
         database.check(url)
         print(f"{shown}: schema up to date, no drift between models and migrations")
@@ -601,7 +591,7 @@ def cmd_load(args, argv) -> int:
             raise UserError(f"cannot read {path}: {exc.strerror}") from None
         except ValueError as exc:
             raise UserError(f"{path}: not valid JSON ({exc})") from None
-    engine, _ = _store(args)
+    engine, _ = open_store(args)
     report = load_documents(engine, documents, args.board, args.sweep)
     print(f"loaded {len(report.loaded)} new result(s), {len(report.unchanged)} already stored, board {args.board}"
           + (f", sweep {args.sweep}" if args.sweep else ""))
@@ -612,7 +602,7 @@ def cmd_scoreboard(args, argv) -> int:
     from requestflow.results.query import render, scoreboard
     from requestflow.results.reference import notes
 
-    engine, _ = _store(args)
+    engine, _ = open_store(args)
     columns, rows = scoreboard(engine, args.board)
     print(render(columns, rows, args.format))
     caveats = notes(engine, {row[columns.index("board")] for row in rows})
@@ -625,7 +615,7 @@ def cmd_board(args, argv) -> int:
     from requestflow.results.boards import set_board
     from requestflow.results.query import render
 
-    engine, _ = _store(args)
+    engine, _ = open_store(args)
     row = set_board(engine, args.name, price_usd=args.price_usd, price_date=args.price_date,
                     service_life_years=args.service_life_years, peak_power_w=args.peak_power_w)
     print(render(list(row), [tuple(row.values())], "table"))
@@ -638,7 +628,7 @@ def cmd_board(args, argv) -> int:
 def cmd_sql(args, argv) -> int:
     from requestflow.results.query import read_only, render
 
-    engine, _ = _store(args)
+    engine, _ = open_store(args)
     print(render(*read_only(engine, args.query), args.format))
     return 0
 
@@ -655,7 +645,7 @@ def cmd_export(args, argv) -> int:
                      (value.split(",") if key not in ("variant", "sweep") else [value]) if v]
                for key in FILTERS if key not in ("since", "until")}
     filters.update(since=[args.since] if args.since else [], until=[args.until] if args.until else [])
-    engine, _ = _store(args)
+    engine, _ = open_store(args)
     report = export(engine, out, filters)
     c = report.counts
     print(f"{report.path}: {c['results']} result document(s) ({c['samples']} samples, {c['predictions']} "
@@ -669,7 +659,7 @@ def cmd_import_archive(args, argv) -> int:
 
     if not os.path.isfile(args.file):
         raise UserError(f"{args.file}: no such file")
-    engine, _ = _store(args)
+    engine, _ = open_store(args)
     report = import_archive(engine, args.file, update_boards=args.update_boards)
     for warning in report.warnings:
         print(f"requestflow: warning: {warning}", file=sys.stderr)
@@ -680,7 +670,7 @@ def cmd_import_archive(args, argv) -> int:
 def cmd_import_reference(args, argv) -> int:
     from requestflow.results.reference import import_reference
 
-    engine, _ = _store(args)
+    engine, _ = open_store(args)
     print(import_reference(engine, args.csv, args.board).describe())
     return 0
 
@@ -688,7 +678,7 @@ def cmd_import_reference(args, argv) -> int:
 def cmd_diff(args, argv) -> int:
     from requestflow.results.diff import mispredictions, render
 
-    engine, _ = _store(args)
+    engine, _ = open_store(args)
     print(render(mispredictions(engine, args.a, args.b), args.format))
     return 0
 
@@ -699,18 +689,18 @@ def cmd_regressions(args, argv) -> int:
     if args.regressions_action == "detect":
         settings = regressions.Settings(window=args.window, alpha=args.alpha, min_effect=args.min_effect,
                                         report_faster=args.faster)  # bad values: one line, before any connection
-        engine, _ = _store(args)
+        engine, _ = open_store(args)
         report = regressions.detect(engine, args.sweep, settings.window, settings.alpha, settings.min_effect,
                                     settings.report_faster)
         print(json.dumps(report.as_dict(), indent=1, default=str) if args.format == "json" else report.summary())
         return 1 if report.unacknowledged else 0
     if args.regressions_action == "ack":
-        engine, _ = _store(args)
+        engine, _ = open_store(args)
         print(regressions.acknowledge(engine, args.id, args.reason, args.by).summary())
         return 0
     from requestflow.results.query import render
 
-    engine, _ = _store(args)
+    engine, _ = open_store(args)
     print(render(*regressions.list_regressions(engine, args.sweep, include_acknowledged=args.all), args.format))
     return 0
 
@@ -729,7 +719,7 @@ def cmd_plot(args, argv) -> int:
                    (value.split(",") if key not in ("variant", "sweep") else [value]) if v] for key in FILTERS}
     query.update(x=[args.x], y=[args.y], log_x=["1"] if args.log_x else [], log_y=["1"] if args.log_y else [])
     selection = Selection.from_query(query)  # an unknown metric: one line naming the known ones
-    engine, _ = _store(args)
+    engine, _ = open_store(args)
     rows, drawing = draw(engine, selection, fmt)
     atomic_write_bytes(out, drawing.data)
     print(f"{out}: {len(drawing.drawn)} point(s) drawn ({selection.describe()})"
@@ -793,177 +783,6 @@ def cmd_cooldown(args, argv) -> int:
     return _print_json_report(lambda: cool_down(args.root, args.below, args.timeout))
 
 
-def _controller_checkout() -> None:
-    """Put the source checkout on sys.path: the controller's operators/ and dags/ live there beside requestflow/,
-    not in the installed package (as in an Airflow deployment, where they sit on the PYTHONPATH)."""
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "operators" / "local_airflow.py").is_file():
-        raise UserError(f"no operators/ beside {root / 'requestflow'}: the Airflow commands run from a source "
-                        "checkout of requestflow")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-
-
-def _names(values: list[str] | None, known, what: str) -> list[str] | None:
-    """Space- or comma-separated names, each one checked; None when the option was not given."""
-    if values is None:
-        return None
-    names = list(dict.fromkeys(n.strip() for v in values for n in v.split(",") if n.strip()))
-    if not names:
-        raise UserError(f"no {what} given")
-    for name in names:
-        if known is not None and name not in known:
-            raise UserError(f"unknown {what} {name!r}; known: {', '.join(known)}")
-    return names
-
-
-def cmd_sweep(args, argv) -> int:
-    from urllib.parse import quote
-
-    from requestflow.board import catalogue
-    from requestflow.results.query import read_only, render
-
-    models = _names(args.models, None, "model")
-    for model in models:
-        catalogue.get_model(model)  # an unknown id: the nearest ones suggested
-    conf = {"models": models, "backends": _names(args.backends, catalogue.BACKENDS, "backend"),
-            "modes": _names(args.modes, catalogue.MODES, "mode"), "repetitions": args.repetitions,
-            "warmup": args.warmup, "image_limit": args.image_limit, "weights": args.weights}
-    if args.weights == "random" and conf["modes"] != ["performance"]:  # else the DAG's plan refuses it, later
-        raise UserError("--weights random measures performance only (accuracy needs real weights): add --modes "
-                        "performance")
-    for key, choices in catalogue.ARMCL_VARIANT.items():
-        values = getattr(args, f"armcl_{key}s")
-        conf[f"armcl_{key}s"] = _names([v.upper() for v in values] if values else None, choices,
-                                       f"ArmCL {key.replace('_', ' ')}")
-    conf["armcl_build"] = args.armcl_build
-    if any(conf[f"armcl_{key}s"] for key in catalogue.ARMCL_VARIANT) and "armcl" not in (conf["backends"] or []):
-        raise UserError("--armcl-* options choose armcl variants: add armcl to --backends")
-    for option, key, minimum in (("--repetitions", "repetitions", 1), ("--warmup", "warmup", 0),
-                                 ("--image-limit", "image_limit", 1)):
-        if conf[key] is not None and conf[key] < minimum:
-            raise UserError(f"{option} must be at least {minimum}, got {conf[key]}")
-    _controller_checkout()
-    from operators import local_airflow
-    from operators.sweep import inventory
-
-    try:
-        boards = inventory()
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    if args.board not in boards:
-        raise UserError(f"board {args.board!r} is not in the inventory (config/boards.json or $REQUESTFLOW_BOARDS): "
-                        f"{', '.join(boards)}")
-    conf = {"boards": [args.board], **{k: v for k, v in conf.items() if v is not None}}  # only what was chosen
-    if args.airflow_db:
-        local_airflow.airflow_url(args.airflow_db)  # PostgreSQL only, checked before anything starts
-
-    engine, results_url = _store(args)
-    try:
-        env = local_airflow.prepare(args.airflow_db, results_url, boards)
-        conflict = local_airflow.scheduler_conflict(env, args.dag)
-        if conflict:
-            raise UserError(conflict)
-        print(f"requestflow: running {args.dag} through Airflow on board {args.board}: {json.dumps(conf)}",
-              flush=True)
-        outcome = local_airflow.run_dag(env, conf, args.dag)
-    except RuntimeError as exc:  # airflow db migrate, pools import or the run itself failed: their own words
-        print(f"requestflow: error: {exc}", file=sys.stderr)
-        return 1
-    run_id = outcome["run_id"]
-    columns, rows = read_only(
-        engine, "SELECT board, model, backend, variant_label AS variant, precision, threads, "
-                "round((latency_median_s * 1000)::numeric, 3) AS median_ms, round(throughput_ips::numeric, 1) AS "
-                "images_per_s, top1, top5, image_count, accuracy_check, random_weights FROM scoreboard "
-                "WHERE sweep = %(run)s "
-                "ORDER BY board, model, backend, variant_label, precision, threads", {"run": run_id})
-    print(f"\nsweep {run_id} on board {args.board}, from the results store:")
-    print(render(columns, rows, "table"))
-    rf = Path(sys.executable).with_name("requestflow")
-    print(f"\nthe Airflow UI (README: Running Airflow locally):\n  eval \"$({rf} airflow-env)\"\n"
-          "  setsid sh -c 'echo $$ > \"$AIRFLOW_HOME/standalone.pgid\"; exec airflow standalone' "
-          "> \"$AIRFLOW_HOME/standalone.log\" 2>&1 < /dev/null &\n"
-          f"  then http://127.0.0.1:8080/dags/{args.dag}/runs/{quote(run_id, safe='')}")
-    failed = [t for t in outcome["failed"] if t["state"] == "failed"] or outcome["failed"]
-    if outcome["state"] != "success" or failed:
-        names = "; ".join(f"{t['task_id']}{' [' + t['label'] + ']' if t.get('label') else ''} {t['state']}"
-                          for t in failed[:6])
-        print(f"requestflow: sweep {run_id} FAILED ({outcome['state']}): {names or 'see the log above'}"
-              f"{f' and {len(failed) - 6} more' if len(failed) > 6 else ''}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def cmd_board_gc(args, argv) -> int:
-    if args.keep_runners is not None and args.keep_runners < 1:
-        raise UserError(f"--keep-runners must be at least 1 (the current runner), got {args.keep_runners}")
-    if args.keep_days is not None and not args.keep_days >= 0:
-        raise UserError(f"--keep-days must be >= 0, got {args.keep_days}")
-    _controller_checkout()
-    from operators.board_gc import collect_garbage
-    from operators.board_hook import board_for
-
-    board = board_for(args.name)
-    try:
-        s = board.settings
-        garbage = collect_garbage(board, args.keep_runners or s.gc_keep_runners,
-                                  s.gc_keep_days if args.keep_days is None else args.keep_days, dry_run=args.dry_run)
-    finally:
-        board.close()
-    if args.dry_run:
-        for kind in ("job", "blob"):
-            for path, _ in garbage.removed[kind]:
-                print(f"  {path}")
-    return 0
-
-
-def cmd_replay(args, argv) -> int:
-    """Exit 0 when the replay reproduced the stored result, 1 when something changed or the replay failed."""
-    from requestflow.results.replay import compare, render, stored
-
-    if not 0 < args.alpha < 1:
-        raise UserError(f"--alpha must be between 0 and 1, got {args.alpha}")
-    if args.min_effect < 0:
-        raise UserError(f"--min-effect must be >= 0 (0.05 for 5%), got {args.min_effect}")
-    engine, _ = _store(args)
-    try:
-        point = stored(engine, args.point)
-        _controller_checkout()
-        from operators.replay import run_on_board
-
-        print(f"requestflow: replaying result {point.result_id} (point {point.point_id[:16]}) on board {point.board}",
-              flush=True)
-        document = run_on_board(point.board, point.document, log=lambda line: print(line, flush=True))
-        report = compare(point, document, alpha=args.alpha, min_effect=args.min_effect)
-        print(render(report))
-        if args.store:
-            import datetime as dt
-
-            from requestflow.results.load import load_documents
-
-            sweep = f"replay/{point.point_id[:16]}/{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}"
-            load_documents(engine, [("replay", document)], board=point.board, sweep=sweep, dag_id="replay")
-            print(f"stored as sweep {sweep}")
-    finally:
-        engine.dispose()
-    return 0 if report.same else 1
-
-
-def cmd_airflow_env(args, argv) -> int:
-    _controller_checkout()
-    from operators import local_airflow
-
-    if args.airflow_db:
-        local_airflow.airflow_url(args.airflow_db)  # PostgreSQL only, checked before anything starts
-    _, results_url = _store(args)
-    try:
-        env = local_airflow.prepare(args.airflow_db, results_url)
-    except RuntimeError as exc:
-        print(f"requestflow: error: {exc}", file=sys.stderr)
-        return 1
-    print(local_airflow.exports(env))
-    return 0
-
 
 COMMANDS = {
     "run": cmd_run, "classify": cmd_classify, "dataset": cmd_dataset, "import-weights": cmd_import_weights,
@@ -971,7 +790,6 @@ COMMANDS = {
     "validate": cmd_validate, "db": cmd_db, "load": cmd_load, "scoreboard": cmd_scoreboard, "sql": cmd_sql,
     "board": cmd_board, "plot": cmd_plot, "import-reference": cmd_import_reference, "diff": cmd_diff,
     "regressions": cmd_regressions,
-    "sweep": cmd_sweep, "airflow-env": cmd_airflow_env, "replay": cmd_replay, "board-gc": cmd_board_gc,
     "export": cmd_export, "import": cmd_import_archive,
     "platform": cmd_platform, "clocks": cmd_clocks, "cooldown": cmd_cooldown,
 }

@@ -64,3 +64,54 @@ def test_the_wheel_lists_every_package_of_requestflow():
     listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(init.parent.relative_to(root).parts) for init in (root / "requestflow").rglob("__init__.py")}
     assert found | {"requestflow.native"} == listed
+
+
+# --- the layers (ADR 0007): imports point one way, and no cycle --------------------------------------------------
+
+
+def test_every_import_points_down_the_layers():
+    """dags -> operators / plugins -> requestflow.cli / requestflow.results -> requestflow.board -> the base;
+    an import inside a function counts like any other (``python -m tests.import_graph`` prints the graph)."""
+    from tests.import_graph import graph, upward_arrows
+
+    assert upward_arrows(graph()) == []
+
+
+def test_no_module_takes_part_in_an_import_cycle():
+    from tests.import_graph import cycles, graph
+
+    assert cycles(graph()) == []
+
+
+def test_the_graph_sees_imports_inside_functions_and_reports_arrows_and_cycles(tmp_path, monkeypatch):
+    from tests import import_graph
+
+    for path, text in {"requestflow/__init__.py": "", "requestflow/board/__init__.py": "",
+                       "requestflow/board/a.py": "def f():\n    from operators import b\n",
+                       "operators/__init__.py": "", "operators/b.py": "from requestflow.board.a import f\n",
+                       "dags/__init__.py": "", "plugins/__init__.py": ""}.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+    monkeypatch.setattr(import_graph, "ROOT", tmp_path)
+    edges = import_graph.graph()
+    assert edges["requestflow.board.a"] == {"operators", "operators.b"}  # the package's __init__ runs too
+    assert import_graph.upward_arrows(edges) == [("requestflow.board.a", "operators"),
+                                                 ("requestflow.board.a", "operators.b")]
+    assert import_graph.cycles(edges) == [["operators.b", "requestflow.board.a"]]
+
+
+def test_without_the_checkout_the_cli_offers_only_the_librarys_commands(tmp_path):
+    """A board's CLI (the wheel, no operators/ beside it): the controller's commands are not listed, and asking for
+    one is an unknown command; from the checkout they are there."""
+    root = str(BOARD.parents[1])
+    code = ("import sys\n"
+            f"sys.path = [p for p in sys.path if p not in ({root!r}, '')]\n"
+            "from requestflow.cli import added_commands, main\n"
+            "print(sorted(added_commands()))\n"
+            "sys.exit(main(['sweep', '--models', 'mobilenet-v1-0.25-128']))\n")
+    board = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert board.stdout.strip() == "[]"
+    assert board.returncode == 2 and "invalid choice: 'sweep'" in board.stderr
+    checkout = subprocess.run([sys.executable, "-c", "from requestflow.cli import added_commands; "
+                               "print(sorted(added_commands()))"], capture_output=True, text=True, cwd=root)
+    assert checkout.stdout.strip() == "['airflow-env', 'board-gc', 'replay', 'sweep']"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from operators.sweep import RESULTS_ASSET
+from operators.config import RESULTS_ASSET
 from requestflow.results import regressions
 from requestflow.results.database import sqlalchemy_url
 from requestflow.results.query import read_only

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from requestflow.board.backends import FloatBackend, imagenet_scores, to_float_input
+from requestflow.board.backends.base import FloatBackend, imagenet_scores, to_float_input
 from requestflow.board.catalogue import ARMCL_VARIANT
 from requestflow.errors import UserError
 

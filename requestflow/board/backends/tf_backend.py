@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from requestflow.board.backends import FloatBackend, imagenet_scores, to_float_input
+from requestflow.board.backends.base import FloatBackend, imagenet_scores, to_float_input
 
 
 class TensorFlowBackend(FloatBackend):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from requestflow.board.backends import Backend, imagenet_scores, to_float_input
+from requestflow.board.backends.base import Backend, imagenet_scores, to_float_input
 from requestflow.errors import UserError
 
 

@@ -1,0 +1,241 @@
+"""The controller's commands of the requestflow CLI: ``sweep``, ``replay``, ``board-gc`` and ``airflow-env``.
+
+They drive Airflow and the boards, so they need the checkout (``operators/``, ``dags/``) and Airflow: they are not
+part of the library's CLI. ``pyproject.toml`` declares them in the entry-point group ``requestflow.commands``, and
+``requestflow.cli`` adds every command of that group whose module imports (ADR 0007): from a checkout,
+``requestflow sweep`` works as before; a board's CLI, installed from the wheel without the checkout, lists none of
+them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from requestflow.cli import DB_HELP, Command, open_store
+from requestflow.errors import UserError
+
+AIRFLOW_DB_HELP = ("PostgreSQL URL of Airflow's metadata (default: $REQUESTFLOW_AIRFLOW_DATABASE_URL, else the "
+                   "database airflow of the embedded PostgreSQL)")
+
+
+def names_option(values: list[str] | None, known, what: str) -> list[str] | None:
+    """Space- or comma-separated names, each one checked; None when the option was not given."""
+    if values is None:
+        return None
+    names = list(dict.fromkeys(n.strip() for v in values for n in v.split(",") if n.strip()))
+    if not names:
+        raise UserError(f"no {what} given")
+    for name in names:
+        if known is not None and name not in known:
+            raise UserError(f"unknown {what} {name!r}; known: {', '.join(known)}")
+    return names
+
+
+def cmd_sweep(args, argv) -> int:
+    from urllib.parse import quote
+
+    from requestflow.board import catalogue
+    from requestflow.results.query import read_only, render
+
+    models = names_option(args.models, None, "model")
+    for model in models:
+        catalogue.get_model(model)  # an unknown id: the nearest ones suggested
+    conf = {"models": models, "backends": names_option(args.backends, catalogue.BACKENDS, "backend"),
+            "modes": names_option(args.modes, catalogue.MODES, "mode"), "repetitions": args.repetitions,
+            "warmup": args.warmup, "image_limit": args.image_limit, "weights": args.weights}
+    if args.weights == "random" and conf["modes"] != ["performance"]:  # else the DAG's plan refuses it, later
+        raise UserError("--weights random measures performance only (accuracy needs real weights): add --modes "
+                        "performance")
+    for key, choices in catalogue.ARMCL_VARIANT.items():
+        values = getattr(args, f"armcl_{key}s")
+        conf[f"armcl_{key}s"] = names_option([v.upper() for v in values] if values else None, choices,
+                                             f"ArmCL {key.replace('_', ' ')}")
+    conf["armcl_build"] = args.armcl_build
+    if any(conf[f"armcl_{key}s"] for key in catalogue.ARMCL_VARIANT) and "armcl" not in (conf["backends"] or []):
+        raise UserError("--armcl-* options choose armcl variants: add armcl to --backends")
+    for option, key, minimum in (("--repetitions", "repetitions", 1), ("--warmup", "warmup", 0),
+                                 ("--image-limit", "image_limit", 1)):
+        if conf[key] is not None and conf[key] < minimum:
+            raise UserError(f"{option} must be at least {minimum}, got {conf[key]}")
+    from operators import local_airflow
+    from operators.config import inventory
+
+    try:
+        boards = inventory()
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if args.board not in boards:
+        raise UserError(f"board {args.board!r} is not in the inventory (config/boards.json or $REQUESTFLOW_BOARDS): "
+                        f"{', '.join(boards)}")
+    conf = {"boards": [args.board], **{k: v for k, v in conf.items() if v is not None}}  # only what was chosen
+    if args.airflow_db:
+        local_airflow.airflow_url(args.airflow_db)  # PostgreSQL only, checked before anything starts
+
+    engine, results_url = open_store(args)
+    try:
+        env = local_airflow.prepare(args.airflow_db, results_url, boards)
+        conflict = local_airflow.scheduler_conflict(env, args.dag)
+        if conflict:
+            raise UserError(conflict)
+        print(f"requestflow: running {args.dag} through Airflow on board {args.board}: {json.dumps(conf)}",
+              flush=True)
+        outcome = local_airflow.run_dag(env, conf, args.dag)
+    except RuntimeError as exc:  # airflow db migrate, pools import or the run itself failed: their own words
+        print(f"requestflow: error: {exc}", file=sys.stderr)
+        return 1
+    run_id = outcome["run_id"]
+    columns, rows = read_only(
+        engine, "SELECT board, model, backend, variant_label AS variant, precision, threads, "
+                "round((latency_median_s * 1000)::numeric, 3) AS median_ms, round(throughput_ips::numeric, 1) AS "
+                "images_per_s, top1, top5, image_count, accuracy_check, random_weights FROM scoreboard "
+                "WHERE sweep = %(run)s "
+                "ORDER BY board, model, backend, variant_label, precision, threads", {"run": run_id})
+    print(f"\nsweep {run_id} on board {args.board}, from the results store:")
+    print(render(columns, rows, "table"))
+    rf = Path(sys.executable).with_name("requestflow")
+    print(f"\nthe Airflow UI (README: Running Airflow locally):\n  eval \"$({rf} airflow-env)\"\n"
+          "  setsid sh -c 'echo $$ > \"$AIRFLOW_HOME/standalone.pgid\"; exec airflow standalone' "
+          "> \"$AIRFLOW_HOME/standalone.log\" 2>&1 < /dev/null &\n"
+          f"  then http://127.0.0.1:8080/dags/{args.dag}/runs/{quote(run_id, safe='')}")
+    failed = [t for t in outcome["failed"] if t["state"] == "failed"] or outcome["failed"]
+    if outcome["state"] != "success" or failed:
+        names = "; ".join(f"{t['task_id']}{' [' + t['label'] + ']' if t.get('label') else ''} {t['state']}"
+                          for t in failed[:6])
+        print(f"requestflow: sweep {run_id} FAILED ({outcome['state']}): {names or 'see the log above'}"
+              f"{f' and {len(failed) - 6} more' if len(failed) > 6 else ''}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_board_gc(args, argv) -> int:
+    if args.keep_runners is not None and args.keep_runners < 1:
+        raise UserError(f"--keep-runners must be at least 1 (the current runner), got {args.keep_runners}")
+    if args.keep_days is not None and not args.keep_days >= 0:
+        raise UserError(f"--keep-days must be >= 0, got {args.keep_days}")
+    from operators.board_gc import collect_garbage
+    from operators.board_hook import board_for
+
+    board = board_for(args.name)
+    try:
+        s = board.settings
+        garbage = collect_garbage(board, args.keep_runners or s.gc_keep_runners,
+                                  s.gc_keep_days if args.keep_days is None else args.keep_days, dry_run=args.dry_run)
+    finally:
+        board.close()
+    if args.dry_run:
+        for kind in ("job", "blob"):
+            for path, _ in garbage.removed[kind]:
+                print(f"  {path}")
+    return 0
+
+
+def cmd_replay(args, argv) -> int:
+    """Exit 0 when the replay reproduced the stored result, 1 when something changed or the replay failed."""
+    from requestflow.results.replay import compare, render, stored
+
+    if not 0 < args.alpha < 1:
+        raise UserError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    if args.min_effect < 0:
+        raise UserError(f"--min-effect must be >= 0 (0.05 for 5%), got {args.min_effect}")
+    engine, _ = open_store(args)
+    try:
+        point = stored(engine, args.point)
+        from operators.replay import run_on_board
+
+        print(f"requestflow: replaying result {point.result_id} (point {point.point_id[:16]}) on board {point.board}",
+              flush=True)
+        document = run_on_board(point.board, point.document, log=lambda line: print(line, flush=True))
+        report = compare(point, document, alpha=args.alpha, min_effect=args.min_effect)
+        print(render(report))
+        if args.store:
+            import datetime as dt
+
+            from requestflow.results.load import load_documents
+
+            sweep = f"replay/{point.point_id[:16]}/{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}"
+            load_documents(engine, [("replay", document)], board=point.board, sweep=sweep, dag_id="replay")
+            print(f"stored as sweep {sweep}")
+    finally:
+        engine.dispose()
+    return 0 if report.same else 1
+
+
+def cmd_airflow_env(args, argv) -> int:
+    from operators import local_airflow
+
+    if args.airflow_db:
+        local_airflow.airflow_url(args.airflow_db)  # PostgreSQL only, checked before anything starts
+    _, results_url = open_store(args)
+    try:
+        env = local_airflow.prepare(args.airflow_db, results_url)
+    except RuntimeError as exc:
+        print(f"requestflow: error: {exc}", file=sys.stderr)
+        return 1
+    print(local_airflow.exports(env))
+    return 0
+
+
+def _sweep_arguments(parser) -> None:
+    parser.add_argument("--models", nargs="+", required=True, metavar="MODEL",
+                        help="model ids, space- or comma-separated (see `requestflow models`)")
+    parser.add_argument("--backends", nargs="+", metavar="BACKEND", help="tf, tflite (default: the DAG's)")
+    parser.add_argument("--modes", nargs="+", metavar="MODE", help="performance, accuracy (default: the DAG's)")
+    parser.add_argument("--repetitions", type=int, help="timed runs of each performance point (default: the DAG's)")
+    parser.add_argument("--warmup", type=int, help="untimed runs before them (default: the DAG's)")
+    parser.add_argument("--image-limit", type=int, help="images of each accuracy point (default: the DAG's)")
+    parser.add_argument("--weights", choices=("registry", "random"),
+                        help="registry: real weights (the data folder's, else downloaded; a performance point "
+                             "without any runs on random ones), the DAG's default; random: randomly initialised "
+                             "weights for every point, performance only (with --modes performance); both labelled "
+                             "random_weights on the scoreboard")
+    parser.add_argument("--armcl-build", metavar="NAME", help="armcl points: a build of config/armcl.json")
+    from requestflow.board.catalogue import ARMCL_VARIANT  # the choices only: a light module
+
+    for key, choices in ARMCL_VARIANT.items():
+        parser.add_argument(f"--armcl-{key.replace('_', '-')}s", nargs="+", metavar=key.upper(),
+                            help=f"armcl points: one per value ({', '.join(choices)}; default {choices[0]})")
+    parser.add_argument("--board", default="local", help="a board of the inventory (default: local, this machine)")
+    parser.add_argument("--dag", default="mobilenets_sweep", help="the DAG to run (default: mobilenets_sweep)")
+    parser.add_argument("--db", help=DB_HELP)
+    parser.add_argument("--airflow-db", metavar="URL", help=AIRFLOW_DB_HELP)
+
+
+def _replay_arguments(parser) -> None:
+    parser.add_argument("point", help="a point id (or a unique prefix of it, as the scoreboard shows it): its latest "
+                                      "successful result; or result:N")
+    parser.add_argument("--alpha", type=float, default=0.01,
+                        help="significance level of the latency test (default: 0.01)")
+    parser.add_argument("--min-effect", type=float, default=0.05, metavar="FRACTION",
+                        help="the smallest change of median latency that counts (default: 0.05, i.e. 5%%)")
+    parser.add_argument("--store", action="store_true",
+                        help="also load the replay's result into the store (sweep replay/<time>)")
+    parser.add_argument("--db", help=DB_HELP)
+
+
+def _board_gc_arguments(parser) -> None:
+    parser.add_argument("name", help="the board: local, or the name of its Airflow Connection")
+    parser.add_argument("--keep-runners", type=int, metavar="N",
+                        help="runners kept, the current one included (default: the board's extra gc_keep_runners, 2)")
+    parser.add_argument("--keep-days", type=float, metavar="DAYS",
+                        help="finished job folders younger than this stay (default: extra gc_keep_days, 30)")
+    parser.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+
+
+def _airflow_env_arguments(parser) -> None:
+    parser.add_argument("--db", help=DB_HELP)
+    parser.add_argument("--airflow-db", metavar="URL", help=AIRFLOW_DB_HELP)
+
+
+sweep = Command(
+    help="run one sweep through a local Airflow (the DAG mobilenets_sweep, once) and print its scoreboard rows",
+    arguments=_sweep_arguments, run=cmd_sweep)
+replay = Command(help="rerun a stored point on its board and compare it with the stored result",
+                 arguments=_replay_arguments, run=cmd_replay)
+board_gc = Command(help="remove what a board's work dir no longer needs: old runners, job folders finished long ago, "
+                    "blobs nothing links to (provisioning does it too)",
+                   arguments=_board_gc_arguments, run=cmd_board_gc)
+airflow_env = Command(help="set up the local Airflow and print its environment as export lines: "
+                       "eval \"$(requestflow airflow-env)\"; airflow standalone",
+                  arguments=_airflow_env_arguments, run=cmd_airflow_env)

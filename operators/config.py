@@ -1,0 +1,50 @@
+"""The controller's configuration, in one place: where the checkout is, the board inventory and its pools, the
+ArmCL builds and the nightly sweep's settings (``config/*.json``), the results Asset, the retry delay.
+
+Everything here is plain Python (no Airflow import), read when asked: DAG files, operators, the CLI's controller
+commands and the tests all take their settings from these functions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: dags/, operators/, plugins/, config/
+CONFIG = ROOT / "config"
+BOARD_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
+RESULTS_ASSET = "requestflow://results/scoreboard"  # updated by every sweep; regression detection follows it
+
+
+def inventory() -> list[str]:
+    """The boards: ``$REQUESTFLOW_BOARDS`` (comma-separated), else ``config/boards.json``; each name checked."""
+    env = os.environ.get("REQUESTFLOW_BOARDS")
+    names = [b.strip() for b in env.split(",") if b.strip()] if env else \
+        json.loads((CONFIG / "boards.json").read_text())["boards"]
+    for name in names:
+        if not re.match(BOARD_NAME, name):
+            raise ValueError(f"board name {name!r} in the inventory is not a valid name ({BOARD_NAME})")
+    return names
+
+
+def pool_name(board: str) -> str:
+    """The board's Airflow pool (1 slot): every task that touches the board runs in it."""
+    return f"board_{board}"
+
+
+def retry_delay_s() -> float:
+    """Seconds between a task's attempts: 30, or $REQUESTFLOW_RETRY_DELAY_S (the tests' farm faults use 1)."""
+    return float(os.environ.get("REQUESTFLOW_RETRY_DELAY_S", "30"))
+
+
+def configured_builds() -> dict[str, dict]:
+    """The ArmCL builds of ``config/armcl.json`` as written (name -> spec); ``operators.armcl.checked_builds``
+    checks each spec."""
+    return json.loads((CONFIG / "armcl.json").read_text())["builds"]
+
+
+def nightly() -> dict:
+    """``config/nightly.json``: the nightly sweep's schedule and params."""
+    return json.loads((CONFIG / "nightly.json").read_text())

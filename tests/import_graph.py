@@ -1,0 +1,144 @@
+"""requestflow's import graph, read from the sources (AST: an import inside a function counts like any other).
+
+    python -m tests.import_graph            # arrows between the layers, then the import cycles between modules
+
+Layers, from the top (ADR 0007): ``dags`` -> ``operators`` / ``plugins`` -> ``requestflow.cli`` /
+``requestflow.results`` -> ``requestflow.board`` -> ``requestflow`` itself and ``requestflow.errors`` (the base
+every layer may use). An arrow may only point down (or stay in its layer); ``tests/test_isolation.py`` holds the
+graph to that, and to having no import cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = ("requestflow", "operators", "dags", "plugins")
+# the layers, top first; a module belongs to the first whose prefix it has
+LAYERS = (("dags", "dags"), ("operators", "operators"), ("plugins", "plugins"), ("cli", "requestflow.cli"),
+          ("results", "requestflow.results"), ("board", "requestflow.board"), ("base", "requestflow.errors"))
+RANK = {"dags": 0, "operators": 1, "plugins": 1, "cli": 2, "results": 2, "board": 3, "base": 4}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def source_files() -> dict[str, Path]:
+    files = {}
+    for top in SOURCES:
+        for path in sorted((ROOT / top).rglob("*.py")):
+            if "__pycache__" not in path.parts:
+                files[module_name(path)] = path
+    return files
+
+
+def imports_of(path: Path, name: str, known: set[str]) -> set[str]:
+    """The first-party modules ``path`` (module ``name``) imports, wherever the import statement is."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        targets = []
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
+        for target in targets:
+            while target and target not in known:  # "from a.b import c": the module a.b.c, else a.b
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    files = source_files()
+    known = set(files)
+    return {name: imports_of(path, name, known) for name, path in files.items()}
+
+
+def layer(module: str) -> str:
+    if module == "requestflow":  # the package itself: its version
+        return "base"
+    for label, prefix in LAYERS:
+        if module == prefix or module.startswith(prefix + "."):
+            return label
+    raise ValueError(f"{module} is in no layer")
+
+
+def upward_arrows(edges: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """Imports from a lower layer into a higher one (the library importing the controller, say)."""
+    return sorted((a, b) for a, targets in edges.items() for b in targets if RANK[layer(b)] < RANK[layer(a)])
+
+
+def layer_arrows(edges: dict[str, set[str]]) -> dict[tuple[str, str], int]:
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for a, targets in edges.items():
+        for b in targets:
+            if layer(a) != layer(b):
+                counts[(layer(a), layer(b))] += 1
+    return dict(sorted(counts.items()))
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    counter = [0]
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = counter[0]
+        counter[0] += 1
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(edges.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return sorted(found)
+
+
+def main() -> int:
+    edges = graph()
+    print(f"{len(edges)} modules, {sum(len(t) for t in edges.values())} imports between them")
+    print("arrows between layers (count of module imports):")
+    for (a, b), count in layer_arrows(edges).items():
+        mark = "  UPWARD" if RANK[b] < RANK[a] else ""
+        print(f"  {a:9} -> {b:9} {count:3}{mark}")
+    for a, b in upward_arrows(edges):
+        print(f"upward: {a} -> {b}")
+    for component in cycles(edges):
+        print(f"cycle: {' <-> '.join(component)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
