@@ -421,7 +421,10 @@ def cross_compile(build: str | os.PathLike, chain: Toolchain, log: Log = print) 
 # --- the aarch64 runner: CPython 3.11 for arm64 and its wheels -------------------------------------------------
 
 PYTHON_SUITE = "bookworm"  # CPython 3.11, the version requestflow's pins are made for
-PYTHON_PACKAGES = ("python3.11", "libstdc++6", "ca-certificates")
+# CPython and what a board's shell needs (tests/farm.py's arm64 board chroots into it): sh, coreutils (uname
+# says aarch64 there), flock and setsid (util-linux), ps and kill (procps), venv's ensurepip wheels
+PYTHON_PACKAGES = ("python3.11", "python3.11-venv", "libstdc++6", "ca-certificates", "dash", "bash", "coreutils",
+                   "util-linux", "procps", "findutils", "grep", "sed", "tar", "gzip")
 RUNNER_PACKAGES = ("numpy", "pillow", "tqdm", "h5py", "ai-edge-litert")  # the board side, without tensorflow
 AARCH64_PINS = {"ai-edge-litert": "1.4.0"}  # the newest for aarch64 CPython 3.11 (pyproject.toml)
 AARCH64_TENSORFLOW = "2.20.0"  # likewise; imports in 13 s under qemu-user here
@@ -450,8 +453,8 @@ class Userland:
 
 def python_userland(cache_dir: str | os.PathLike | None = None, *, suite: str = PYTHON_SUITE, mirror: str = MIRROR,
                     log: Log = print) -> Userland:
-    """Debian ``suite``'s arm64 CPython 3.11 (``mmdebstrap --variant=extract``: the packages and their
-    dependencies unpacked, nothing configured; 4 s and 79 MB here), made once under
+    """Debian ``suite``'s arm64 CPython 3.11 and a shell's tools (``mmdebstrap --variant=extract``: the packages
+    and their dependencies unpacked, nothing configured; 5 s and 196 MB here), made once under
     ``userlands/<key>/env`` and checked on every use against the sha256 of each of its files recorded when it was
     made (``manifest.json``); a damaged or incomplete one is made again. apt in mmdebstrap checks every package
     against the suite's signed InRelease."""

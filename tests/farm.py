@@ -53,6 +53,37 @@ _HOST_LINK = re.compile(rf"^{PREFIX}\d+h$")
 _SSHD_CMDLINE = rf"sshd -D -e -f \S*/{PREFIX}[0-9]+/sshd_config"
 
 
+# An arm64 board (issue #15): sshd's ForceCommand. Every command of a session (and what it leaves running) runs in a
+# user and mount namespace of its own, where a private binfmt_misc instance (Linux >= 6.7: per user namespace; the
+# host's stays untouched, nothing is registered machine-wide) hands aarch64 ELF files to qemu-aarch64-static
+# (opened at registration: F), chrooted into the arm64 userland with /proc, /dev, /sys and the shared folders
+# bound at their own paths. So `uname -m` says aarch64, `python3.11` is aarch64 code, and /proc/cpuinfo is still the
+# x86 host's: what a runner under qemu-user sees. The root is an overlay on a tmpfs of the session's own, so the
+# mount points and whatever the board writes outside the shared folders never reach the (cached) userland. SFTP is
+# sshd's own sftp-server, outside the chroot: the paths a board uses (its work dir, the shared folders) are the
+# same inside and out.
+ARM64_ENTER = r"""#!/bin/sh
+if [ "$SSH_ORIGINAL_COMMAND" = internal-sftp ]; then exec /usr/lib/openssh/sftp-server; fi
+exec unshare --map-root-user --mount --propagation private --fork sh -c '
+set -e
+rootfs=$1; shift
+magic="\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00"
+mask="\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff"
+mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+printf "%s" ":qemu-aarch64:M::$magic:$mask:/usr/bin/qemu-aarch64-static:FP" > /proc/sys/fs/binfmt_misc/register
+session={session}
+mount -t tmpfs tmpfs "$session"
+mkdir "$session/upper" "$session/work" "$session/root"
+mount -t overlay overlay -o "lowerdir=$rootfs,upperdir=$session/upper,workdir=$session/work" "$session/root"
+root=$session/root
+for d in proc dev sys; do mount --rbind "/$d" "$root/$d"; done
+for shared in "$@"; do mkdir -p "$root$shared"; mount --rbind "$shared" "$root$shared"; done
+cd /
+exec chroot "$root" /bin/sh -c "${{SSH_ORIGINAL_COMMAND:-exec /bin/sh}}"
+' sh '{rootfs}' {shared}
+"""
+
+
 class FarmError(RuntimeError):
     """The farm could not be set up (or torn down)."""
 
@@ -161,8 +192,12 @@ class Board:
     port = 22
     user = "root"
 
-    def __init__(self, index: int, farm_dir: Path, key_file: Path, authorized_keys: Path, sshd: Path) -> None:
+    def __init__(self, index: int, farm_dir: Path, key_file: Path, authorized_keys: Path, sshd: Path,
+                 arm64_rootfs: Path | None = None, shared: Sequence[Path] = ()) -> None:
         self.index = index
+        # an arm64 board (issue #15): every command runs as arm64 code, see ARM64_ENTER
+        self.arm64_rootfs = arm64_rootfs
+        self.shared = [Path(p) for p in shared]
         self.name = f"{PREFIX}{index}"
         self.netns = self.name
         self.host_link = f"{self.name}h"
@@ -284,6 +319,12 @@ class Board:
         fingerprint = _run(["ssh-keygen", "-l", "-E", "sha256", "-f", str(self.host_key.with_suffix(".pub"))])
         self.fingerprint = fingerprint.stdout.split()[1]
         self.known_hosts.write_text(self.known_hosts_line + "\n")
+        if self.arm64_rootfs is not None:
+            enter = self.dir / "arm64-enter.sh"
+            (self.dir / "arm64-session").mkdir()
+            enter.write_text(ARM64_ENTER.format(rootfs=self.arm64_rootfs, session=self.dir / "arm64-session",
+                                                shared=" ".join(f"'{p}'" for p in [self.dir.parent, *self.shared])))
+            enter.chmod(0o755)
         self.sshd_config.write_text(self._sshd_config_text())
 
         _run(["ip", "netns", "add", self.netns])
@@ -329,7 +370,7 @@ X11Forwarding no
 Subsystem sftp internal-sftp
 MaxStartups 64:30:128
 LogLevel INFO
-"""
+""" + (f"ForceCommand {self.dir / 'arm64-enter.sh'}\n" if self.arm64_rootfs is not None else "")
 
     def _wait_for_banner(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -353,7 +394,13 @@ class Farm:
     """N simulated boards under `root_dir`, set up on entering and torn down on leaving (also when setup fails
     midway, and idempotently: `close()` may be called any number of times)."""
 
-    def __init__(self, n_boards: int, root_dir: Path | str, *, sshd: Path = SSHD) -> None:
+    def __init__(self, n_boards: int, root_dir: Path | str, *, sshd: Path = SSHD, arm64: Sequence[int] = (),
+                 arm64_rootfs: Path | None = None, shared: Sequence[Path] = ()) -> None:
+        """``arm64``: the (1-based) boards that are arm64 boards, chrooted into ``arm64_rootfs``
+        (``operators.arm64.python_userland``); ``shared``: host folders they see at the same path besides the
+        farm's own (the x86 boards see the whole host)."""
+        if arm64 and arm64_rootfs is None:
+            raise ValueError("arm64 boards need arm64_rootfs")
         if not 1 <= n_boards <= MAX_BOARDS:
             raise ValueError(f"n_boards must be between 1 and {MAX_BOARDS}, not {n_boards}")
         self.dir = Path(root_dir).resolve()
@@ -361,7 +408,8 @@ class Farm:
         self.authorized_keys = self.dir / "authorized_keys"
         self.known_hosts = self.dir / "known_hosts"  # every board's entry
         self.boards = [
-            Board(index, self.dir, self.key_file, self.authorized_keys, sshd) for index in range(1, n_boards + 1)
+            Board(index, self.dir, self.key_file, self.authorized_keys, sshd,
+                  arm64_rootfs if index in arm64 else None, shared) for index in range(1, n_boards + 1)
         ]
         self._lock_fd: int | None = None
 
