@@ -17,6 +17,8 @@ passphrase when a key is given, else a login password). Extras:
 ``work_dir``               the board's work dir (default ``~/requestflow``); the runner reads only there
 ``sudo``                   true when clock pinning may use sudo
 ``sysfs_root``             root of the sysfs tree for clocks (tests point it at a fake tree)
+``boot_id_file``           where the board's boot id is read (default ``/proc/sys/kernel/random/boot_id``; tests
+                           point it at a file they change to simulate a reboot; ``operators.board_jobs``)
 ``armcl_cache``            the board's ArmCL build cache (default ``<work_dir>/armcl/builds``)
 ``connect_timeout``        seconds (default 15)
 ``gc_keep_runners``        runners kept on the board, the current one included (default 2; ``operators.board_gc``)
@@ -35,7 +37,8 @@ from requestflow.errors import UserError
 SECRET_FIELDS = ("password", "private_key")
 EXTRAS = {
     "key_file": str, "private_key": str, "host_key": str, "known_hosts": str, "no_host_key_check": bool,
-    "python": str, "work_dir": str, "sudo": bool, "sysfs_root": str, "armcl_cache": str,
+    "python": str, "work_dir": str, "sudo": bool, "sysfs_root": str, "boot_id_file": str,
+    "armcl_cache": str,
     "connect_timeout": float, "gc_keep_runners": int, "gc_keep_days": float,
     "price_usd": float, "price_date": str, "service_life_years": float, "peak_power_w": float,
 }
@@ -87,6 +90,7 @@ class BoardSettings:
     work_dir: str = "~/requestflow"
     sudo: bool = False
     sysfs_root: str = "/"
+    boot_id_file: str = "/proc/sys/kernel/random/boot_id"
     armcl_cache: str | None = None
     connect_timeout: float = 15.0
     gc_keep_runners: int = 2

@@ -7,6 +7,7 @@ hook owns the connection, ``on_kill`` stops the job on the board. The runner run
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import shlex
@@ -18,6 +19,14 @@ from operators import board_jobs
 from operators.board_hook import board_for
 from requestflow.board.catalogue import point_label
 from requestflow.results.database import CONN_ID
+
+# A run point's deadline (issue #22): the backend's set-up, plus the longest its mode may measure; past it, a runner
+# that has printed nothing for HEARTBEAT_S is killed ("timed out after N s"). Airflow's execution_timeout, derived
+# from it, is the outer guard.
+MODE_CAPS_S = {"performance": 2 * 3600.0, "accuracy": 6 * 3600.0}
+SETUP_S = 600.0
+HEARTBEAT_S = 120.0
+OUTER_MARGIN_S = 900.0  # execution_timeout beyond the deadline: connecting, identifying, cool-down, storing
 
 POINT_FIELDS = ("model", "backend", "mode", "precision", "release", "repetitions", "warmup", "batch_size",
                 "threads", "cpus", "cluster", "limit", "variant")
@@ -52,6 +61,12 @@ class RunPointOperator(BaseOperator):
     and fails the task without retry (it is a result); anything else (board unreachable, connection lost, runner
     killed without a document) is transient and retried; on the last attempt it is stored in ``point_failures``.
 
+    A job lost on the board (``board_jobs.JobLost``: its supervising shell killed, the board rebooted) is not
+    waited for: a complete, schema-valid document it wrote is the point's result, anything else a failed attempt
+    naming the loss. The wait has a deadline, ``setup_s`` + ``mode_caps_s[mode]``: a runner past it that printed
+    nothing for ``heartbeat_s`` is killed and the attempt fails "timed out after N s"; unless given,
+    ``execution_timeout`` is that deadline + the cool-down's + ``OUTER_MARGIN_S``.
+
     A retry takes up what an earlier attempt's runner did (``_earlier_attempt``): one still running is followed to
     its end; a successful document it wrote is loaded (a no-op if it is stored already) instead of measuring again,
     so a point has one result per sweep run. Clearing a finished task therefore reloads its result; a new
@@ -64,7 +79,14 @@ class RunPointOperator(BaseOperator):
     def __init__(self, *, board_conn_id: str, point: dict, sweep_id: str = "{{ run_id }}", resume: bool = False,
                  cooldown_c: float | None = None, cooldown_timeout_s: float = 600,
                  armcl_build_tasks: dict[str, str] | None = None, results_conn_id: str = CONN_ID,
-                 **kwargs) -> None:
+                 mode_caps_s: dict[str, float] | None = None, setup_s: float = SETUP_S,
+                 heartbeat_s: float = HEARTBEAT_S, **kwargs) -> None:
+        self.mode_caps_s = {**MODE_CAPS_S, **(mode_caps_s or {})}
+        self.setup_s = setup_s
+        self.heartbeat_s = heartbeat_s
+        if kwargs.get("execution_timeout") is None:
+            kwargs["execution_timeout"] = dt.timedelta(
+                seconds=self.deadline_s(point) + cooldown_timeout_s + OUTER_MARGIN_S)
         super().__init__(**kwargs)
         self.board_conn_id = board_conn_id
         self.armcl_build_tasks = armcl_build_tasks or {}
@@ -77,6 +99,13 @@ class RunPointOperator(BaseOperator):
         self._board = None
         self._job_dir: str | None = None
         self._stored_document = False
+
+    def deadline_s(self, point: dict | None = None) -> float:
+        """Seconds the point's runner may take: set-up + its mode's cap (the longest cap for a mode not known yet,
+        a templated point)."""
+        point = self.point if point is None else point
+        mode = point.get("mode") if isinstance(point, dict) else None
+        return self.setup_s + self.mode_caps_s.get(mode, max(self.mode_caps_s.values()))
 
     def execute(self, context) -> dict:
         from operators.results_hook import fail_points_on_last_attempt, user_errors_are_final
@@ -129,13 +158,45 @@ class RunPointOperator(BaseOperator):
             lines.append(line)
             self.log.info("[%s] %s", settings.name, line)
 
-        code = board_jobs.wait(board, job_dir, show)
+        try:
+            code = self._wait(board, job_dir, show)
+        except board_jobs.JobLost as lost:
+            document = self._lost_document(board, job_dir, label, lost, lines)
+            return self._store(dag_id, settings.name, label, job_dir, document)
         if code == 2:  # the runner refused its input: retrying cannot help
             raise AirflowFailException(f"board {settings.name} refused the point: {lines[-1] if lines else code}")
         document, missing = board_jobs.fetch_document(board, job_dir)
         if document is None:
             raise RuntimeError(board_jobs.no_document(settings.name, code, missing, lines))
         return self._store(dag_id, settings.name, label, job_dir, document)
+
+    def _wait(self, board, job_dir: str, show) -> int:
+        """``board_jobs.wait`` with the point's deadline; its timeout raised with the board and the point named."""
+        try:
+            return board_jobs.wait(board, job_dir, show, deadline_s=self.deadline_s(), heartbeat_s=self.heartbeat_s)
+        except board_jobs.JobTimedOut as exc:
+            raise RuntimeError(f"board {board.settings.name}: {point_label(self.point)}: {exc}") from None
+
+    def _lost_document(self, board, job_dir: str, label: str, lost: board_jobs.JobLost, lines: list[str]) -> dict:
+        """The document of a lost job when the runner finished writing it (complete and schema-valid), else the
+        RuntimeError of a failed attempt, which Airflow retries."""
+        from requestflow.board.schema import validate_document
+        from requestflow.errors import UserError
+
+        name = board.settings.name
+        self.log.warning("board %s: %s: %s", name, label, lost)
+        document, why = board_jobs.fetch_document(board, job_dir)
+        if document is not None:
+            try:
+                validate_document(document)
+            except UserError as exc:
+                document, why = None, f"{job_dir}/result.json is not a complete result: {exc}"
+        if document is None:
+            last = f"; its last output: {' | '.join(lines[-3:])}" if lines else ""
+            raise RuntimeError(f"board {name}: {label}: the runner's job was lost ({lost.reason}) without a "
+                               f"result ({why}){last}") from None
+        self.log.info("board %s: %s: the runner had finished its document: it is the result", name, label)
+        return document
 
     def _earlier_attempt(self, board, job_dir: str, label: str, attempt: int) -> dict | None:
         """On a retry: the successful document of the runner an earlier attempt started, else None.
@@ -152,7 +213,10 @@ class RunPointOperator(BaseOperator):
             self.log.info("board %s: %s: attempt %d follows the runner an earlier attempt started", name, label,
                           attempt)
             self._job_dir = job_dir  # on_kill stops it
-            board_jobs.wait(board, job_dir, lambda line: self.log.info("[%s] %s", name, line))
+            try:
+                self._wait(board, job_dir, lambda line: self.log.info("[%s] %s", name, line))
+            except board_jobs.JobLost as lost:  # its document, if any, is judged below
+                self.log.warning("board %s: %s: %s", name, label, lost)
         document, missing = board_jobs.fetch_document(board, job_dir)
         if document is None:
             self.log.info("board %s: no result of an earlier attempt (%s)", name, missing)

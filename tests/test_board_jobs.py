@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 import uuid
@@ -20,8 +22,12 @@ farm = farm_fixture(1, scope="module")
 @pytest.fixture
 def board(farm):
     b = farm.boards[0]
+    boot_id = b.work_dir / "boot_id"  # the board's boot id, as the tests see it: a reboot changes it
+    boot_id.parent.mkdir(parents=True, exist_ok=True)
+    boot_id.write_text(f"{uuid.uuid4()}\n")
     hook = BoardHook(settings=BoardSettings(name=b.name, host=b.host, key_file=str(b.key_file),
-                                            host_key=b.host_public_key, work_dir=str(b.work_dir)))
+                                            host_key=b.host_public_key, work_dir=str(b.work_dir),
+                                            boot_id_file=str(boot_id)))
     yield hook, b
     hook.close()
 
@@ -101,6 +107,81 @@ def test_kill_spares_a_process_group_that_is_no_longer_the_jobs(board, tmp_path)
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def wait_for(condition, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert condition()
+
+
+def signalled_job(board, sig: signal.Signals):
+    """A job that would run for 5 minutes, its whole process group sent ``sig`` once it runs: (marker, folder)."""
+    hook, b = board
+    marker = f"rfjob{uuid.uuid4().hex[:10]}"
+    job = b.work_dir / "jobs" / marker
+    board_jobs.start(hook, str(job), f"sh -c 'sleep 300; : {marker}'")
+    wait_for(lambda: bool(running(marker)))
+    os.killpg(int((job / "pid").read_text()), sig)
+    return marker, job
+
+
+class TestALostJob:
+    """A job is alive only while its process group is: a lost one ends ``wait`` with the reason (issue #22)."""
+
+    def test_a_killed_supervisor_is_noticed_once_its_command_ends(self, board):
+        hook, b = board
+        job = b.work_dir / "jobs" / uuid.uuid4().hex
+        board_jobs.start(hook, str(job), "echo started; while [ ! -f go ]; do sleep 0.05; done; "
+                                         "printf '{}' > result.json; echo finished")
+        lines: list[str] = []
+        wait_for(lambda: (job / "pid").exists() and (job / "child_pid").exists())
+        os.kill(int((job / "pid").read_text()), signal.SIGKILL)  # the supervising shell, as `kill -9` does
+        (job / "go").touch()  # the command goes on and ends; nobody writes its exit code
+        with pytest.raises(board_jobs.JobLost, match="supervising shell was killed"):
+            board_jobs.wait(hook, str(job), lines.append, poll_s=0.1, timeout_s=30)
+        assert lines == ["started", "finished"]
+        assert not (job / "exit_code").exists()
+        assert board_jobs.fetch_document(hook, str(job)) == ({}, "")
+
+    def test_a_rebooted_board_is_named(self, board):
+        hook, b = board
+        # a reboot: the job's processes die with the board, which comes back with another boot id
+        marker, job = signalled_job(board, signal.SIGKILL)
+        wait_for(lambda: not running(marker))
+        (b.work_dir / "boot_id").write_text("after-the-reboot\n")
+        with pytest.raises(board_jobs.JobLost, match=r"the board rebooted \(boot id after-the-reboot now\)"):
+            board_jobs.wait(hook, str(job), lambda line: None, poll_s=0.1, timeout_s=30)
+
+    def test_a_job_that_ends_normally_is_not_lost(self, board):
+        hook, b = board
+        job = f"{b.work_dir}/jobs/{uuid.uuid4().hex}"
+        for _ in range(5):  # the group ends just after the exit code is written: never taken for a lost job
+            board_jobs.start(hook, job, "exit 3")
+            assert board_jobs.wait(hook, job, lambda line: None, poll_s=0.1, timeout_s=30) == 3
+
+
+class TestADeadline:
+    def test_a_stopped_job_is_killed_at_its_deadline(self, board):
+        hook, b = board
+        marker, job = signalled_job(board, signal.SIGSTOP)  # a runner that stopped making progress
+        started = time.monotonic()
+        with pytest.raises(board_jobs.JobTimedOut, match="^timed out after 2 s"):
+            board_jobs.wait(hook, str(job), lambda line: None, poll_s=0.1, timeout_s=60, deadline_s=2,
+                            heartbeat_s=0.5)
+        assert time.monotonic() - started < 30  # the deadline, not the outer timeout, ended it
+        assert running(marker) == []
+
+    def test_a_job_that_keeps_printing_outlives_its_deadline(self, board):
+        hook, b = board
+        job = f"{b.work_dir}/jobs/{uuid.uuid4().hex}"
+        # prints a progress line every 0.1 s for as long as the job runs past its 0.5 s deadline
+        board_jobs.start(hook, job, "i=0; while [ $i -lt 30 ]; do echo progress $i; sleep 0.1; i=$((i+1)); done")
+        lines: list[str] = []
+        assert board_jobs.wait(hook, job, lines.append, poll_s=0.1, timeout_s=60, deadline_s=0.5,
+                               heartbeat_s=2) == 0
+        assert lines[-1] == "progress 29"
 
 
 class TestTheJobsDocument:
