@@ -146,7 +146,8 @@ run_tests() {
     fi
     cd "$ROOT"
     "$VENV/bin/python" -m ruff check requestflow operators dags plugins tests bench
-    "$VENV/bin/python" -m pytest "$@"
+    # the 25 slowest tests are listed at the end: what CI time is spent on
+    "$VENV/bin/python" -m pytest --durations=25 "$@"
 }
 
 # ./dev.sh bench [ARGS]: bench_runner.py (a few minutes); bench runner|store|sweep|flops [ARGS]: that benchmark;

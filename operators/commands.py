@@ -13,8 +13,9 @@ import json
 import sys
 from pathlib import Path
 
-from requestflow.cli import DB_HELP, Command, open_store
+from requestflow.cli import Command
 from requestflow.errors import UserError
+from requestflow.results.results_commands import DB_HELP, open_store
 
 AIRFLOW_DB_HELP = ("PostgreSQL URL of Airflow's metadata (default: $REQUESTFLOW_AIRFLOW_DATABASE_URL, else the "
                    "database airflow of the embedded PostgreSQL)")

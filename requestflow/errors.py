@@ -1,5 +1,7 @@
 """Errors shared by every world of requestflow (no third-party imports)."""
 
+import argparse
+
 
 class UserError(Exception):
     """Bad input from the person or program driving requestflow.
@@ -9,3 +11,10 @@ class UserError(Exception):
     """
 
     exit_code = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """The CLI's argument parser: bad arguments are a UserError (one clear line) instead of usage + message."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message}")
