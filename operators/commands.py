@@ -96,7 +96,7 @@ def cmd_sweep(args, argv) -> int:
     print(f"\nsweep {run_id} on board {args.board}, from the results store:")
     print(render(columns, rows, "table"))
     rf = Path(sys.executable).with_name("requestflow")
-    print(f"\nthe Airflow UI (README: Running Airflow locally):\n  eval \"$({rf} airflow-env)\"\n"
+    print(f"\nthe Airflow UI (docs/orchestration.md: Running Airflow locally):\n  eval \"$({rf} airflow-env)\"\n"
           "  setsid sh -c 'echo $$ > \"$AIRFLOW_HOME/standalone.pgid\"; exec airflow standalone' "
           "> \"$AIRFLOW_HOME/standalone.log\" 2>&1 < /dev/null &\n"
           f"  then http://127.0.0.1:8080/dags/{args.dag}/runs/{quote(run_id, safe='')}")
