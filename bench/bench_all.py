@@ -26,18 +26,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
+
+from bench_machine import cpu_model, load_average
+from bench_machine import cpuinfo as read_cpuinfo
+from bench_machine import package_version as version
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 ORDER = ("runner", "store", "sweep", "flops")
 QUICK = {"runner": ["--quick"], "store": ["--quick"], "sweep": ["--repetitions", "20", "--warmup", "3"],
          "flops": ["--repetitions", "20", "--warmup", "3", "--rounds", "1"]}
-
-
-def load_average() -> str:
-    return ", ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def wait_for_quiet(limit: float | None, timeout_s: float) -> str:
@@ -80,18 +79,8 @@ def run_benchmarks(names: list[str], quick: bool, json_dir: Path, quiet: float |
 # The machine
 
 
-def version(*names: str) -> str:
-    for name in names:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return "not installed"
-
-
 def machine() -> list[tuple[str, str]]:
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    match = re.search(r"^(?:model name|Hardware|Processor)\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    cpuinfo = read_cpuinfo()
     flags = re.search(r"^flags\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
     simd = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "amx_tile", "asimd") if flags and f in
             flags.group(1).split()]
@@ -112,7 +101,7 @@ def machine() -> list[tuple[str, str]]:
     except OSError:
         commit = "unknown"
     return [
-        ("CPU", (match.group(1).strip() if match else platform.processor() or "unknown")
+        ("CPU", cpu_model(cpuinfo)
          + (f" ({', '.join(simd)})" if simd else "")),
         ("cores", f"{os.cpu_count()} ({len(os.sched_getaffinity(0))} in this process's affinity)"
          + (f"; a {hypervisor.group(1).strip()} virtual machine" if hypervisor else "")),

@@ -40,6 +40,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bench_machine import load_average
+
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = "_gemm"
 GEMM_N = 4096  # 2 x 4096^3 = 137 GFLOP per product
@@ -234,10 +236,6 @@ def run_point(point: Point, requestflow: str, args, workdir: Path, env: dict) ->
 
 # ---------------------------------------------------------------------------------------------------------------
 # Report
-
-
-def load_average() -> str:
-    return ", ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def markdown(points: list[Point], peak: float, theoretical: float | None) -> list[str]:

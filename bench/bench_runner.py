@@ -32,8 +32,9 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
+
+from bench_machine import cpu_model, load_average, package_version
 
 ROOT = Path(__file__).resolve().parents[1]
 LATENCY_GOAL = 1.02  # runner median / bare median, at most
@@ -487,26 +488,8 @@ def first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else text
 
 
-def package_version(*names: str) -> str:
-    for name in names:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return "not installed"
-
-
-def load_average() -> str:
-    return ", ".join(f"{value:.2f}" for value in os.getloadavg())
-
-
 def machine_lines(threads: int, load_at_start: str) -> list[str]:
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        cpuinfo = ""
-    match = re.search(r"^(?:model name|Hardware|Processor)\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
-    cpu = match.group(1).strip() if match else platform.processor() or "unknown"
+    cpu = cpu_model()
     tensorflow = package_version("tensorflow-cpu", "tensorflow")
     return [f"machine: {cpu}; {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} in this process's affinity), "
             f"{threads} threads used; {platform.system()} {platform.release()} {platform.machine()}",

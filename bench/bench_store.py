@@ -57,6 +57,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench_machine import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432"
 DATA = Path(os.environ.get("REQUESTFLOW_DATA") or ROOT.parent / "shared" / "data")
@@ -760,12 +762,7 @@ def machine_lines(url: str) -> list[str]:
                         for name in ("shared_buffers", "work_mem", "jit", "max_parallel_workers_per_gather")}
     finally:
         engine.dispose()
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        cpuinfo = ""
-    match = re.search(r"^(?:model name|Hardware|Processor)\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
-    cpu = match.group(1).strip() if match else platform.processor() or "unknown"
+    cpu = cpu_model()
     return [f"PostgreSQL: {version}",
             "server settings: " + ", ".join(f"{k} = {v}" for k, v in settings.items()),
             f"machine: {cpu}, {os.cpu_count()} cores; {platform.system()} {platform.release()} {platform.machine()}; "

@@ -54,6 +54,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench_machine import cpu_model, load_average
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432"
 GOAL = 0.15  # overhead share, at most
@@ -445,17 +447,8 @@ def sqlalchemy(url: str) -> str:
 # Report
 
 
-def load_average() -> str:
-    return ", ".join(f"{value:.2f}" for value in os.getloadavg())
-
-
 def machine_line() -> str:
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        cpuinfo = ""
-    match = re.search(r"^(?:model name|Hardware|Processor)\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
-    cpu = match.group(1).strip() if match else platform.processor() or "unknown"
+    cpu = cpu_model()
     return (f"machine: {cpu}, {os.cpu_count()} cores; {platform.system()} {platform.release()} "
             f"{platform.machine()}; python {platform.python_version()}")
 
