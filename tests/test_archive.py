@@ -1,4 +1,4 @@
-"""Export / import archives (``requestflow.results.archive``) on the real PostgreSQL server.
+"""Export / import archives (``archive_export``, ``archive_import``) on the real PostgreSQL server.
 
 A source database is seeded with real runner documents (tests/test_results.py's: performance with raw samples,
 accuracy with per-image predictions, a failed run) and what surrounds them (boards with prices, a platform
@@ -22,8 +22,9 @@ from sqlalchemy import create_engine, text
 
 from requestflow.board.files import sha256_text
 from requestflow.errors import UserError
-from requestflow.results import archive
-from requestflow.results.archive import export, import_archive
+from requestflow.results import archive_import
+from requestflow.results.archive_export import export
+from requestflow.results.archive_import import import_archive
 from requestflow.results.boards import record_platform, set_board
 from requestflow.results.builds import record_build
 from requestflow.results.database import sqlalchemy_url
@@ -404,7 +405,7 @@ class TestDamagedOrForeignArchivesAreRefused:
     def test_a_failure_midway_rolls_the_whole_import_back(self, full_archive, target, monkeypatch):
         engine, _ = target
         before = everything(engine)
-        real, calls = archive.load_documents, []
+        real, calls = archive_import.load_documents, []
 
         def failing_second_load(*args, **kwargs):
             calls.append(args[2])
@@ -412,7 +413,7 @@ class TestDamagedOrForeignArchivesAreRefused:
                 raise RuntimeError("the server went away")
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(archive, "load_documents", failing_second_load)
+        monkeypatch.setattr(archive_import, "load_documents", failing_second_load)
         with pytest.raises(RuntimeError, match="went away"):
             import_archive(engine, full_archive)
         assert len(calls) == 2  # the first board's documents were loaded, then rolled back with everything else

@@ -2,7 +2,7 @@
 
 ``stored(engine, given)`` finds the point (a ``points.point_id`` or a unique prefix of it: its latest successful
 result; or ``result:N``) and rebuilds that result's runner document exactly, raw samples and per-image predictions
-included (``archive.rebuild``). The controller reruns the document's own command on the point's board
+included (``document_rebuild.rebuild``). The controller reruns the document's own command on the point's board
 (``operators.replay``); ``compare(old, new)`` then says whether anything changed:
 
 - the point's identity (``identity.identity``): a replay that ran something else (another library version, other
@@ -73,7 +73,7 @@ class ReplayReport:
 def stored(engine: Engine, given: str) -> StoredPoint:
     """The result to replay: ``result:N``, or a point id (64 hex digits, or a unique prefix of at least
     ``MIN_PREFIX``) for its latest successful result."""
-    from requestflow.results.archive import rebuild
+    from requestflow.results.document_rebuild import rebuild
 
     text = str(given).strip().lower()
     if text.startswith("result:"):

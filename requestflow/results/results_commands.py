@@ -250,7 +250,8 @@ def cmd_sql(args, argv) -> int:
 
 
 def cmd_export(args, argv) -> int:
-    from requestflow.results.archive import FILTERS, export
+    from requestflow.results.archive_export import export
+    from requestflow.results.archive_format import FILTERS
 
     out = Path(args.file)
     if out.suffix.lower() != ".zip":
@@ -271,7 +272,7 @@ def cmd_export(args, argv) -> int:
 
 
 def cmd_import_archive(args, argv) -> int:
-    from requestflow.results.archive import import_archive
+    from requestflow.results.archive_import import import_archive
 
     if not os.path.isfile(args.file):
         raise UserError(f"{args.file}: no such file")

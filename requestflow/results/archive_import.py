@@ -1,40 +1,6 @@
-"""Export / import archives: everything about selected points, carried from one installation to another.
+"""``requestflow import``: an archive (``requestflow.results.archive_format``) checked whole, then written in one
+transaction."""
 
-An archive is a zip of JSON members, each listed with its sha256 in ``manifest.json``:
-
-- ``manifest.json``: ``format`` (``requestflow-archive``), ``format_version``, ``requestflow_version``,
-  ``created_at``, ``source`` (a fingerprint of the source database and its schema revision), ``filters``,
-  ``counts`` and ``members`` (name -> ``{"sha256", "bytes"}``; every other member is listed there).
-- ``documents/<document_sha256>.json``: each result's runner document exactly as the runner wrote it, rebuilt from
-  ``results.document`` (the document minus its bulky arrays), ``samples`` and ``predictions``; its name is the
-  ``document_sha256`` the loader gives it (board name + document), checked at export and again at import.
-- ``results.json``: which board and sweep each document was loaded for, in the source's load order.
-- ``boards.json``, ``snapshots.json``, ``builds.json``, ``models.json``, ``weights.json``, ``datasets.json``,
-  ``sweeps.json``, ``failures.json``: the rows those results use (boards with their price, service life, peak power,
-  read-only flag and info; platform snapshots; library builds with their provenance; sweeps with their info) and
-  the ``point_failures`` of the exported sweeps. Row ids never travel: rows are matched by their natural keys.
-
-Import checks the whole archive before it writes anything (zip, manifest, every member's sha256, no member missing
-or unlisted or outside the archive, every document valid and named by its own hash), then writes in ONE transaction:
-dimension rows first, then the documents through the one loader (``load_documents``: validated again, deduplicated
-by document hash), then the point failures. Importing twice changes nothing. Decisions:
-
-- A board that exists in the target with other figures (kind, price, price date, service life, peak power,
-  read-only) is refused, naming the differences, unless ``update_boards``: the archive's figures then replace the
-  target's. A figure the target does not have (NULL) is filled from the archive without asking. ``info`` keys the
-  target lacks are added; a key both have with different values keeps the target's (a warning), or takes the
-  archive's with ``update_boards``.
-- Models, weights, datasets, platform snapshots and library builds already in the target keep the target's row, as
-  the loader does (first record wins; their keys say the two are the same thing).
-- Sweeps are matched by run id; a missing ``dag_id`` or ``info`` key is filled, a conflicting one keeps the
-  target's (a warning).
-- Results of read-only (reference) boards travel: the import is how reference data moves; the board is read-only
-  before and after. A board read-only in the target and writable in the archive is a conflict like any other, and
-  so is any ``info`` difference of a read-only board (its ``info`` names the source of its results).
-- A filtered archive carries the selected points only: scoreboard columns computed from other points (scoreboard
-  v2's tf reference top-1 of the same weights on any board) are computed in the target from what it holds.
-- The checksums detect damage, not forgery: whoever can write an archive can write a consistent one.
-"""
 
 from __future__ import annotations
 
@@ -46,11 +12,9 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 from sqlalchemy import select, text, update
@@ -60,317 +24,23 @@ from sqlalchemy.engine import Connection, Engine
 from requestflow.board.files import canonical_json
 from requestflow.errors import UserError
 from requestflow.results import models as m
+from requestflow.results.archive_format import (
+    BOARD_FIGURES,
+    DOCUMENT,
+    FORMAT,
+    FORMAT_VERSION,
+    LOAD_BATCH_BYTES,
+    MANIFEST,
+    ROW_FIELDS,
+    SHA256,
+    TABLES,
+    ImportReport,
+    plain,
+    requestflow_version,
+)
 from requestflow.results.document import check_document
 from requestflow.results.identity import sha256_of
 from requestflow.results.load import load_documents, refresh_scoreboard
-
-FORMAT = "requestflow-archive"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-TABLES = ("results", "boards", "snapshots", "builds", "models", "weights", "datasets", "sweeps", "failures")
-DOCUMENT = re.compile(r"^documents/([0-9a-f]{64})\.json$")
-SHA256 = re.compile(r"^[0-9a-f]{64}$")
-# selector -> SQL over the results being exported (results r, points p, boards b, models mo, datasets d, sweeps sw),
-# compared as PostgreSQL's text form of the value, like the scoreboard's selectors (scoreboard_data.FILTERS)
-RESULT_FILTERS = {"board": "b.name", "model": "p.model_id", "backend": "p.backend", "variant": "p.variant::text",
-                  "width": "mo.width::text", "resolution": "mo.resolution::text", "precision": "p.precision",
-                  "mode": "p.mode", "sweep": "sw.run_id", "images": "d.image_count::text"}
-# the selectors a point failure can be judged on (what it records); the others need a result
-FAILURE_FILTERS = {"board": "b.name", "model": "pf.point->>'model'", "backend": "pf.point->>'backend'",
-                   "mode": "pf.point->>'mode'", "sweep": "sw.run_id"}
-TIME_FILTERS = ("since", "until")
-FILTERS = (*RESULT_FILTERS, *TIME_FILTERS)
-LOAD_BATCH_BYTES = 256 * 2**20  # documents handed to one load_documents call, at most (JSON bytes)
-
-# each table member: field -> accepted JSON types (None: null allowed)
-ROW_FIELDS = {
-    "results": {"document_sha256": (str,), "board": (str,), "sweep": (str, None)},
-    "boards": {"name": (str,), "kind": (str,), "price_usd": (str, None), "price_date": (str, None),
-               "service_life_years": (int, float), "peak_power_w": (int, float, None), "read_only": (bool,),
-               "info": (dict,)},
-    "snapshots": {"sha256": (str,), "board": (str,), "cpu_model": (str, None), "arch": (str, None),
-                  "os": (str, None), "machine": (dict,), "created_at": (str,)},
-    "builds": {"sha256": (str,), "backend": (str,), "library": (str, None), "version": (str, None), "info": (dict,)},
-    "models": {"id": (str,), "width": (int, float), "resolution": (int,), "macs": (int,), "params": (int,)},
-    "weights": {"sha256": (str,), "format": (str,), "random": (bool,), "release": (str, None),
-                "source_precision": (str, None), "url": (str, None), "info": (dict,)},
-    "datasets": {"sha256": (str,), "synthetic": (bool,), "image_count": (int, None), "path": (str, None),
-                 "val_txt_sha256": (str, None)},
-    "sweeps": {"run_id": (str,), "dag_id": (str, None), "created_at": (str,), "info": (dict,)},
-    "failures": {"sweep": (str,), "board": (str,), "point": (dict,), "error_type": (str,), "message": (str,),
-                 "attempts": (int,), "failed_at": (str,)},
-}
-BOARD_FIGURES = ("kind", "price_usd", "price_date", "service_life_years", "peak_power_w", "read_only")
-
-
-@dataclass
-class ExportReport:
-    path: Path
-    counts: dict[str, int]
-
-
-@dataclass
-class ImportReport:
-    loaded: int = 0  # documents new to this database
-    unchanged: int = 0  # documents it already held
-    boards_added: list[str] = field(default_factory=list)
-    boards_updated: list[str] = field(default_factory=list)
-    sweeps_added: list[str] = field(default_factory=list)
-    failures_added: int = 0
-    warnings: list[str] = field(default_factory=list)
-
-    def describe(self) -> str:
-        def names(values: list[str]) -> str:
-            return f" ({', '.join(values)})" if values else ""
-
-        return (f"{self.loaded} new result(s), {self.unchanged} already stored; {len(self.boards_added)} board(s) "
-                f"added{names(self.boards_added)}, {len(self.boards_updated)} updated{names(self.boards_updated)}; "
-                f"{len(self.sweeps_added)} sweep(s) added; {self.failures_added} point failure(s) added")
-
-
-# -------------------------------------------------------------------------------------------------------------
-# Export
-
-
-def export(engine: Engine, path: str | os.PathLike, filters: Mapping[str, Iterable[str]] | None = None
-           ) -> ExportReport:
-    """Write the results selected by ``filters`` (selector -> accepted values; none: everything the database holds)
-    and everything they use into the archive ``path``. The file appears whole or not at all."""
-    path = Path(path)
-    chosen = _filters(filters)
-    if not path.parent.resolve().is_dir():
-        raise UserError(f"{path}: folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        with engine.connect().execution_options(isolation_level="REPEATABLE READ") as connection:
-            connection.exec_driver_sql("SET TRANSACTION READ ONLY")  # one consistent snapshot, nothing written
-            counts = _write_archive(connection, Path(tmp), chosen)
-            connection.rollback()
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    return ExportReport(path, counts)
-
-
-def _filters(filters: Mapping[str, Iterable[str]] | None) -> dict[str, list[str]]:
-    chosen = {}
-    for key, values in (filters or {}).items():
-        if key not in FILTERS:
-            raise UserError(f"unknown export filter {key!r}; known: {', '.join(FILTERS)}")
-        values = [str(v) for v in ([values] if isinstance(values, str) else values or []) if str(v) != ""]
-        if not values:
-            continue
-        if key in TIME_FILTERS:
-            if len(values) != 1:
-                raise UserError(f"--{key} takes one date or time, got {len(values)}")
-            values = [_instant(values[0], key).isoformat()]
-        chosen[key] = values
-    return chosen
-
-
-def _instant(value: str, what: str) -> dt.datetime:
-    try:
-        moment = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise UserError(f"--{what} {value!r}: expected a date or time like 2026-11-28 or 2026-11-28T10:00+01:00"
-                        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)  # no zone given: UTC
-
-
-def _where(chosen: dict[str, list[str]], columns: dict[str, str], time_column: str) -> tuple[str, dict]:
-    clauses, parameters = [], {}
-    for key, values in chosen.items():
-        if key in columns:
-            clauses.append(f"{columns[key]} = ANY(:{key})")
-            parameters[key] = values
-        elif key == "since":
-            clauses.append(f"{time_column} >= CAST(:since AS timestamptz)")
-            parameters[key] = values[0]
-        elif key == "until":
-            clauses.append(f"{time_column} < CAST(:until AS timestamptz)")
-            parameters[key] = values[0]
-    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), parameters
-
-
-def _write_archive(connection: Connection, path: Path, chosen: dict[str, list[str]]) -> dict[str, int]:
-    everything = not chosen
-    where, parameters = _where(chosen, RESULT_FILTERS, "r.started_at")
-    results = [dict(row._mapping) for row in connection.execute(text(f"""
-        SELECT r.id, r.document_sha256, b.name AS board, sw.run_id AS sweep, r.sweep_id, r.snapshot_id,
-               p.board_id, p.library_build_id, p.model_id, p.weights_sha256, p.dataset_id,
-               r.document->'context'->'backend'->'build'->>'key' AS build_key
-        FROM results r
-        JOIN points p ON p.id = r.point_id
-        JOIN boards b ON b.id = p.board_id
-        JOIN models mo ON mo.id = p.model_id
-        JOIN datasets d ON d.id = p.dataset_id
-        LEFT JOIN sweeps sw ON sw.id = r.sweep_id
-        {where}
-        ORDER BY r.id"""), parameters)]
-
-    # failures: those matching every filter a failure can be judged on; when a filter needs a result (variant,
-    # width...), only in the sweeps of the exported results
-    judged = {k: v for k, v in chosen.items() if k in FAILURE_FILTERS or k in TIME_FILTERS}
-    where, parameters = _where(judged, FAILURE_FILTERS, "pf.failed_at")
-    if set(chosen) - set(judged):
-        where += (" AND " if where else "WHERE ") + "pf.sweep_id = ANY(:result_sweeps)"
-        parameters["result_sweeps"] = sorted({r["sweep_id"] for r in results if r["sweep_id"] is not None})
-    failures = [dict(row._mapping) for row in connection.execute(text(f"""
-        SELECT pf.sweep_id, pf.board_id, sw.run_id AS sweep, b.name AS board, pf.point, pf.error_type, pf.message,
-               pf.attempts, pf.failed_at
-        FROM point_failures pf JOIN sweeps sw ON sw.id = pf.sweep_id JOIN boards b ON b.id = pf.board_id
-        {where}
-        ORDER BY pf.id"""), parameters)]
-    if not results and not failures:
-        raise UserError("nothing to export: " + (f"no result or point failure matches the filters "
-                                                 f"({_describe(chosen)})" if chosen else "the results store is empty"))
-
-    def ids(key: str, extra: Iterable = ()) -> list:
-        return sorted({r[key] for r in results if r[key] is not None} | set(extra))
-
-    def rows(sql: str, key: str | None = None, values: list | None = None) -> list[dict]:
-        condition = "" if everything or key is None else f" WHERE {key} = ANY(:values)"
-        return [{k: _plain(v) for k, v in row._mapping.items()}
-                for row in connection.execute(text(sql.replace("{where}", condition)), {"values": values})]
-
-    tables = {
-        "boards": rows("SELECT name, kind, price_usd, price_date, service_life_years, peak_power_w, read_only, info "
-                       "FROM boards{where} ORDER BY name", "id",
-                       ids("board_id", (f["board_id"] for f in failures))),
-        "snapshots": rows("SELECT s.sha256, b.name AS board, s.cpu_model, s.arch, s.os, s.machine, s.created_at "
-                          "FROM platform_snapshots s JOIN boards b ON b.id = s.board_id{where} ORDER BY s.id",
-                          "s.id", ids("snapshot_id")),
-        "builds": rows("SELECT sha256, backend, library, version, info FROM library_builds{where} ORDER BY id",
-                       "id", ids("library_build_id")),
-        "models": rows("SELECT id, width, resolution, macs, params FROM models{where} ORDER BY id", "id",
-                       ids("model_id")),
-        "weights": rows("SELECT sha256, format, random, release, source_precision, url, info FROM weights{where} "
-                        "ORDER BY sha256", "sha256", ids("weights_sha256")),
-        "datasets": rows("SELECT sha256, synthetic, image_count, path, val_txt_sha256 FROM datasets{where} "
-                         "ORDER BY id", "id", ids("dataset_id")),
-        "sweeps": rows("SELECT run_id, dag_id, created_at, info FROM sweeps{where} ORDER BY id", "id",
-                       ids("sweep_id", (f["sweep_id"] for f in failures))),
-    }
-    if not everything:  # the provenance of the library builds the documents name (ArmCL: builds.record_build)
-        keys = sorted({r["build_key"] for r in results if r["build_key"]})
-        have = {b["sha256"] for b in tables["builds"]}
-        tables["builds"] += [b for b in rows("SELECT sha256, backend, library, version, info FROM library_builds"
-                                             "{where} ORDER BY id", "sha256", keys) if b["sha256"] not in have]
-    tables["failures"] = [{k: _plain(v) for k, v in f.items() if k not in ("sweep_id", "board_id")}
-                          for f in failures]
-    tables["results"] = [{"document_sha256": r["document_sha256"], "board": r["board"], "sweep": r["sweep"]}
-                         for r in results]
-
-    members: dict[str, dict] = {}
-    counts = {name: len(rows_) for name, rows_ in tables.items()} | {"samples": 0, "predictions": 0}
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        def add(name: str, data: bytes) -> None:
-            members[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-            archive.writestr(name, data)
-
-        cursor = connection.connection.driver_connection.cursor()
-        for start in range(0, len(results), 200):
-            batch = results[start:start + 200]
-            stored = dict(connection.execute(text("SELECT id, document FROM results WHERE id = ANY(:ids)"),
-                                             {"ids": [r["id"] for r in batch]}).all())
-            for result in batch:
-                document = rebuild(cursor, result["id"], stored[result["id"]], result["board"],
-                                   result["document_sha256"])
-                counts["samples"] += len(document.get("performance", {}).get("samples", []))
-                counts["predictions"] += len(document.get("predictions", []))
-                add(f"documents/{result['document_sha256']}.json", _json_bytes(document))
-        for name in TABLES:
-            add(f"{name}.json", _json_bytes(tables[name], indent=1))
-        manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "requestflow_version": _version(),
-            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "source": _source(connection),
-            "filters": chosen, "counts": counts, "members": members}
-        archive.writestr(MANIFEST, _json_bytes(manifest, indent=1))
-    return counts
-
-
-def rebuild(cursor, result_id: int, stored: dict, board: str, document_sha256: str) -> dict:
-    """The runner document of result ``result_id``: ``stored`` (``results.document``) with its raw samples and
-    per-image predictions put back, as the runner wrote them. Raises UserError unless its hash is
-    ``document_sha256``.
-
-    Two things the tables do not keep are recovered: the order of the predictions (the runner writes them in the
-    dataset's order, its sorted file names; the rows' physical order, the order they were loaded in, is tried
-    next) and the exact scores (the runner rounds them to 6 decimals, ``predictions.scores`` keeps float32: rounding
-    the float32 to 6 decimals gives the runner's value back for any score below 8; the float32 itself is tried
-    next, for documents written otherwise)."""
-    from psycopg import sql
-
-    document = dict(stored)
-    if "performance" in stored:
-        with cursor.copy(sql.SQL("COPY (SELECT seconds FROM samples WHERE result_id = {} ORDER BY i) TO STDOUT "
-                                 "(FORMAT BINARY)").format(sql.Literal(result_id))) as copy:
-            copy.set_types(["float8"])
-            document["performance"] = {**stored["performance"], "samples": [s for (s,) in copy.rows()]}
-    with cursor.copy(sql.SQL("COPY (SELECT image, label, top5, scores FROM predictions WHERE result_id = {} "
-                             "ORDER BY ctid) TO STDOUT (FORMAT BINARY)").format(sql.Literal(result_id))) as copy:
-        copy.set_types(["text", "int2", "int2[]", "float4[]"])
-        loaded_order = list(copy.rows())
-
-    def candidates() -> Iterator[dict]:
-        if not loaded_order:
-            yield document
-            if stored.get("context", {}).get("mode") == "accuracy":
-                yield {**document, "predictions": []}
-            return
-        by_name = sorted(loaded_order, key=lambda row: row[0])
-        for order in (by_name, loaded_order) if by_name != loaded_order else (by_name,):
-            for score in (lambda s: round(s, 6), float):
-                yield {**document, "predictions": [
-                    {"file": image, "label": label, "top5": [[c, score(s)] for c, s in zip(top5, scores,
-                                                                                         strict=True)]}
-                    for image, label, top5, scores in order]}
-
-    for candidate in candidates():
-        if sha256_of({"board": board, "document": candidate}) == document_sha256:
-            return candidate
-    raise UserError(f"result {result_id} (board {board}, started {stored.get('started_at')}, document "
-                    f"{document_sha256[:12]}): its runner document cannot be rebuilt exactly from the store (the "
-                    f"rebuilt document hashes differently), so it cannot be exported; nothing was written. Leave it "
-                    f"out with filters (e.g. --until {stored.get('started_at')})")
-
-
-def _source(connection: Connection) -> dict:
-    """Which database the archive comes from: a fingerprint of the server's system identifier and the database's
-    name (not secret, stable), and its schema revision."""
-    row = connection.execute(text(
-        "SELECT current_database() AS database, (SELECT version_num FROM alembic_version) AS schema_revision, "
-        "has_function_privilege('pg_control_system()', 'EXECUTE') AS may_read_control")).one()
-    system = connection.execute(text("SELECT system_identifier::text FROM pg_control_system()")
-                                ).scalar() if row.may_read_control else None
-    return {"database_fingerprint": sha256_of({"database": row.database, "system": system}),
-            "schema_revision": row.schema_revision}
-
-
-def _describe(chosen: dict[str, list[str]]) -> str:
-    return "; ".join(f"{key} {', '.join(values)}" for key, values in chosen.items())
-
-
-def _plain(value):
-    """JSON-friendly and exact: prices (Decimal) as text, dates and times as ISO text."""
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    if isinstance(value, dt.datetime | dt.date):
-        return value.isoformat()
-    return value
-
-
-def _json_bytes(value, indent: int | None = None) -> bytes:
-    separators = None if indent else (",", ":")
-    return json.dumps(value, ensure_ascii=False, indent=indent, separators=separators).encode()
-
-
-def _version() -> str:
-    from requestflow import __version__
-    return __version__
-
 
 # -------------------------------------------------------------------------------------------------------------
 # Import
@@ -444,7 +114,7 @@ class _Archive:
             raise self.refuse(f"not a requestflow archive (format {found!r}, expected {FORMAT!r})")
         if manifest.get("format_version") != FORMAT_VERSION:
             raise self.refuse(f"archive format version {manifest.get('format_version')!r} is unknown to this "
-                              f"requestflow {_version()} (it reads version {FORMAT_VERSION}, written by "
+                              f"requestflow {requestflow_version()} (it reads version {FORMAT_VERSION}, written by "
                               f"requestflow {manifest.get('requestflow_version')!r})")
         members, counts = manifest.get("members"), manifest.get("counts")
         if not isinstance(members, dict) or not all(
@@ -618,7 +288,7 @@ def _boards(connection: Connection, archive: _Archive, update_boards: bool, repo
             if ours is None or update_boards:
                 change[key] = theirs
             else:
-                conflicts.append(f"board {name}: {key} {_plain(ours)} here, {_plain(theirs)} in the archive")
+                conflicts.append(f"board {name}: {key} {plain(ours)} here, {plain(theirs)} in the archive")
         info = dict(here.info or {})
         for key, value in board["info"].items():
             if key not in info or (update_boards and info[key] != value):
