@@ -39,12 +39,12 @@ by document hash), then the point failures. Importing twice changes nothing. Dec
 
 from __future__ import annotations
 
-import datetime as dt
-import decimal
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from requestflow.results.query import json_value
 
 FORMAT = "requestflow-archive"
 FORMAT_VERSION = 1
@@ -112,11 +112,7 @@ class ImportReport:
 
 def plain(value):
     """JSON-friendly and exact: prices (Decimal) as text, dates and times as ISO text."""
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    if isinstance(value, dt.datetime | dt.date):
-        return value.isoformat()
-    return value
+    return json_value(value, exact=True)
 
 
 def json_bytes(value, indent: int | None = None) -> bytes:

@@ -81,3 +81,16 @@ def _numeric(text_value: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def json_value(value, exact: bool = False):
+    """A database value made JSON-friendly: dates and times as ISO text; a Decimal (prices) as text when
+    ``exact`` (archives keep every digit), else as a float (the page's charts and tables)."""
+    import datetime as dt
+    import decimal
+
+    if isinstance(value, decimal.Decimal):
+        return str(value) if exact else float(value)
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return value

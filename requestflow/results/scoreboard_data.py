@@ -6,8 +6,6 @@ tables below, never from a request.
 
 from __future__ import annotations
 
-import datetime as dt
-import decimal
 import json
 import re
 import shlex
@@ -19,7 +17,7 @@ from sqlalchemy.engine import Engine
 
 from requestflow.errors import UserError
 from requestflow.results.plot import METRICS, Drawing, metric, scatter
-from requestflow.results.query import read_only
+from requestflow.results.query import json_value, read_only
 
 # every column of the scoreboard the page shows, in the table's order
 COLUMNS = ("board", "backend", "variant", "variant_label", "library", "library_version", "model", "width",
@@ -115,7 +113,7 @@ def read_rows(engine: Engine, filters: Mapping[str, Iterable[str]] | None = None
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     columns, rows = read_only(engine, f"SELECT {', '.join(COLUMNS)} FROM scoreboard {where} "
                                       "ORDER BY board, model, backend, precision, threads, point_id", parameters)
-    return [{c: _plain(v) for c, v in zip(columns, row, strict=True)} for row in rows]
+    return [{c: json_value(v) for c, v in zip(columns, row, strict=True)} for row in rows]
 
 
 def options(engine: Engine) -> dict[str, list[str]]:
@@ -136,15 +134,6 @@ def _sort_key(value: str):
         return (0, float(value), value)
     except ValueError:
         return (1, 0.0, value)
-
-
-def _plain(value):
-    """JSON-friendly: Decimal -> float, dates -> ISO text."""
-    if isinstance(value, decimal.Decimal):
-        return float(value)
-    if isinstance(value, dt.datetime | dt.date):
-        return value.isoformat()
-    return value
 
 
 RESULT_SQL = """
@@ -182,15 +171,15 @@ def read_point(engine: Engine, point_id: str) -> dict | None:
                               {"p": point_id})
     if not rows:
         return None
-    row = {c: _plain(v) for c, v in zip(columns, rows[0], strict=True)}
+    row = {c: json_value(v) for c, v in zip(columns, rows[0], strict=True)}
     columns, boards = read_only(engine, "SELECT name, kind, price_usd, price_date, service_life_years, peak_power_w, "
                                         "read_only FROM boards WHERE name = %(b)s", {"b": row["board"]})
-    board = {c: _plain(v) for c, v in zip(columns, boards[0], strict=True)} if boards else {}
+    board = {c: json_value(v) for c, v in zip(columns, boards[0], strict=True)} if boards else {}
     ids = [i for i in (row["performance_result_id"], row["accuracy_result_id"]) if i is not None]
     columns, found = read_only(engine, RESULT_SQL, {"ids": ids})
     results = {}
     for values in found:
-        result = {c: _plain(v) for c, v in zip(columns, values, strict=True)}
+        result = {c: json_value(v) for c, v in zip(columns, values, strict=True)}
         command = result.get("command")
         result["command_line"] = shlex.join(str(a) for a in command) if isinstance(command, list) and command else None
         results[result["mode"]] = result
