@@ -126,7 +126,7 @@ demo() {
                    top1, random_weights FROM scoreboard ORDER BY board, model, backend"
         if [ ${#modes[@]} -eq 1 ]; then
             log "accuracy needs ImageNet validation images: requestflow dataset import ILSVRC2012_img_val.tar" \
-                "--labels caffe_ilsvrc12.tar.gz, then ./dev.sh demo again"
+                "--devkit ILSVRC2012_devkit_t12.tar.gz, then ./dev.sh demo again"
         fi
     fi
     log "every point's latest result: $rf scoreboard; the database: $("$rf" db url)"

@@ -24,7 +24,8 @@ from pathlib import Path
 from requestflow.errors import UserError
 
 IMAGES_HINT = ("accuracy needs ImageNet validation images: add them with `requestflow dataset import "
-               "ILSVRC2012_img_val.tar --val-txt val.txt` (or point $REQUESTFLOW_DATA at a data folder holding them)")
+               "ILSVRC2012_img_val.tar --devkit ILSVRC2012_devkit_t12.tar.gz` (or point $REQUESTFLOW_DATA at a data "
+               "folder holding them)")
 
 
 def controller_data_dir(explicit: str | os.PathLike | None = None) -> Path | None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from requestflow.board import matfile
 from requestflow.board.dataset import load_dataset
 from requestflow.board.imagenet_import import check_imported, import_validation_set
 from requestflow.cli import main
@@ -20,6 +21,24 @@ from requestflow.errors import UserError
 from tests.served import make_tar
 
 COUNT = 12
+DEVKIT = Path(__file__).with_name("data") / "devkit"  # meta.mat written by SciPy (make_meta_mat.py), not by us
+
+
+def leaf_id(k: int) -> int:
+    """The ILSVRC2012_ID that tests/data/devkit/meta.mat gives the class k (make_meta_mat.py's formula)."""
+    return (7 * k + 3) % 1000 + 1
+
+
+@pytest.fixture
+def devkit(tmp_path, data_dir) -> Path:
+    """A devkit archive laid out as ILSVRC2012_devkit_t12.tar.gz: the stand-in meta.mat and a ground truth whose
+    IDs give, through it, exactly the shared val.txt's classes (its 50,000 images)."""
+    truth = sorted(line.split() for line in (data_dir / "imagenet" / "val.txt").read_text().splitlines() if line)
+    ground_truth = "".join(f"{leaf_id(int(label))}\n" for _name, label in truth)
+    return make_tar(tmp_path / "ILSVRC2012_devkit_t12.tar.gz", {
+        "ILSVRC2012_devkit_t12/data/meta.mat": (DEVKIT / "meta.mat").read_bytes(),
+        "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt": ground_truth.encode(),
+        "ILSVRC2012_devkit_t12/readme.txt": b"ILSVRC2012 development kit\n"}, "w:gz")
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +93,18 @@ class TestAnImport:
             tar.add(labels["synset_words"], arcname="synset_words.txt")
         imported = import_validation_set(folder, tmp_path / "data", labels=aux, partial=True, log=lambda line: None)
         assert imported.images == 4
+
+    def test_the_official_devkit_gives_the_same_classes_as_val_txt(self, tmp_path, archive, devkit, data_dir):
+        data = tmp_path / "data"
+        import_validation_set(archive, data, devkit=devkit, partial=True, log=lambda line: None)
+        assert sorted(p.name for p in (data / "imagenet").iterdir()) == ["SHA256SUMS", "synset_words.txt", "val",
+                                                                            "val.txt"]
+        assert (data / "imagenet/val.txt").read_text() == (data_dir / "imagenet/val.txt").read_text()
+        words = (data / "imagenet/synset_words.txt").read_text().splitlines()
+        assert (len(words), words[0], words[999]) == (1000, "n10000000 class 0, synonym of class 0",
+                                                      "n10000999 class 999, synonym of class 999")
+        assert load_dataset(data / "imagenet" / "val").labels == load_dataset(data_dir / "imagenet" / "val",
+                                                                              limit=COUNT).labels
 
     def test_replace_swaps_the_whole_folder(self, tmp_path, archive, labels, first_images):
         data = tmp_path / "data"
@@ -152,6 +183,53 @@ class TestRefusals:
         with pytest.raises(UserError, match="exists already: pass --replace"):
             import_validation_set(archive, data, partial=True, log=lambda line: None, **labels)
         assert leftovers(data) == ["imagenet"] and check_imported(data) == []
+
+
+class TestADamagedDevkit:
+    def test_a_ground_truth_line_that_is_no_id_is_named(self, tmp_path, archive):
+        bad = make_tar(tmp_path / "devkit.tar.gz", {
+            "d/data/meta.mat": (DEVKIT / "meta.mat").read_bytes(),
+            "d/data/ILSVRC2012_validation_ground_truth.txt": b"5\n1001\n"}, "w:gz")
+        with pytest.raises(UserError, match=r"ILSVRC2012_validation_ground_truth\.txt:2: expected an ILSVRC2012_ID"):
+            import_validation_set(archive, tmp_path / "data", devkit=bad, partial=True, log=lambda line: None)
+        assert leftovers(tmp_path / "data") == []
+
+    def test_a_devkit_without_meta_mat_or_with_another_file_is_named(self, tmp_path, archive):
+        missing = make_tar(tmp_path / "a.tar.gz", {"d/data/ILSVRC2012_validation_ground_truth.txt": b"1\n"}, "w:gz")
+        with pytest.raises(UserError, match=r"no meta\.mat in it \(expected the ILSVRC2012 devkit\)"):
+            import_validation_set(archive, tmp_path / "data", devkit=missing, partial=True, log=lambda line: None)
+        other = make_tar(tmp_path / "b.tar.gz", {"d/data/meta.mat": (DEVKIT / "small.mat").read_bytes(),
+                                                 "d/data/ILSVRC2012_validation_ground_truth.txt": b"1\n"}, "w:gz")
+        with pytest.raises(UserError, match="no struct array 'synsets'"):
+            import_validation_set(archive, tmp_path / "data", devkit=other, partial=True, log=lambda line: None)
+
+
+class TestTheMatFileReader:
+    """requestflow.board.matfile against files SciPy wrote (tests/data/devkit/make_meta_mat.py)."""
+
+    def test_a_compressed_struct_array_as_the_devkit_has(self):
+        synsets = matfile.read(DEVKIT / "meta.mat")["synsets"]
+        assert len(synsets) == 1003
+        assert synsets[0] == {"ILSVRC2012_ID": 1.0, "WNID": "n10000571", "words": "class 571, synonym of class 571",
+                              "gloss": "gloss of n10000571", "num_children": 0.0, "children": [],
+                              "wordnet_height": 0.0, "num_train_images": 1300.0}
+        assert synsets[-1]["children"] == [3.0, 4.0, 5.0]
+
+    def test_integers_char_rows_cells_and_scalars_in_matlab_order(self):
+        assert matfile.read(DEVKIT / "small.mat") == {"a": [1, 4, 2, 5, 3, 6], "s": ["ab", "cd"], "c": [1.5, "x"],
+                                                       "x": 2.0}
+
+    @pytest.mark.parametrize("damage, message", [
+        (lambda b: b[:100], "not a MATLAB 5 MAT-file"),
+        (lambda b: b[:126] + b"XX" + b[128:], "no endian indicator"),
+        (lambda b: b[:200], "truncated data element"),
+        (lambda b: b[:136] + bytes(64) + b[200:], "compressed element is damaged"),
+    ])
+    def test_damage_is_one_clear_error(self, tmp_path, damage, message):
+        bad = tmp_path / "bad.mat"
+        bad.write_bytes(damage((DEVKIT / "meta.mat").read_bytes()))
+        with pytest.raises(UserError, match=message):
+            matfile.read(bad)
 
 
 class TestTheCommand:

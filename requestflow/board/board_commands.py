@@ -59,6 +59,8 @@ def add_parsers(sub) -> None:
     dataset_import.add_argument("source", metavar="SOURCE", help="ILSVRC2012_img_val.tar or a folder of its JPEGs")
     dataset_import.add_argument("--val-txt", help="ground truth: FILE CLASS per line, CLASS 0-based (caffe_ilsvrc12)")
     dataset_import.add_argument("--synset-words", help="class names, line i = class i (caffe_ilsvrc12)")
+    dataset_import.add_argument("--devkit", metavar="ARCHIVE",
+                                help="ILSVRC2012_devkit_t12.tar.gz (or its folder): the official ground truth")
     dataset_import.add_argument("--labels", metavar="ARCHIVE",
                                 help="caffe_ilsvrc12.tar.gz, holding val.txt and synset_words.txt")
     dataset_import.add_argument("--data", help="the data folder (default: $REQUESTFLOW_DATA, else requestflow's "
@@ -226,6 +228,7 @@ def cmd_dataset(args, argv) -> int:
     if args.dataset_action == "import":
         imported = imagenet_import.import_validation_set(
             args.source, data, val_txt=args.val_txt, synset_words=args.synset_words, labels=args.labels,
+            devkit=args.devkit,
             partial=args.partial, replace=args.replace, log=lambda line: print(line, flush=True))
         print(f"imported {imported.describe()}; accuracy points use them"
               + ("" if args.data is None and not os.environ.get("REQUESTFLOW_DATA") else
@@ -245,7 +248,7 @@ def cmd_dataset(args, argv) -> int:
     images = used / "imagenet" / "val" if used else None
     if images is None or not images.is_dir():
         print(f"no ImageNet validation images (data folder: {used or 'none'}); add them with `requestflow dataset "
-              f"import ILSVRC2012_img_val.tar --labels caffe_ilsvrc12.tar.gz` (into {_dataset_folder(args)})")
+              f"import ILSVRC2012_img_val.tar --devkit ILSVRC2012_devkit_t12.tar.gz` (into {_dataset_folder(args)})")
         return 1
     count = sum(1 for _ in images.glob("ILSVRC2012_val_*.JPEG"))
     print(f"{used}: {count:,} validation image(s) in {images}")

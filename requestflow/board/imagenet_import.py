@@ -1,10 +1,13 @@
 """``requestflow dataset import``: ImageNet validation images into requestflow's data folder.
 
 The ILSVRC2012 validation images cannot be redistributed: a user who has them (``ILSVRC2012_img_val.tar`` from
-image-net.org, or a folder of its JPEGs) imports them once, with their ground truth in the standard form the
-seed workflow used (``val.txt``: ``FILE CLASS``, CLASS 0-based in sorted-WordNet-id order, and
-``synset_words.txt``: line i = class i; both from the ``caffe_ilsvrc12`` auxiliary archive, given as files or as
-that archive). Accuracy points then run on them.
+image-net.org, or a folder of its JPEGs) imports them once, with their ground truth: the official devkit
+(``ILSVRC2012_devkit_t12.tar.gz``: ``data/ILSVRC2012_validation_ground_truth.txt`` gives each image's
+ILSVRC2012_ID, ``data/meta.mat`` maps the IDs to WordNet ids and names), or the standard form the seed workflow
+used (``val.txt``: ``FILE CLASS``, CLASS 0-based in sorted-WordNet-id order, and ``synset_words.txt``: line i =
+class i; both from the ``caffe_ilsvrc12`` auxiliary archive, given as files or as that archive). The devkit is
+converted to that form (class = the position of the image's WordNet id among the 1,000 sorted). Accuracy points
+then run on them.
 
 What is checked, before anything is written: every image's name (``ILSVRC2012_val_NNNNNNNN.JPEG``, N in
 1..50,000, no duplicates) and JPEG signature; the count (an official archive holds all 50,000; ``partial`` accepts
@@ -148,12 +151,82 @@ def check_synset_words(path: Path) -> None:
                         "order")
 
 
+def _member_files(source: Path, wanted: tuple[str, ...], staging: Path, what: str) -> dict[str, Path]:
+    """The files named ``wanted`` (base names) of a tar archive or a folder (searched recursively), copied into
+    ``staging`` when they come from an archive."""
+    found: dict[str, Path] = {}
+    if source.is_dir():
+        for name in wanted:
+            matches = sorted(source.rglob(name))
+            if matches:
+                found[name] = matches[0]
+    else:
+        try:
+            with tarfile.open(source) as tar:
+                for member in tar.getmembers():
+                    name = Path(member.name).name
+                    if member.isfile() and name in wanted and name not in found:
+                        target = staging / ".labels" / name  # removed before the folder is put in place
+                        target.parent.mkdir(exist_ok=True)
+                        target.write_bytes(tar.extractfile(member).read())
+                        found[name] = target
+        except (tarfile.TarError, OSError) as exc:
+            raise UserError(f"{source}: not a readable tar archive or folder ({exc})") from None
+    missing = [name for name in wanted if name not in found]
+    if missing:
+        raise UserError(f"{source}: no {missing[0]} in it (expected the {what})")
+    return found
+
+
+def devkit_labels(meta_mat: Path, ground_truth: Path, val_txt: Path, synset_words: Path) -> None:
+    """Write ``val.txt`` and ``synset_words.txt`` from the devkit's ``meta.mat`` and validation ground truth."""
+    from requestflow.board import matfile
+
+    synsets = matfile.read(meta_mat).get("synsets")
+    if not isinstance(synsets, list) or not all(isinstance(s, dict) for s in synsets):
+        raise UserError(f"{meta_mat}: no struct array 'synsets' (the devkit's data/meta.mat has one)")
+    leaves = [s for s in synsets if s.get("num_children") == 0]
+    ids = sorted(int(s.get("ILSVRC2012_ID") or 0) for s in leaves)
+    if ids != list(range(1, 1001)):
+        raise UserError(f"{meta_mat}: {len(leaves)} leaf synsets with IDs {ids[:1]}..{ids[-1:]}; ILSVRC2012 has "
+                        "1,000, with IDs 1..1000")
+    wnids = [s.get("WNID") for s in leaves]
+    if len(set(wnids)) != 1000 or not all(isinstance(w, str) and WNID_LINE.match(f"{w} x") for w in wnids):
+        raise UserError(f"{meta_mat}: the leaf synsets' WNIDs are not 1,000 distinct WordNet ids")
+    ordered = sorted(leaves, key=lambda s: s["WNID"])
+    class_of_id = {int(s["ILSVRC2012_ID"]): k for k, s in enumerate(ordered)}
+    lines = []
+    try:
+        text = ground_truth.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {ground_truth}: {exc}") from None
+    for number, line in enumerate(text.splitlines(), start=1):
+        value = line.strip()
+        if not value.isdigit() or int(value) not in class_of_id:
+            raise UserError(f"{ground_truth}:{number}: expected an ILSVRC2012_ID in 1..1000, got {line!r}")
+        lines.append(f"ILSVRC2012_val_{number:08d}.JPEG {class_of_id[int(value)]}")
+    if len(lines) > VALIDATION_IMAGES:
+        raise UserError(f"{ground_truth}: {len(lines):,} lines; the validation set has {VALIDATION_IMAGES:,} images")
+    val_txt.write_text("\n".join(lines) + "\n")
+    synset_words.write_text("".join(f"{s['WNID']} {' '.join(str(s.get('words') or s['WNID']).split())}\n"
+                                    for s in ordered))
+
+
 @contextmanager
-def _labels(labels: Path | None, val_txt: Path | None, synset_words: Path | None, staging: Path):
-    """(val.txt, synset_words.txt) paths: given as files, or taken from the caffe_ilsvrc12 archive ``labels``."""
+def _labels(labels: Path | None, val_txt: Path | None, synset_words: Path | None, staging: Path,
+            devkit: Path | None = None):
+    """(val.txt, synset_words.txt) paths: given as files, taken from the caffe_ilsvrc12 archive ``labels``, or
+    converted from the official devkit."""
+    if sum(bool(x) for x in (labels, devkit, val_txt or synset_words)) > 1:
+        raise UserError("give one ground truth: --devkit, --labels, or --val-txt with --synset-words")
+    if devkit is not None:
+        files = _member_files(devkit, ("meta.mat", "ILSVRC2012_validation_ground_truth.txt"), staging,
+                              "ILSVRC2012 devkit")
+        devkit_labels(files["meta.mat"], files["ILSVRC2012_validation_ground_truth.txt"], staging / "val.txt",
+                      staging / "synset_words.txt")
+        yield staging / "val.txt", staging / "synset_words.txt"
+        return
     if labels is not None:
-        if val_txt or synset_words:
-            raise UserError("give the labels archive or --val-txt/--synset-words, not both")
         try:
             with tarfile.open(labels) as tar:
                 for wanted in ("val.txt", "synset_words.txt"):
@@ -166,8 +239,8 @@ def _labels(labels: Path | None, val_txt: Path | None, synset_words: Path | None
         yield staging / "val.txt", staging / "synset_words.txt"
         return
     if val_txt is None or synset_words is None:
-        raise UserError("the ground truth is needed: --val-txt val.txt --synset-words synset_words.txt (from "
-                        "caffe_ilsvrc12.tar.gz), or --labels caffe_ilsvrc12.tar.gz")
+        raise UserError("the ground truth is needed: --devkit ILSVRC2012_devkit_t12.tar.gz, --labels "
+                        "caffe_ilsvrc12.tar.gz, or --val-txt val.txt --synset-words synset_words.txt")
     for path in (val_txt, synset_words):
         if not path.is_file():
             raise UserError(f"{path} does not exist")
@@ -175,7 +248,7 @@ def _labels(labels: Path | None, val_txt: Path | None, synset_words: Path | None
 
 
 def import_validation_set(source: str | os.PathLike, data: str | os.PathLike, *, val_txt=None, synset_words=None,
-                          labels=None, partial: bool = False, replace: bool = False,
+                          labels=None, devkit=None, partial: bool = False, replace: bool = False,
                           log: Callable[[str], None] = print) -> Imported:
     """Check ``source`` and its ground truth, then make ``<data>/imagenet/{val/,val.txt,synset_words.txt,SHA256SUMS}``
     in one rename (see the module's text). A UserError names the first problem; nothing is left behind."""
@@ -188,7 +261,8 @@ def import_validation_set(source: str | os.PathLike, data: str | os.PathLike, *,
     (staging / "val").mkdir(parents=True)
     try:
         with _labels(Path(labels) if labels else None, Path(val_txt) if val_txt else None,
-                     Path(synset_words) if synset_words else None, staging) as (truth_file, words_file):
+                     Path(synset_words) if synset_words else None, staging,
+                     Path(devkit) if devkit else None) as (truth_file, words_file):
             check_synset_words(words_file)
             truth = read_ground_truth(truth_file)
             with _images(source) as images:
@@ -216,6 +290,7 @@ def import_validation_set(source: str | os.PathLike, data: str | os.PathLike, *,
             (staging / "val.txt").write_text("\n".join(lines) + "\n")
             if words_file != staging / "synset_words.txt":
                 shutil.copyfile(words_file, staging / "synset_words.txt")
+        shutil.rmtree(staging / ".labels", ignore_errors=True)
         for name in ("val.txt", "synset_words.txt"):
             sums.append(f"{sha256_file(staging / name)}  {name}")
         (staging / "SHA256SUMS").write_text("\n".join(sorted(sums, key=lambda s: s.split("  ")[1])) + "\n")
