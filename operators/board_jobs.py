@@ -54,7 +54,7 @@ def start(board, job_dir: str, command: str, env: dict[str, str] | None = None) 
     inner = (f"{exports}( {command} ) > stdout.log 2>&1 & echo $! > child_pid; wait $!; "
              "echo $? > exit_code.tmp && mv exit_code.tmp exit_code")
     script = (f"mkdir -p {shlex.quote(job_dir)} && cd {shlex.quote(job_dir)} && "
-              "rm -f exit_code stdout.log child_pid boot_id && "
+              "rm -f exit_code stdout.log child_pid boot_id killed && "
               f"{{ cat {_boot_id_file(board)} > boot_id 2>/dev/null || rm -f boot_id; }} && "
               f"{{ setsid sh -c {shlex.quote(inner)} < /dev/null > /dev/null 2>&1 & echo $! > pid; }}")
     board.run(script)
@@ -121,7 +121,8 @@ def wait(board, job_dir: str, on_output: Callable[[str], None], poll_s: float = 
 # recorded at start) or "LOST" (no live process left in the job's group, and no exit code: a process group outlives
 # its supervising shell while the runner runs, so this is the moment the last of them ended). Builtins only while the
 # command's own process lives (``read`` of its /proc stat: a zombie is not alive), the whole /proc read otherwise;
-# the exit code is read again after that, as a job that just ended writes it before its group is gone.
+# the exit code is read again after that, as a job that just ended writes it before its group is gone; a job that
+# ``kill`` stopped (its ``killed`` marker) ended 143, as ``kill`` writes once the group is gone.
 _STATUS = ('cat exit_code 2>/dev/null || { '
            'b=; read -r b < boot_id 2>/dev/null; n=; read -r n < BOOT_ID_FILE 2>/dev/null; '
            'if [ -n "$b" ] && [ -n "$n" ] && [ "$b" != "$n" ]; then echo "LOST REBOOTED $n"; exit 0; fi; '
@@ -131,7 +132,8 @@ _STATUS = ('cat exit_code 2>/dev/null || { '
            'if [ -z "$alive" ] && [ -n "$g" ]; then for p in /proc/[0-9]*; do '
            'read -r l 2>/dev/null < "$p/stat" || continue; l=${l##*) }; set -- $l; '
            '[ "$1" != Z ] && [ "$3" = "$g" ] && { alive=1; break; }; done; fi; '
-           'if [ -n "$alive" ] || [ -z "$g" ]; then echo RUNNING; else cat exit_code 2>/dev/null || echo LOST; fi; }')
+           'if [ -n "$alive" ] || [ -z "$g" ]; then echo RUNNING; '
+           'else cat exit_code 2>/dev/null || { [ -f killed ] && echo 143; } || echo LOST; fi; }')
 
 
 # Sets $ours when the process group in the job folder's ``pid`` is still the job's: some process of that group has
@@ -161,7 +163,7 @@ def kill(board, job_dir: str, grace_s: float = 5.0) -> None:
     """Stop the job's whole process group: TERM, then KILL after ``grace_s``. A job killed before it could write
     its exit code gets 143 (TERM) written for it, so that whoever waits for it is released. A group that is no
     longer the job's (``_OURS``) is left alone: the kill only writes the exit code."""
-    board.run(_in_job(job_dir) + "if [ -n \"$ours\" ]; then kill -TERM -- -$pid 2>/dev/null; "
+    board.run(_in_job(job_dir) + "if [ -n \"$ours\" ]; then touch killed; kill -TERM -- -$pid 2>/dev/null; "
               "kill -CONT -- -$pid 2>/dev/null; "  # a stopped process handles its TERM
               f"for i in $(seq {int(grace_s * 10)}); do kill -0 -- -$pid 2>/dev/null || break; sleep 0.1; done; "
               "kill -KILL -- -$pid 2>/dev/null; fi; [ -f exit_code ] || echo 143 > exit_code; exit 0",

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from operators import stopping
 from operators.config import ROOT
 from requestflow.errors import UserError
 
@@ -332,17 +333,25 @@ def run_dag(env: dict[str, str], conf: dict, dag_id: str = DEFAULT_DAG) -> dict:
         raise UserError(conflict)
     with tempfile.TemporaryDirectory(prefix="rf-run-") as tmp:
         outcome_file = Path(tmp) / "outcome.json"
-        process = subprocess.run([sys.executable, "-m", "operators.local_airflow", "run-dag", dag_id,
-                                  json.dumps(conf), str(outcome_file)], cwd=str(ROOT),
-                                 env={"AIRFLOW__LOGGING__NAMESPACE_LEVELS": QUIET_LOGGERS,
-                                      "AIRFLOW__LOGGING__CALLSITE_PARAMETERS": "", **os.environ, **env},
-                                 stdin=subprocess.DEVNULL)
+        process = subprocess.Popen([sys.executable, "-m", "operators.local_airflow", "run-dag", dag_id,
+                                    json.dumps(conf), str(outcome_file)], cwd=str(ROOT),
+                                   env={"AIRFLOW__LOGGING__NAMESPACE_LEVELS": QUIET_LOGGERS,
+                                        "AIRFLOW__LOGGING__CALLSITE_PARAMETERS": "", **os.environ, **env},
+                                   stdin=subprocess.DEVNULL)
+        stopped_by = stopping.wait(process, _stop_file(outcome_file))  # SIGINT/SIGTERM stop the run (#22)
         outcome = json.loads(outcome_file.read_text()) if outcome_file.is_file() else None
+    if stopped_by is not None:
+        stopping.end_as(stopped_by)
     if outcome is None:
         raise RuntimeError(f"the Airflow run of {dag_id} ended (exit {process.returncode}) without an outcome")
     if outcome.get("refused"):
         raise UserError(outcome["refused"])
     return outcome
+
+
+def _stop_file(outcome_file: Path) -> Path:
+    """Beside the run's outcome file: written when the command asks the run to stop (``operators.stopping``)."""
+    return outcome_file.with_name("stop")
 
 
 # -- inside the Airflow process -----------------------------------------------------------------------------------
@@ -400,6 +409,7 @@ def _main(argv: list[str]) -> int:
         print("usage: python -m operators.local_airflow run-dag DAG_ID CONF_JSON OUTCOME_FILE", file=sys.stderr)
         return 2
     dag_id, conf, outcome_file = argv[1], json.loads(argv[2]), Path(argv[3])
+    stopping.make_stoppable(_stop_file(outcome_file))
     outcome = _run_dag_here(dag_id, conf)
     outcome_file.write_text(json.dumps(outcome) + "\n")
     return 0 if outcome.get("state") == "success" and not outcome.get("failed") else 1

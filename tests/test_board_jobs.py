@@ -154,6 +154,13 @@ class TestALostJob:
         with pytest.raises(board_jobs.JobLost, match=r"the board rebooted \(boot id after-the-reboot now\)"):
             board_jobs.wait(hook, str(job), lambda line: None, poll_s=0.1, timeout_s=30)
 
+    def test_a_job_being_killed_is_not_lost_but_killed(self, board):
+        hook, b = board
+        marker, job = signalled_job(board, signal.SIGKILL)
+        wait_for(lambda: not running(marker))
+        (job / "killed").touch()  # what `kill` leaves before it signals the group and, later, writes exit_code
+        assert board_jobs.wait(hook, str(job), lambda line: None, poll_s=0.1, timeout_s=30) == 143
+
     def test_a_job_that_ends_normally_is_not_lost(self, board):
         hook, b = board
         job = f"{b.work_dir}/jobs/{uuid.uuid4().hex}"
