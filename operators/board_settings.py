@@ -20,6 +20,9 @@ passphrase when a key is given, else a login password). Extras:
 ``boot_id_file``           where the board's boot id is read (default ``/proc/sys/kernel/random/boot_id``; tests
                            point it at a file they change to simulate a reboot; ``operators.board_jobs``)
 ``armcl_cache``            the board's ArmCL build cache (default ``<work_dir>/armcl/builds``)
+``emulator``               the emulator the board's runner runs under (``qemu-user``; a name: letters, digits,
+                           ``._+-``): provisioning writes it into the runner's venv, so every result of that runner
+                           is labelled emulated (as ``$REQUESTFLOW_EMULATED``) even where detection cannot tell
 ``connect_timeout``        seconds (default 15)
 ``gc_keep_runners``        runners kept on the board, the current one included (default 2; ``operators.board_gc``)
 ``gc_keep_days``           days a finished job's folder is kept (default 30)
@@ -30,6 +33,7 @@ passphrase when a key is given, else a login password). Extras:
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 
 from requestflow.errors import UserError
@@ -38,7 +42,7 @@ SECRET_FIELDS = ("password", "private_key")
 EXTRAS = {
     "key_file": str, "private_key": str, "host_key": str, "known_hosts": str, "no_host_key_check": bool,
     "python": str, "work_dir": str, "sudo": bool, "sysfs_root": str, "boot_id_file": str,
-    "armcl_cache": str,
+    "armcl_cache": str, "emulator": str,
     "connect_timeout": float, "gc_keep_runners": int, "gc_keep_days": float,
     "price_usd": float, "price_date": str, "service_life_years": float, "peak_power_w": float,
 }
@@ -92,6 +96,7 @@ class BoardSettings:
     sysfs_root: str = "/"
     boot_id_file: str = "/proc/sys/kernel/random/boot_id"
     armcl_cache: str | None = None
+    emulator: str | None = None
     connect_timeout: float = 15.0
     gc_keep_runners: int = 2
     gc_keep_days: float = 30.0
@@ -115,6 +120,9 @@ class BoardSettings:
         for name, kind in EXTRAS.items():
             if extras.get(name) not in (None, ""):
                 values[name] = _coerce(name, extras[name], kind)
+        if "emulator" in values and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}", values["emulator"]):
+            raise UserError(f"board connection {conn_id!r}: emulator must be a name such as qemu-user (letters, "
+                            f"digits, ._+-), got {values['emulator']!r}")
         if "price_date" in values:
             try:
                 dt.date.fromisoformat(values["price_date"])

@@ -62,9 +62,6 @@ from operators.config import ROOT
 from requestflow.errors import UserError
 
 BUNDLE_FORMAT = 1
-# A cross-architecture wheelhouse accepts manylinux wheels up to this glibc (2.28: Debian 10, Ubuntu 20.04 and
-# later, the boards' usual images); the board's pip refuses, at install time, a wheel its glibc cannot run.
-CROSS_GLIBC_MINOR = 28
 _ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64", "armv8l": "aarch64"}
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -145,8 +142,8 @@ def build_bundle(target: str | None = None, cache_dir: str | os.PathLike | None 
     constraints = root / "requirements" / f"constraints-{arch}.txt"
     if not constraints.is_file():
         raise UserError(f"no pins for {arch} boards: {constraints.relative_to(root)} does not exist. Resolve the "
-                        f"board dependencies on an {arch} machine with Python {python} (pip install . then pip "
-                        "freeze) and commit the file")
+                        f"board dependencies for {arch} with Python {python} (python -m operators.wheel_target pins "
+                        f"{arch} --python {python} > {constraints.relative_to(root)}) and commit the file")
     bundles = Path(cache_dir) if cache_dir else requestflow_cache_dir("bundles")
     bundles.mkdir(parents=True, exist_ok=True)
     digest = source_digest(root, constraints, arch, python)
@@ -209,24 +206,42 @@ def _source_files(root: Path) -> list[Path]:
 
 def _build(source: Path, constraints: Path, wheels: Path, arch: str, python: str, log: Log) -> None:
     """The project's wheel (built with build isolation: setuptools from the package index, as pyproject says) and
-    the wheelhouse of its core dependencies, binary wheels only."""
+    the wheelhouse of its core dependencies, binary wheels only.
+
+    For another machine pip is not given the project's wheel: it would evaluate the wheel's markers for this
+    controller (pip issue #11664: ``--platform`` changes the wheel tags, not the markers), and an x86_64 controller
+    would pick ``tensorflow-cpu==2.21.0; platform_machine == 'x86_64'`` for an aarch64 board. It is given
+    ``pyproject.toml``'s requirements evaluated for the target (``operators.wheel_target``) with every manylinux
+    tag of the target, and the wheelhouse is then checked against the wheels' own metadata, evaluated for the
+    target: a missing requirement fails the build, a wheel only the controller's markers wanted is left out."""
+    from operators import wheel_target
+
     project = source.parent / "project"
     _pip(["wheel", "--no-deps", "--wheel-dir", str(project), str(source)], log)
     built = sorted(project.glob("requestflow-*.whl"))
     if len(built) != 1:
         raise DeployError(f"pip wheel made {[p.name for p in built]}, expected one requestflow wheel")
     args = ["download", "--only-binary=:all:", "--constraint", str(constraints), "--dest", str(wheels)]
-    if arch != normalize_arch(platform_module.machine()):
-        args += ["--python-version", python, "--implementation", "cp"]
-        for minor in range(CROSS_GLIBC_MINOR, 16, -1):
-            args += ["--platform", f"manylinux_2_{minor}_{arch}"]
-        args += ["--platform", f"manylinux2014_{arch}"]
-    _pip([*args, str(built[0])], log)
+    cross = arch != normalize_arch(platform_module.machine())
+    if cross:
+        requirements = wheel_target.board_requirements(source, arch, python)
+        log(f"the board's requirements on {arch}: {', '.join(requirements)}")
+        _pip([*args, *wheel_target.pip_target_args(arch, python)[1:], *requirements], log)
+    else:
+        _pip([*args, str(built[0])], log)
     if not list(wheels.glob("requestflow-*.whl")):  # pip saves a local wheel it was given; make sure of it
         shutil.copy2(built[0], wheels / built[0].name)
     others = [p.name for p in wheels.iterdir() if not p.name.endswith(".whl")]
     if others:
         raise DeployError(f"the wheelhouse holds non-wheel files {others}: boards install binary wheels only")
+    if cross:
+        try:
+            unneeded = wheel_target.check_closure(wheels, ["requestflow"], arch, python)
+        except wheel_target.ClosureError as exc:
+            raise DeployError(str(exc)) from None
+        for wheel in unneeded:
+            log(f"{wheel.name}: not needed on {arch} (pip chose it for this controller's markers): left out")
+            wheel.unlink()
 
 
 def _pip(args: list[str], log: Log) -> None:
@@ -271,7 +286,8 @@ def deploy_runner(board, bundle: Bundle | None, log: Log = print, timeout_s: flo
     and the board of its machine (UserError if not); the wheels it lacks are sent; ``<python> -m venv`` and
     ``pip install --no-index`` from those wheels (pip's configuration ignored: nothing but the wheelhouse); the
     runner is checked (``pip check``, ``requestflow models``, its libraries import) before ``.deployed`` is written.
-    A failed install raises DeployError naming the board, with pip's last lines.
+    A failed install raises DeployError naming the board, with pip's last lines. The board's extra ``emulator``
+    is written into the venv (``requestflow.board.emulation.MARKER``; removed when unset), also when reused.
 
     The LocalBoard (this machine, the embedded default) gets no venv: its runner is this installation, so the
     answer is ``sys.executable``.
@@ -288,7 +304,8 @@ def deploy_runner(board, bundle: Bundle | None, log: Log = print, timeout_s: flo
     probe = board.run(
         f"W={_shell_path(settings.work_dir)}; mkdir -p \"$W/blobs/.incoming\" \"$W/runner\" && cd \"$W\" && pwd "
         f"&& uname -m && if [ -f runner/{digest}/.deployed ]; then ln -sfn {digest} runner/current && "
-        f"echo DEPLOYED; else {shlex.quote(settings.python)} -c {shlex.quote(version_code)} 2>&1 | tail -n 3; fi",
+        f"{_emulation_marker(settings, f'runner/{digest}/venv')} && echo DEPLOYED; "
+        f"else {shlex.quote(settings.python)} -c {shlex.quote(version_code)} 2>&1 | tail -n 3; fi",
         warn=True)
     lines = probe.stdout.strip().splitlines()
     if probe.return_code != 0 or len(lines) < 3:
@@ -321,7 +338,7 @@ def deploy_runner(board, bundle: Bundle | None, log: Log = print, timeout_s: flo
     env = f"REQUESTFLOW_CACHE={shlex.quote(work + '/cache')} REQUESTFLOW_DATA={shlex.quote(work + '/data')}"
     install = (
         f"cd {shlex.quote(runner_dir)} && if [ -f .deployed ]; then echo 'already deployed'; exit 0; fi; "
-        f"rm -rf venv && {shlex.quote(settings.python)} -m venv venv "
+        f"rm -rf venv && {shlex.quote(settings.python)} -m venv venv && {_emulation_marker(settings, 'venv')} "
         f"&& {pip} install --no-index --no-cache-dir --progress-bar off --find-links wheels "
         f"requestflow=={bundle.version} "
         f"&& {pip} check "
@@ -346,6 +363,16 @@ def deploy_runner(board, bundle: Bundle | None, log: Log = print, timeout_s: flo
                           f"{job_dir}/stdout.log):\n{tail}")
     log(f"board {settings.name}: runner {digest} deployed in {time.monotonic() - started:.1f} s ({python})")
     return python
+
+
+def _emulation_marker(settings, venv: str) -> str:
+    """The shell command that writes the board's ``emulator`` extra into the runner's venv (or removes an old one):
+    the runner then labels every result emulated (``requestflow.board.emulation.MARKER``), whoever starts it."""
+    from requestflow.board.emulation import MARKER
+
+    marker = shlex.quote(f"{venv}/{MARKER}")
+    emulator = getattr(settings, "emulator", None)
+    return f"echo {shlex.quote(emulator)} > {marker}" if emulator else f"rm -f {marker}"
 
 
 def runner_python(board) -> str:

@@ -522,6 +522,24 @@ class Farm:
             raise FarmError(f"{subnet} is already routed on this host: {'; '.join(clashes)}")
 
 
+def require_arm64_board() -> None:
+    """Skip (or, in CI or with a tool missing, fail) a test that needs an arm64 board here: the farm's tools and
+    root, Linux 6.7 or later (binfmt_misc per user namespace), mmdebstrap and qemu-user-static."""
+    import pytest
+
+    ok, reason = Farm.available()
+    if not ok:
+        if os.environ.get("CI"):
+            pytest.fail(f"board farm unavailable in CI: {reason}")
+        pytest.skip(f"board farm unavailable: {reason}")
+    release = os.uname().release.split("-")[0].split(".")
+    if (int(release[0]), int(release[1])) < (6, 7):
+        pytest.skip(f"Linux {os.uname().release}: binfmt_misc per user namespace needs 6.7")
+    absent = [tool for tool in ("mmdebstrap", "qemu-aarch64-static") if shutil.which(tool) is None]
+    if absent:
+        pytest.fail(f"{', '.join(absent)} not installed (./dev.sh test installs qemu-user-static and mmdebstrap)")
+
+
 def farm_fixture(
     n_boards: int = 2, *, scope: Literal["session", "package", "module", "class", "function"] = "function"
 ) -> Callable[..., Any]:

@@ -84,6 +84,16 @@ class TestDetection:
         assert found["emulator"] == "qemu-user" and found["evidence"] == [f"${SETTING}=qemu-user"]
         assert machine_info(with_opencl=False)["emulated"]["emulator"] == "qemu-user"
 
+    def test_the_boards_setting_written_into_the_runners_venv(self, monkeypatch, tmp_path):
+        """Provisioning writes a board Connection's extra ``emulator`` there (operators.deploy): every command of
+        that runner is labelled, whoever starts it, with no environment variable."""
+        assert emulation.board_setting(tmp_path) is None
+        (tmp_path / emulation.MARKER).write_text("qemu-user\n")
+        monkeypatch.setattr(sys, "prefix", str(tmp_path))
+        found = detect()
+        assert found["emulator"] == "qemu-user"
+        assert found["evidence"] == [f"the board's settings say emulator qemu-user ({tmp_path / emulation.MARKER})"]
+
     def test_an_exec_prefix_is_described_with_its_version(self, monkeypatch):
         monkeypatch.setenv(emulation.ENV, f"{sys.executable} -I")
         found = detect()

@@ -4,22 +4,21 @@ to qemu-aarch64-static, chrooted into bookworm's arm64 userland). Over SSH, as a
 says aarch64, ``python3.11`` is aarch64 code, SFTP works on the board's work dir, and requestflow's runner run on
 the board gives the x86 runner's tflite predictions with ``machine.emulated`` detected on the board itself.
 
-Not yet here: provisioning it through ``board_provision`` (deploy_runner from an aarch64 wheelhouse, which needs
-``requirements/constraints-aarch64.txt``), sweeps through Airflow, ``./dev.sh farm up arm64``. The runner's
-dependencies come from ``operators.arm64.runner_site`` and requestflow from this checkout, shared read-only with
-the board. Needs root, the farm's tools and a Linux with binfmt_misc per user namespace (6.7 or later)."""
+Here the runner's dependencies come from ``operators.arm64.runner_site`` and requestflow from this checkout,
+shared with the board; ``tests/test_arm64_provision.py`` provisions the same board through ``board_provision``
+(the aarch64 wheelhouse, ``pip --no-index`` on the board). Not yet: ``./dev.sh farm up arm64``. Needs root, the
+farm's tools and a Linux with binfmt_misc per user namespace (6.7 or later)."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
 from requestflow.board.runner import RunConfig, run
-from tests.farm import Farm
+from tests.farm import Farm, require_arm64_board
 
 ROOT = Path(__file__).resolve().parents[1]
 ARM64_CACHE = Path(os.environ.get("REQUESTFLOW_ARM64_CACHE") or Path.home() / ".cache" / "requestflow" / "arm64")
@@ -27,22 +26,9 @@ MODEL, WEIGHTS = "mobilenet-v1-0.25-128", "mobilenet_v1_0.25_128_quant.tflite"
 IMAGES = 10
 
 
-def _kernel_at_least(major: int, minor: int) -> bool:
-    found = os.uname().release.split("-")[0].split(".")
-    return (int(found[0]), int(found[1])) >= (major, minor)
-
-
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory, models_dir):
-    ok, reason = Farm.available()
-    if not ok:
-        pytest.fail(f"board farm unavailable in CI: {reason}") if os.environ.get("CI") else \
-            pytest.skip(f"board farm unavailable: {reason}")
-    if not _kernel_at_least(6, 7):
-        pytest.skip(f"Linux {os.uname().release}: binfmt_misc per user namespace needs 6.7")
-    absent = [tool for tool in ("mmdebstrap", "qemu-aarch64-static") if shutil.which(tool) is None]
-    if absent:
-        pytest.fail(f"{', '.join(absent)} not installed (./dev.sh test installs qemu-user-static and mmdebstrap)")
+    require_arm64_board()
     from operators import arm64
 
     userland = arm64.python_userland(ARM64_CACHE, log=lambda line: None)

@@ -35,6 +35,11 @@ class TestReadingABoardConnection:
         settings = BoardSettings.from_connection("b", conn)
         assert settings.sudo is True and settings.price_usd == 239.0 and settings.peak_power_w == 12.5
 
+    def test_the_emulator_a_board_runs_under(self):
+        conn = FakeConnection(extra_dejson={"key_file": "/k", "host_key": HOST_KEY, "emulator": "qemu-user"})
+        assert BoardSettings.from_connection("arm64", conn).emulator == "qemu-user"
+        assert BoardSettings.from_connection("b", FakeConnection()).emulator is None
+
     def test_an_unknown_extra_is_refused_by_name(self):
         conn = FakeConnection(extra_dejson={"keyfile": "/k", "host_key": HOST_KEY})
         with pytest.raises(UserError, match="unknown extra 'keyfile'"):
@@ -53,6 +58,7 @@ class TestReadingABoardConnection:
         ({"key_file": "/k", "host_key": HOST_KEY, "peak_power_w": "-3"}, "'peak_power_w' must be positive"),
         ({"key_file": "/k", "host_key": HOST_KEY, "service_life_years": "0"}, "must be positive"),
         ({"key_file": "/k", "host_key": HOST_KEY, "price_date": "last year"}, "price_date must be YYYY-MM-DD"),
+        ({"key_file": "/k", "host_key": HOST_KEY, "emulator": "qemu; rm -rf /"}, "emulator must be a name"),
     ])
     def test_bad_settings_are_one_clear_error(self, extras, message):
         with pytest.raises(UserError, match=message):

@@ -134,7 +134,8 @@ def fake_pip(calls: list, delay_s: float = 0.0):
         else:
             folder = Path(args[args.index("--dest") + 1])
             folder.mkdir(parents=True, exist_ok=True)
-            shutil.copy(args[-1], folder)
+            if args[-1].endswith(".whl"):  # for another machine pip gets requirements, not the project's wheel
+                shutil.copy(args[-1], folder)
             (folder / f"numpy-2.4.6-cp311-cp311-manylinux_2_27_{'x86_64'}.whl").write_bytes(b"numpy")
 
     return pip
@@ -218,10 +219,15 @@ class TestBundle:
             [results[0].digest]  # no temporary folder left
 
     def test_another_architecture_is_downloaded_for_it_with_its_pins(self, tmp_path, monkeypatch):
+        """pip is given pyproject's requirements evaluated for aarch64, not the project's wheel (whose markers it
+        would evaluate for this x86_64 controller: tensorflow-cpu), and the wheelhouse is checked against the
+        wheels' own metadata for aarch64 (tests/test_arm64_provision.py has the real download)."""
         root = source_copy(tmp_path)
         (root / "requirements" / "constraints-aarch64.txt").write_text("numpy==2.4.6\n")
         calls: list = []
+        checked: list = []
         monkeypatch.setattr(deploy, "_pip", fake_pip(calls))
+        monkeypatch.setattr("operators.wheel_target.check_closure", lambda *args: checked.append(args) or [])
         built = build_bundle("aarch64", tmp_path / "bundles", root=root, log=lambda line: None)
         download = calls[1]
         assert download[download.index("--constraint") + 1].endswith("constraints-aarch64.txt")
@@ -229,6 +235,9 @@ class TestBundle:
         assert download[download.index("--python-version") + 1] == PYTHON
         platforms = [download[i + 1] for i, a in enumerate(download) if a == "--platform"]
         assert "manylinux2014_aarch64" in platforms and "manylinux_2_28_aarch64" in platforms
+        assert "tensorflow==2.20.0" in download and not any(a.startswith("tensorflow-cpu") for a in download)
+        assert not any(a.endswith(".whl") for a in download)
+        assert [args[1:] for args in checked] == [(["requestflow"], "aarch64", PYTHON)]
         assert built.platform == "aarch64"
 
     def test_an_architecture_without_pins_is_refused(self, tmp_path):

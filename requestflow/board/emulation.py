@@ -9,7 +9,8 @@ its results are correctness checks, its timings meaningless.
 
 ``detect()`` is what the runner records as ``machine.emulated``: the exec prefix above, the explicit setting
 ``$REQUESTFLOW_EMULATED`` (the emulator's name, e.g. ``qemu-user``: a board whose whole runner runs emulated says so
-in its settings), and a cross-check that needs no setting: under qemu-user the kernel reports the guest's machine
+in its settings; provisioning writes a board Connection's extra ``emulator`` into the runner's venv, ``MARKER``,
+which counts the same), and a cross-check that needs no setting: under qemu-user the kernel reports the guest's machine
 (``uname -m`` aarch64) and the runner's Python is aarch64 code, but ``/proc/cpuinfo`` is the host's and describes
 an x86 CPU (checked with QEMU 7.2). Any one of them makes a result emulated.
 """
@@ -27,6 +28,9 @@ from pathlib import Path
 
 ENV = "REQUESTFLOW_EMULATOR"
 SETTING = "REQUESTFLOW_EMULATED"
+# The board's setting, written into the deployed runner's venv by provisioning (a board Connection's extra
+# ``emulator``): the same as ``$REQUESTFLOW_EMULATED`` for every command of that runner, whoever starts it.
+MARKER = "requestflow-emulated"
 _FAMILIES = {"x86_64": "x86", "i686": "x86", "aarch64": "arm", "armv7l": "arm", "riscv64": "riscv"}
 # ELF e_machine -> uname -m
 _ELF_MACHINES = {3: "i686", 40: "armv7l", 62: "x86_64", 183: "aarch64", 243: "riscv64"}
@@ -104,6 +108,15 @@ def cpuinfo_arch(text: str) -> str | None:
     return "riscv64" if isa else None
 
 
+def board_setting(prefix: str | os.PathLike | None = None) -> str | None:
+    """The emulator the board's settings name (``<runner venv>/requestflow-emulated``, one word), or None."""
+    try:
+        text = (Path(prefix or sys.prefix) / MARKER).read_text(errors="replace").strip()
+    except OSError:
+        return None
+    return text.split()[0] if text else None
+
+
 def detect(cpuinfo: str | os.PathLike = "/proc/cpuinfo", executable: str | None = None) -> dict | None:
     """None when nothing says this runner or its programs are emulated; else ``{"emulator", "version",
     "evidence": [...], "python_arch", "cpu_arch", "kernel_arch"}``. ``cpuinfo`` is the real one (a board's fake
@@ -122,6 +135,10 @@ def detect(cpuinfo: str | os.PathLike = "/proc/cpuinfo", executable: str | None 
     setting = os.environ.get(SETTING, "").strip()
     if setting:
         evidence.append(f"${SETTING}={setting}")
+    marked = board_setting()
+    if marked:
+        evidence.append(f"the board's settings say emulator {marked} ({Path(sys.prefix) / MARKER})")
+        setting = setting or marked
     prefix = exec_prefix()
     if prefix:
         evidence.append(f"native programs run through ${ENV}")
