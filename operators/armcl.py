@@ -705,11 +705,8 @@ class ArmclBuildOperator(BaseOperator):
         if not outcome or outcome.get("status") != "ok":
             raise RuntimeError(f"board {name}: the ArmCL build ended without its provenance ({job_dir}/result.json)")
         program = self._compile_program(board, python, outcome["path"]) if self.program else None
-        engine = ResultsHook(self.results_conn_id).get_conn()
-        try:
+        with ResultsHook(self.results_conn_id).engine() as engine:
             build_id = record_build(engine, outcome, board=name)
-        finally:
-            engine.dispose()
         self.log.info("board %s: ArmCL %s build %s %s (%.1f s here; build time %.0f s, %.1f MB of libraries), "
                       "library_builds id %d", name, spec.version, outcome["key"][:16],
                       "reused from the board's cache" if outcome.get("reused") else "built",

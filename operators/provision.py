@@ -96,11 +96,8 @@ class ProvisionBoardOperator(BaseOperator):
             self._collect_garbage(board)
             snapshot = board_cli(board, ["platform", "--root", board.settings.sysfs_root])
             self.log.info("board %s: %s", name, describe_platform(snapshot))
-            engine = ResultsHook(self.results_conn_id).get_conn()
-            try:
+            with ResultsHook(self.results_conn_id).engine() as engine:
                 record_platform(engine, name, "local" if isinstance(board, LocalBoard) else "ssh", snapshot)
-            finally:
-                engine.dispose()
             data = None
             if self.points:
                 shipment = point_data.files_for_points(self.points, point_data.controller_data_dir(self.data_dir))
@@ -171,13 +168,10 @@ class ClocksOperator(BaseOperator):
             board.close()
         for line in clock_lines(report):
             self.log.info("board %s: %s", s.name, line)
-        engine = ResultsHook(self.results_conn_id).get_conn()
-        try:
-            dag = context.get("dag")
+        dag = context.get("dag")
+        with ResultsHook(self.results_conn_id).engine() as engine:
             record_sweep_info(engine, context["run_id"], dag.dag_id if dag else None, s.name,
                               f"clocks_{self.action}", report)
-        finally:
-            engine.dispose()
         return report
 
     def _ended_holders(self, status: dict, ti) -> list[str]:

@@ -82,9 +82,8 @@ class RegressionCheckOperator(BaseOperator):
         if not sweeps:
             raise AirflowFailException(f"no sweep to check: no event of the asset {self.asset_uri} triggered this "
                                        "run; trigger it with the param sweep (a sweep's run id) to check one")
-        engine = self.hook.get_conn()
         reports = []
-        try:
+        with self.hook.engine() as engine:
             for sweep in sweeps:
                 try:
                     report = detect(engine, sweep, settings.window, settings.alpha, settings.min_effect)
@@ -92,8 +91,6 @@ class RegressionCheckOperator(BaseOperator):
                     raise AirflowFailException(str(exc)) from None
                 self.log.info("%s", report.summary())
                 reports.append(report)
-        finally:
-            engine.dispose()
         open_ = [(r.sweep, f) for r in reports for f in r.unacknowledged]
         if open_:
             lines = [f"{f.describe()}  [sweep {sweep}]" for sweep, f in open_[:MAX_LISTED]]

@@ -41,14 +41,20 @@ class ResultsHook(BaseHook):
             raise
         return engine
 
+    @contextmanager
+    def engine(self):
+        """The store's engine for a ``with`` block (schema brought to head first), disposed of at its end."""
+        engine = self.get_conn()
+        try:
+            yield engine
+        finally:
+            engine.dispose()
+
     def load(self, documents: list[tuple[str, dict]], board: str, sweep: str | None, dag_id: str | None = None):
         from requestflow.results.load import load_documents
 
-        engine = self.get_conn()
-        try:
+        with self.engine() as engine:
             return load_documents(engine, documents, board, sweep, dag_id)
-        finally:
-            engine.dispose()
 
     def record_failures(self, sweep: str, dag_id: str | None, board: str, points: list[dict],
                         error: BaseException, attempts: int) -> None:
@@ -57,12 +63,9 @@ class ResultsHook(BaseHook):
         from requestflow.results.sweeps import record_failure
 
         try:
-            engine = self.get_conn()
-            try:
+            with self.engine() as engine:
                 for point in points:
                     record_failure(engine, sweep, dag_id, board, point, type(error).__name__, str(error), attempts)
-            finally:
-                engine.dispose()
         except Exception as store_error:
             self.log.error("could not store the failure of %d point(s) of board %s: %s", len(points), board,
                            store_error)

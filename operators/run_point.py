@@ -274,11 +274,8 @@ class RunPointOperator(BaseOperator):
             raise RuntimeError(f"board {board.settings.name}: identifying the point failed "
                                f"({result.return_code}): {result.stderr.strip()[-300:]}")
         context = json.loads(result.stdout.strip().splitlines()[-1])["context"]
-        engine = ResultsHook(self.results_conn_id).get_conn()
-        try:
+        with ResultsHook(self.results_conn_id).engine() as engine:
             return stored_ok(engine, point_id(board.settings.name, context))
-        finally:
-            engine.dispose()
 
     def _cool_down(self, board, python: str) -> None:
         from operators.provision import board_cli

@@ -156,13 +156,10 @@ def prepare_points(board: str, points: list[dict], context) -> list[dict]:
     for note in prepared.notes:
         print(f"WARNING: {note}")
     if prepared.refused:
-        engine = ResultsHook().get_conn()
-        try:
-            dag = context.get("dag")
+        dag = context.get("dag")
+        with ResultsHook().engine() as engine:
             point_data.record_refused(engine, context["run_id"], dag.dag_id if dag else None, board,
                                       prepared.refused)
-        finally:
-            engine.dispose()
     if not prepared.points:
         raise AirflowFailException(f"board {board}: every point was refused: {prepared.refused[0][1]}")
     return prepared.points
@@ -276,8 +273,7 @@ def summarize(context) -> dict:
     if p["dry_run"]:
         print("dry run: the points are listed in each board's plan task; nothing ran")
         return {"boards": {}, "failed_points": []}
-    engine = ResultsHook().get_conn()
-    try:
+    with ResultsHook().engine() as engine:
         tally = sweep_tally(engine, run_id)
         counts, bad = {}, []
         for board in inventory():
@@ -313,8 +309,6 @@ def summarize(context) -> dict:
             print(f"ACCURACY FLAGGED: {board} {model} {backend} {variant}: top-1 {top1:.4f}, {reference - top1:.2%} "
                   f"below tf's {reference:.4f} on the same weights and images: a broken build or variant?")
         print_flagged_latencies(engine, run_id)
-    finally:
-        engine.dispose()
     return {"boards": counts, "failed_points": bad}
 
 

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,8 @@ def own_state(tmp_path, monkeypatch):
     for proxy in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
         monkeypatch.setenv(proxy, NO_NETWORK)
     monkeypatch.setenv("no_proxy", "")
+    # urlopen's default opener reads the proxies once, when first used: a fresh one sees these (and the mirror's)
+    urllib.request.install_opener(None)
     empty = tmp_path / "no-data"
     empty.mkdir()
     return empty
@@ -55,6 +58,7 @@ def mirror(tmp_path, monkeypatch, models_dir):
     with http_folder(root) as (url, requests):
         monkeypatch.setenv("REQUESTFLOW_WEIGHTS_MIRROR", url)
         monkeypatch.setenv("no_proxy", "127.0.0.1")
+        urllib.request.install_opener(None)
         yield requests
 
 
