@@ -1,6 +1,7 @@
 """Errors shared by every world of requestflow (no third-party imports)."""
 
 import argparse
+import reprlib
 
 
 class UserError(Exception):
@@ -18,3 +19,13 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise UserError(f"{self.prog}: {message}")
+
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlist, _SHOWN.maxdict = 3, 60, 60, 4, 4
+
+
+def shown(value) -> str:
+    """``repr`` of a value from a user's input, bounded: a thousand levels of nesting or a megabyte of text gives a
+    short line (and never a RecursionError) in an error message."""
+    return _SHOWN.repr(value)

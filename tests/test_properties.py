@@ -48,8 +48,11 @@ JSONISH = st.recursive(SCALARS, lambda children: st.lists(children, max_size=4)
 
 
 def _paths(value, prefix: tuple = ()):
-    """Every path into a document (dict keys, the first 3 items of a list)."""
+    """Every path into a document (dict keys, the first 3 items of a list), down to 50 levels: a "nest" mutation's
+    thousand levels are the loader's to walk, not this helper's (recursing into them exceeded Python's limit)."""
     yield prefix
+    if len(prefix) >= 50:
+        return
     if isinstance(value, dict):
         for key, child in value.items():
             yield from _paths(child, (*prefix, key))
@@ -343,3 +346,17 @@ def _runner_accepts(args: list[str]) -> None:
         assert parsed.weights in (None, ["random"]), parsed.weights  # the sweep names no weights file
     except UserError as refused:
         assert any(rule in str(refused) for rule in RUNNER_RULES), f"the runner refuses {args}: {refused}"
+
+
+def test_a_deeply_nested_value_in_an_error_message_is_shown_short_not_a_recursion_error():
+    """Found by the mutation test above (CI of ba78c2d): a schema_version nested a thousand levels deep made the
+    refusal's own message raise RecursionError (repr of the value). Messages show such values bounded."""
+    from requestflow.results.document import check_document
+
+    value = 1
+    for _ in range(5000):
+        value = [value]
+    with pytest.raises(UserError, match=r"^doc\.json: unknown schema_version \[\[\[\[\.\.\.\]\]\]\] \(this"):
+        check_document({"schema_version": value}, "doc.json")
+    with pytest.raises(UserError, match=r"unknown schema_version 'xxx.*\.\.\..*x' \(this"):
+        check_document({"schema_version": "x" * 10**6}, "doc.json")

@@ -6,7 +6,7 @@ import json
 from functools import lru_cache
 
 from requestflow.board.runner import SCHEMA_PATH, SCHEMA_VERSION
-from requestflow.errors import UserError
+from requestflow.errors import UserError, shown
 
 
 @lru_cache(maxsize=1)
@@ -23,8 +23,8 @@ def validate_document(document: dict) -> None:
     if not isinstance(document, dict):
         raise UserError("a result document is a JSON object")
     if document.get("schema_version") != SCHEMA_VERSION:
-        raise UserError(f"schema_version {document.get('schema_version')!r}: this requestflow writes and validates "
-                        f"version {SCHEMA_VERSION}")
+        raise UserError(f"schema_version {shown(document.get('schema_version'))}: this requestflow writes and "
+                        f"validates version {SCHEMA_VERSION}")
     predictions = document.get("predictions")
     # The schema is applied to everything but the per-image predictions, which are checked by the loop below
     # against the same rules ($defs/prediction): jsonschema costs ~160 us per prediction, 8 s for 50,000.
@@ -55,18 +55,18 @@ def _check_predictions(predictions: list) -> None:
     for index, p in enumerate(predictions):
         where = f"field predictions/{index}"
         if type(p) is not dict:
-            raise UserError(f"{where}: {p!r} is not of type 'object'")
+            raise UserError(f"{where}: {shown(p)} is not of type 'object'")
         for key in ("file", "label", "top5"):
             if key not in p:
                 raise UserError(f"{where}: '{key}' is a required property")
         if type(p["file"]) is not str:
-            raise UserError(f"{where}/file: {p['file']!r} is not of type 'string'")
+            raise UserError(f"{where}/file: {shown(p['file'])} is not of type 'string'")
         if not _is_class(p["label"]):
-            raise UserError(f"{where}/label: {p['label']!r} is not a class in 0..999")
+            raise UserError(f"{where}/label: {shown(p['label'])} is not a class in 0..999")
         top5 = p["top5"]
         if type(top5) is not list or not 1 <= len(top5) <= 5:
-            raise UserError(f"{where}/top5: expected 1 to 5 [class, score] pairs, got {top5!r}")
+            raise UserError(f"{where}/top5: expected 1 to 5 [class, score] pairs, got {shown(top5)}")
         for rank, pair in enumerate(top5):
             if (type(pair) is not list or len(pair) != 2 or not _is_class(pair[0])
                     or type(pair[1]) not in (int, float)):
-                raise UserError(f"{where}/top5/{rank}: expected [class 0..999, score], got {pair!r}")
+                raise UserError(f"{where}/top5/{rank}: expected [class 0..999, score], got {shown(pair)}")

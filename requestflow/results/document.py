@@ -22,7 +22,7 @@ import datetime as dt
 import json
 import math
 
-from requestflow.errors import UserError
+from requestflow.errors import UserError, shown
 
 CURRENT_SCHEMA_VERSION = 1
 # schema_version -> function upgrading a document of that version to the next one. Empty while only version 1
@@ -48,7 +48,7 @@ def upgrade_document(document: dict, source: str) -> dict:
         raise UserError(f"{source}: a result document is a JSON object, got {type(document).__name__}")
     version = document.get("schema_version")
     if not isinstance(version, int) or not (1 <= version <= CURRENT_SCHEMA_VERSION):
-        raise UserError(f"{source}: unknown schema_version {version!r} (this requestflow loads 1.."
+        raise UserError(f"{source}: unknown schema_version {shown(version)} (this requestflow loads 1.."
                         f"{CURRENT_SCHEMA_VERSION})")
     while version < CURRENT_SCHEMA_VERSION:
         document = UPGRADES[version](copy_module.deepcopy(document))
@@ -80,7 +80,7 @@ def _check_storable(document: dict) -> None:
         try:
             parse_time(document[key])
         except ValueError:
-            raise UserError(f"field {key}: {document[key]!r} is not an ISO 8601 date-time") from None
+            raise UserError(f"field {key}: {shown(document[key])} is not an ISO 8601 date-time") from None
     for path, largest in INTEGER_COLUMNS:
         for where, value in _at(document, path):
             # JSON Schema's "integer" admits 3.0; a non-finite float is named by the check below
