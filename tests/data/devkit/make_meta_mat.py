@@ -36,7 +36,7 @@ def main(out: str) -> None:
         rows.append((1001.0 + n, f"n9999999{n}", f"inner node {n}", "an inner node", 3.0, children, 1.0 + n, 0.0))
     synsets = np.empty((1, len(rows)), dtype=[(f, object) for f in fields])
     for i, row in enumerate(rows):
-        for f, value in zip(fields, row):
+        for f, value in zip(fields, row, strict=True):
             synsets[0, i][f] = value
     savemat(out, {"synsets": synsets}, do_compression=True, format="5")
 
