@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,19 @@ KERAS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobile
 NO_NETWORK = "http://127.0.0.1:9"  # the discard port: nothing listens, every connection is refused
 
 
+@contextmanager
+def fresh_urlopen():
+    """urlopen's default opener reads the proxy settings once, when first used, and is kept for the process: a
+    fresh one inside the block sees this test's proxies, and another after it sees the restored ones (else the
+    refusing proxy stayed for every later test: the api-server health checks of test_scheduler and others failed
+    in the CI of 343d27a)."""
+    urllib.request.install_opener(None)
+    try:
+        yield
+    finally:
+        urllib.request.install_opener(None)
+
+
 @pytest.fixture
 def own_state(tmp_path, monkeypatch):
     """Own cache and lock, no data folder anywhere (``REQUESTFLOW_DATA`` names an empty one), no network."""
@@ -42,11 +56,10 @@ def own_state(tmp_path, monkeypatch):
     for proxy in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
         monkeypatch.setenv(proxy, NO_NETWORK)
     monkeypatch.setenv("no_proxy", "")
-    # urlopen's default opener reads the proxies once, when first used: a fresh one sees these (and the mirror's)
-    urllib.request.install_opener(None)
     empty = tmp_path / "no-data"
     empty.mkdir()
-    return empty
+    with fresh_urlopen():
+        yield empty
 
 
 @pytest.fixture
@@ -58,8 +71,8 @@ def mirror(tmp_path, monkeypatch, models_dir):
     with http_folder(root) as (url, requests):
         monkeypatch.setenv("REQUESTFLOW_WEIGHTS_MIRROR", url)
         monkeypatch.setenv("no_proxy", "127.0.0.1")
-        urllib.request.install_opener(None)
-        yield requests
+        with fresh_urlopen():
+            yield requests
 
 
 def perf(model: str = MODEL, **extra) -> dict:
