@@ -112,6 +112,7 @@ def files_for_points(points: list[dict], data_dir: str | os.PathLike | None) -> 
     runner's own download would have left it (``downloads/<key>/<name>``).
     Points on random weights need no weights file; an accuracy point on random weights, or a point whose weights or
     images are not to be had, is a UserError naming it."""
+    from requestflow.board.catalogue import point_label
     from requestflow.board.dataset import load_dataset
     from requestflow.board.download import cached_download_path
     from requestflow.board.files import cache_dir
@@ -121,7 +122,7 @@ def files_for_points(points: list[dict], data_dir: str | os.PathLike | None) -> 
     chosen: dict[tuple[str, str], Path] = {}
     datasets: dict[int | None, object] = {}
     for point in points:
-        label = f"{point['model']} {point.get('backend', 'tflite')} {point.get('mode', 'performance')}"
+        label = point_label(point)
         accuracy = point.get("mode", "performance") == "accuracy"
         if point.get("weights") == "random":
             if accuracy:

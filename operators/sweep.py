@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from itertools import product
 
-from operators.config import RESULTS_ASSET, ROOT, inventory, pool_name, retry_delay_s  # noqa: F401 (ROOT: arm64)
+from operators.config import RESULTS_ASSET, inventory, pool_name, retry_delay_s
 from requestflow.board.catalogue import ARMCL_VARIANT, BACKENDS, CONFIGS, MODES, PRECISIONS, point_label
 
 MODEL_IDS = [c.id for c in CONFIGS]

@@ -227,16 +227,8 @@ def _labels(labels: Path | None, val_txt: Path | None, synset_words: Path | None
         yield staging / "val.txt", staging / "synset_words.txt"
         return
     if labels is not None:
-        try:
-            with tarfile.open(labels) as tar:
-                for wanted in ("val.txt", "synset_words.txt"):
-                    found = [m for m in tar.getmembers() if m.isfile() and Path(m.name).name == wanted]
-                    if not found:
-                        raise UserError(f"{labels}: no {wanted} in it (expected the caffe_ilsvrc12 archive)")
-                    (staging / wanted).write_bytes(tar.extractfile(found[0]).read())
-        except (tarfile.TarError, OSError) as exc:
-            raise UserError(f"{labels}: not a readable tar archive ({exc})") from None
-        yield staging / "val.txt", staging / "synset_words.txt"
+        files = _member_files(labels, ("val.txt", "synset_words.txt"), staging, "caffe_ilsvrc12 archive")
+        yield files["val.txt"], files["synset_words.txt"]
         return
     if val_txt is None or synset_words is None:
         raise UserError("the ground truth is needed: --devkit ILSVRC2012_devkit_t12.tar.gz, --labels "
