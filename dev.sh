@@ -83,7 +83,7 @@ ensure_postgres() {
     log "PostgreSQL did not come up on 127.0.0.1:5432"; exit 1
 }
 
-# ArmCL builds (tests/test_armcl_build.py): SCons and a C++ compiler; ccache makes a rebuild of known sources
+# ArmCL builds (tests/integration/test_armcl_build.py): SCons and a C++ compiler; ccache makes a rebuild of known sources
 # take seconds instead of minutes.
 ensure_armcl_tools() {
     apt_install scons g++ ccache

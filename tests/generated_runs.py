@@ -10,7 +10,7 @@ Why: two REAL runs of the same code minutes apart differ by the machine's drift,
 reaches the detector's 5% minimum effect (CI of 5e27afd: 6.2%; a fresh-clone CI on a 2-core machine failed 12 tests
 of test_regressions.py and test_regression_dag.py on one noisy history of real runs). "A 20% step is found" and
 "the same level is silent" are statements about the detector; on generated samples they hold or fail the same way
-on every machine. Real runs are kept for checks whose effects are far above any drift (tests/test_regressions.py
+on every machine. Real runs are kept for checks whose effects are far above any drift (tests/results/test_regressions.py
 ``TestRealRuns``).
 """
 

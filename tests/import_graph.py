@@ -4,7 +4,7 @@
 
 Layers, from the top (ADR 0007): ``dags`` -> ``operators`` / ``plugins`` -> ``requestflow.cli`` /
 ``requestflow.results`` -> ``requestflow.board`` -> ``requestflow`` itself and ``requestflow.errors`` (the base
-every layer may use). An arrow may only point down (or stay in its layer); ``tests/test_isolation.py`` holds the
+every layer may use). An arrow may only point down (or stay in its layer); ``tests/board/test_isolation.py`` holds the
 graph to that, and to having no import cycle.
 """
 

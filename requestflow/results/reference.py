@@ -45,7 +45,7 @@ BOARD_COLUMNS = ("platform", "price_usd", "price_date", "peak_power_w")  # the s
 # The published results carry no run dates: the paper's month (ReQuEST at ASPLOS'18, March 2018), first day.
 PUBLISHED_AT = "2018-03-01T00:00:00+00:00"
 # The standard ILSVRC2012 val.txt (imagenet-2012-aux), the seed workflow's CK_IMAGENET_VAL_TXT; the shared data's
-# imagenet/val.txt is the same file (tests/test_reference.py checks).
+# imagenet/val.txt is the same file (tests/results/test_reference.py checks).
 VAL_TXT_SHA256 = "4138c0cd92d2dffea9353a9339c9f352361b7c6c267d2ff989b366f154188257"
 WEIGHTS_RELEASE = "2017_06_14"  # the paper: "Google released this set of weights on 14 June 2017"
 HIKEY960_CPUS = list(range(8))

@@ -4,7 +4,7 @@
   average rank and the variance of U is corrected for them; the p-value comes from the normal approximation
   (with the 1/2 continuity correction), or from U's exact distribution when there are no ties and the smaller
   sample has at most :data:`EXACT_MAX_N` values. It agrees with ``scipy.stats.mannwhitneyu`` and R's
-  ``wilcox.test`` on their documented examples (``tests/test_stats.py``).
+  ``wilcox.test`` on their documented examples (``tests/results/test_stats.py``).
 - :func:`hodges_lehmann`: the Hodges-Lehmann estimate of the shift between two samples (the median of all
   pairwise differences ``new - old``).
 - :func:`compare_samples`: the verdict used by regression detection (and meant for any other feature that compares

@@ -6,7 +6,7 @@ was a self-join of the accuracy rows (``tf_reference``) that PostgreSQL, estimat
 nested loop re-sorting the tf rows for every scoreboard row. ``sql/views/scoreboard.v4.sql`` takes it with a window
 over the same rows (the latest tf row of the same weights, precision, dataset and image count), and reads each
 result's document once (quality and the backend's notes were read from the TOASTed document once per use, several
-times per row). Same columns, same rows (tests/test_scoreboard_v4.py compares v3 and v4 on tricky data);
+times per row). Same columns, same rows (tests/results/test_scoreboard_v4.py compares v3 and v4 on tricky data);
 ``pareto_frontier`` (version 4) is unchanged, only recreated because it reads the materialized scoreboard.
 On a busy machine the REFRESH went from 75.8 s (0008) to 3.5 s (0009) at 50,000 configurations (bench/README.md).
 

@@ -6,7 +6,7 @@ writer: the reader under test, requestflow.board.matfile, is not used here). Run
 Like the real file: a 1 x N struct array ``synsets`` with the fields ILSVRC2012_ID, WNID, words, gloss,
 num_children, children, wordnet_height, num_train_images; the 1,000 leaves (num_children 0) carry IDs 1..1000 in an
 order that is NOT the sorted WordNet ids' (here ID = (7 k + 3) mod 1000 + 1 for the k-th id in sorted order, the
-formula tests/test_dataset_import.py uses to write the matching ground truth), followed by inner nodes (IDs from
+formula tests/board/test_dataset_import.py uses to write the matching ground truth), followed by inner nodes (IDs from
 1001, with children). The WordNet ids and names are made up (n10000000 + k, "class k"): class k is the k-th in
 sorted order, as in ILSVRC2012's val.txt. Written compressed, as MATLAB's default -v7 format is.
 """

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BOARD = Path(__file__).resolve().parents[1] / "requestflow" / "board"
+BOARD = Path(__file__).resolve().parents[2] / "requestflow" / "board"
 FORBIDDEN = ("airflow", "sqlalchemy", "fabric", "invoke", "paramiko", "alembic", "psycopg", "psycopg2")
 
 

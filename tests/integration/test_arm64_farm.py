@@ -5,7 +5,8 @@ says aarch64, ``python3.11`` is aarch64 code, SFTP works on the board's work dir
 the board gives the x86 runner's tflite predictions with ``machine.emulated`` detected on the board itself.
 
 Here the runner's dependencies come from ``operators.arm64.runner_site`` and requestflow from this checkout,
-shared with the board; ``tests/test_arm64_provision.py`` provisions the same board through ``board_provision``
+shared with the board; ``tests/integration/test_arm64_provision.py`` provisions the same board through
+``board_provision``
 (the aarch64 wheelhouse, ``pip --no-index`` on the board). Not yet: ``./dev.sh farm up arm64``. Needs root, the
 farm's tools and a Linux with binfmt_misc per user namespace (6.7 or later)."""
 
@@ -20,7 +21,7 @@ import pytest
 from requestflow.board.runner import RunConfig, run
 from tests.farm import Farm, require_arm64_board
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ARM64_CACHE = Path(os.environ.get("REQUESTFLOW_ARM64_CACHE") or Path.home() / ".cache" / "requestflow" / "arm64")
 MODEL, WEIGHTS = "mobilenet-v1-0.25-128", "mobilenet_v1_0.25_128_quant.tflite"
 IMAGES = 10

@@ -20,7 +20,7 @@ from requestflow.results.identity import point_id
 from requestflow.results.load import load_documents
 from requestflow.results.query import read_only
 
-MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sql", "migrations", "versions")
+MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "sql", "migrations", "versions")
 SERVER = os.environ.get("REQUESTFLOW_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 TABLES = ("boards", "platform_snapshots", "library_builds", "models", "weights", "datasets", "sweeps", "points",
           "results", "performance", "samples", "accuracy", "predictions", "errors")
@@ -149,7 +149,7 @@ class TestLoading:
             assert row["random_weights"] is False
             assert row["point_id"] == point_id("hikey-1", context)
             assert row["energy_est_j"] is None and row["cost_per_million_images_usd"] is None  # no board data yet
-            # the runner's verdict on the measurement (tests/test_quality.py checks what it says)
+            # the runner's verdict on the measurement (tests/results/test_quality.py checks what it says)
             assert row["quality"] == p["quality"]["verdict"] and row["quality_reasons"] == p["quality"]["reasons"]
 
     def test_raw_samples_and_predictions_are_kept_exactly(self, store, documents):

@@ -37,7 +37,7 @@ from requestflow.errors import UserError
 from tests.farm import farm_fixture
 
 farm = farm_fixture(2, scope="module")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 # The interpreter this venv is based on: the farm's boards share this filesystem, so it is a board Python too.
 BOARD_PYTHON = str(Path(sys.base_prefix) / "bin" / f"python{PYTHON}")
@@ -221,7 +221,7 @@ class TestBundle:
     def test_another_architecture_is_downloaded_for_it_with_its_pins(self, tmp_path, monkeypatch):
         """pip is given pyproject's requirements evaluated for aarch64, not the project's wheel (whose markers it
         would evaluate for this x86_64 controller: tensorflow-cpu), and the wheelhouse is checked against the
-        wheels' own metadata for aarch64 (tests/test_arm64_provision.py has the real download)."""
+        wheels' own metadata for aarch64 (tests/integration/test_arm64_provision.py has the real download)."""
         root = source_copy(tmp_path)
         (root / "requirements" / "constraints-aarch64.txt").write_text("numpy==2.4.6\n")
         calls: list = []

@@ -30,7 +30,7 @@ from requestflow.results.database import sqlalchemy_url, upgrade
 from tests.airflow_services import AirflowServices
 from tests.scoreboard_seed import SEEDS, command, frontier_by_hand, seed_store
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("REQUESTFLOW_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("REQUESTFLOW_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 PAGE = "/requestflow/scoreboard/"

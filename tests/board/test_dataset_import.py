@@ -21,7 +21,7 @@ from requestflow.errors import UserError
 from tests.served import make_tar
 
 COUNT = 12
-DEVKIT = Path(__file__).with_name("data") / "devkit"  # meta.mat written by SciPy (make_meta_mat.py), not by us
+DEVKIT = Path(__file__).parents[1] / "data" / "devkit"  # meta.mat written by SciPy (make_meta_mat.py), not by us
 
 
 def leaf_id(k: int) -> int:

@@ -42,7 +42,7 @@ from tests.generated_runs import (
     with_samples,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODEL = "mobilenet-v1-0.25-128"
 WEIGHTS = "mobilenet_v1_0.25_128_quant.tflite"
 HISTORY_RUNS = 4  # real runs: TestRealRuns' history; one more real run is the "new" one
@@ -152,7 +152,7 @@ class TestRealRuns:
         """The new real run with every sample x3, after 4 real runs. Runs of the same code minutes apart differ by
         a few percent, by tens of percent on a busy machine; the detector raises its threshold to the history's own
         run-to-run spread, and x3 stays found unless real runs of unchanged code differ by about 3x (a slowdown
-        that large is tests/test_replay.py's deliberate interference, not drift)."""
+        that large is tests/results/test_replay.py's deliberate interference, not drift)."""
         runs, new_run = recorded["runs"][:HISTORY_RUNS], recorded["runs"][HISTORY_RUNS]
         history = [load_sweep(store, f"real-{i + 1}", run)[0] for i, run in enumerate(runs)]
         (result_id,) = load_sweep(store, "real-planted", scaled(new_run, 3.0))  # recorded after the others
@@ -440,7 +440,7 @@ class TestTheScoreboardPage:
     @pytest.fixture
     def page(self, monkeypatch, store):
         """The plugin's app in this process on ``store``, with Airflow's login check replaced by a fixed user (the
-        real login is tests/test_scoreboard_page.py's subject)."""
+        real login is tests/integration/test_scoreboard_page.py's subject)."""
         monkeypatch.syspath_prepend(str(ROOT / "plugins"))
         from requestflow_scoreboard import app as app_module
         from requestflow_scoreboard import auth

@@ -33,9 +33,10 @@ Airflow's metadata in the shared PostgreSQL), with the results store in a Postgr
 
 Covered elsewhere, not repeated here: an unreachable board, and a board whose sshd and everything it started are
 killed mid-sweep (a board that went down), then a resumed sweep that completes it with no duplicates
-(``tests/test_sweep_faults.py``, through ``dag.test()``); a point's task killed by Airflow under a real scheduler
+(``tests/integration/test_sweep_faults.py``, through ``dag.test()``); a point's task killed by Airflow under a real
+scheduler
 (marked failed: ``on_kill`` runs), leaving no runner process on the board and the clocks restored by the teardown
-(``tests/test_scheduler.py::test_killing_a_running_point_stops_its_runner_and_restores_the_clocks``).
+(``tests/integration/test_scheduler.py::test_killing_a_running_point_stops_its_runner_and_restores_the_clocks``).
 
 Each test uses thread counts of its own (1 for the load, 3 and 5 to 8), so that no test's resume finds another
 test's results of the same identity.
@@ -501,7 +502,8 @@ class TestACorruptedCachedWeightsFile:
 
 class TestATaskKilledHard:
     """The task of a running point SIGKILLed (an OOM kill, a worker that crashed): unlike a task stopped by Airflow
-    (``tests/test_scheduler.py``), its ``on_kill`` never runs, so the runner it started on the board runs on, and
+    (``tests/integration/test_scheduler.py``), its ``on_kill`` never runs, so the runner it started on the board runs
+    on, and
     Airflow retries the point. The retry follows that runner to its end and stores its result: never two runners at
     once on the board, the point stored once, the clocks restored."""
 

@@ -9,8 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.controller.test_local_airflow import RF, ROOT, databases  # noqa: F401 - databases is a fixture
 from tests.processes import commands_under
-from tests.test_local_airflow import RF, ROOT, databases  # noqa: F401 - databases is a fixture
 
 MODEL = "mobilenet-v1-0.25-128"
 

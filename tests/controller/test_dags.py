@@ -17,7 +17,7 @@ from tests.armcl_real import real_build
 from tests.fake_sysfs import hikey960_tree
 from tests.farm import farm_fixture
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SERVER = os.environ.get("REQUESTFLOW_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 
 farm = farm_fixture(2, scope="module")

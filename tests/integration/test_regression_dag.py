@@ -25,9 +25,9 @@ from requestflow.results.query import read_only
 from tests.airflow_services import AirflowServices
 from tests.databases import throwaway_database
 from tests.generated_runs import LEVEL, generated, generated_history, load_history, load_sweep, started
-from tests.test_regressions import MODEL, record, scaled
+from tests.results.test_regressions import MODEL, record, scaled
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "regression_check"
 
 

@@ -1,6 +1,6 @@
 """Export / import archives (``archive_export``, ``archive_import``) on the real PostgreSQL server.
 
-A source database is seeded with real runner documents (tests/test_results.py's: performance with raw samples,
+A source database is seeded with real runner documents (tests/results/test_results.py's: performance with raw samples,
 accuracy with per-image predictions, a failed run) and what surrounds them (boards with prices, a platform
 snapshot, an ArmCL build's provenance, two sweeps with their info, point failures, a read-only reference board),
 exported, and imported into a second, empty database.
@@ -31,8 +31,8 @@ from requestflow.results.database import sqlalchemy_url
 from requestflow.results.identity import sha256_of
 from requestflow.results.load import load_documents
 from requestflow.results.sweeps import record_failure, record_sweep_info
-from tests import test_results
 from tests.databases import throwaway_database
+from tests.results import test_results
 
 documents = test_results.documents  # the same real runner documents (a session fixture of that module)
 

@@ -22,7 +22,7 @@ from requestflow.errors import UserError
 from requestflow.results.database import sqlalchemy_url
 from requestflow.results.query import read_only
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SERVER = os.environ.get("REQUESTFLOW_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 RF = str(Path(sys.executable).with_name("requestflow"))
 MODEL = "mobilenet-v1-0.25-128"

@@ -24,7 +24,7 @@ import pytest
 from requestflow.board import clshim
 from requestflow.board.clshim import ARM_EXTENSION, ARM_OPTION, ShimError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NATIVE = ROOT / "native" / "clshim"
 
 CL_INVALID_BUILD_OPTIONS = -43

@@ -193,7 +193,7 @@ def test_leftovers_of_a_crashed_run_are_cleaned_up(tmp_path: Path) -> None:
         "time.sleep(600)"
     )
     crashing = subprocess.Popen(
-        [sys.executable, "-c", script, str(crashed)], cwd=Path(__file__).parent, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", script, str(crashed)], cwd=Path(__file__).parents[1], stdout=subprocess.PIPE, text=True
     )
     try:
         assert crashing.stdout is not None and crashing.stdout.readline() == "up\n"

@@ -33,7 +33,7 @@ from requestflow.board.catalogue import get_model
 from requestflow.results.database import alembic_config, check, sqlalchemy_url, upgrade
 from tests.databases import throwaway_database
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VIEWS = ROOT / "sql" / "views"
 START = dt.datetime(2026, 11, 1, 2, 0, tzinfo=dt.UTC)
 MODEL = "mobilenet-v1-0.5-160"

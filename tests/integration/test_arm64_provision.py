@@ -22,7 +22,7 @@ from operators.deploy import build_bundle
 from tests.airflow_run import airflow_databases, run_dag
 from tests.farm import Farm, require_arm64_board
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ARM64_CACHE = Path(os.environ.get("REQUESTFLOW_ARM64_CACHE") or Path.home() / ".cache" / "requestflow" / "arm64")
 BOARD_PYTHON = "/usr/bin/python3.11"  # bookworm's arm64 CPython in the board's userland
 TIMINGS: dict[str, float] = {}

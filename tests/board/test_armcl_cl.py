@@ -1,7 +1,8 @@
 """ArmCL's OpenCL path on this machine's only OpenCL device, PoCL on the CPU (ADR 0006).
 
 ArmCL's own graph example for MobileNet (``examples/graph_mobilenet.cpp``, dummy weights), compiled against the
-real ArmCL 24.11 build of tests/test_armcl_build.py (the machine's ArmCL cache: built there when cold), runs on the
+real ArmCL 24.11 build of tests/integration/test_armcl_build.py (the machine's ArmCL cache: built there when
+cold), runs on the
 CL target through requestflow's OpenCL forwarding shim, and stops with ArmCL's own error without it: the shim is
 what makes it work."""
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = shutil.which("docker-compose")
 
 pytestmark = pytest.mark.skipif(COMPOSE is None and not os.environ.get("CI"),

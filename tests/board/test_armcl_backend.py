@@ -1,7 +1,7 @@
 """The ``armcl`` backend (issue #6): requestflow's native MobileNets-v1 program on ArmCL 24.11's graph API, on the
 CL target of this machine's only OpenCL device, PoCL on the CPU, through the OpenCL forwarding shim (ADR 0006).
 
-The ArmCL build is the machine's (tests/test_armcl_cl.py builds it when cold; ``$REQUESTFLOW_ARMCL_BUILD`` names
+The ArmCL build is the machine's (tests/board/test_armcl_cl.py builds it when cold; ``$REQUESTFLOW_ARMCL_BUILD`` names
 another). Accuracy: armcl and tf on the same canonical fp32 weights (the Keras .h5, and weights dequantized from a
 quantized .tflite) must give the same top-1 on >= 99% of the shared images and accuracies within 0.5 point.
 ``$REQUESTFLOW_ARMCL_TEST_IMAGES`` lowers the image count for a quick local run; CI uses all 500."""

@@ -23,7 +23,7 @@ from requestflow.board.emulation import ENV, SETTING, elf_arch
 from requestflow.board.runner import RunConfig, run
 from requestflow.board.schema import validate_document
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ARM64_CACHE = Path(os.environ.get("REQUESTFLOW_ARM64_CACHE") or Path.home() / ".cache" / "requestflow" / "arm64")
 IMAGES = int(os.environ.get("REQUESTFLOW_ARM64_TEST_IMAGES", "20"))
 MODEL, WEIGHTS = "mobilenet-v1-0.25-128", "mobilenet_v1_0.25_128_quant.tflite"

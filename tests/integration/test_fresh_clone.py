@@ -24,7 +24,7 @@ import pytest
 
 from tests.served import http_folder
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NO_NETWORK = "http://127.0.0.1:9"  # the discard port: nothing listens
 HINT = "accuracy needs ImageNet validation images: requestflow dataset import ILSVRC2012_img_val.tar"
 

@@ -49,7 +49,7 @@ from tests.farm import farm_fixture
 from tests.processes import commands_under
 
 farm = farm_fixture(1, scope="module")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ARMCL_CACHE = Path(os.environ.get("REQUESTFLOW_ARMCL_CACHE") or Path.home() / ".cache" / "requestflow" / "armcl")
 BUILDER = [sys.executable, "-m", "requestflow.board.armcl"]
 X86 = {"arch": "x86_64", "neon": "0", "opencl": "1", "build": "native", "os": "linux", "data_type_support": "fp32"}

@@ -95,7 +95,7 @@ _REPORT = "import json; from requestflow.board.machine import opencl; print(json
 
 def _opencl_report(*prelude: str) -> dict:
     result = subprocess.run([sys.executable, "-X", "faulthandler", "-c", "; ".join([*prelude, _REPORT])],
-                            capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+                            capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
