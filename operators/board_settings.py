@@ -27,6 +27,9 @@ passphrase when a key is given, else a login password). Extras:
 ``gc_keep_runners``        runners kept on the board, the current one included (default 2; ``operators.board_gc``)
 ``gc_keep_days``           days a finished job's folder is kept (default 30)
 ``price_usd``, ``price_date``, ``service_life_years``, ``peak_power_w``: the scoreboard's cost and energy figures
+``site``                   where the board is (default ``default``): every task that touches it goes to the Celery
+                           queue of that name, served by a worker near the board (``site_queue``; a name: letters,
+                           digits, ``._-``; docs/scale-out.md). Ignored by the LocalExecutor
 =========================  ==========================================================================================
 """
 
@@ -42,7 +45,7 @@ SECRET_FIELDS = ("password", "private_key")
 EXTRAS = {
     "key_file": str, "private_key": str, "host_key": str, "known_hosts": str, "no_host_key_check": bool,
     "python": str, "work_dir": str, "sudo": bool, "sysfs_root": str, "boot_id_file": str,
-    "armcl_cache": str, "emulator": str,
+    "armcl_cache": str, "emulator": str, "site": str,
     "connect_timeout": float, "gc_keep_runners": int, "gc_keep_days": float,
     "price_usd": float, "price_date": str, "service_life_years": float, "peak_power_w": float,
 }
@@ -104,6 +107,7 @@ class BoardSettings:
     price_date: str | None = None
     service_life_years: float = 3.0
     peak_power_w: float | None = None
+    site: str = "default"
 
     @classmethod
     def from_connection(cls, conn_id: str, conn) -> BoardSettings:
@@ -123,6 +127,8 @@ class BoardSettings:
         if "emulator" in values and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}", values["emulator"]):
             raise UserError(f"board connection {conn_id!r}: emulator must be a name such as qemu-user (letters, "
                             f"digits, ._+-), got {values['emulator']!r}")
+        if "site" in values:
+            values["site"] = checked_site(conn_id, values["site"])
         if "price_date" in values:
             try:
                 dt.date.fromisoformat(values["price_date"])
@@ -153,6 +159,35 @@ class BoardSettings:
         elif self.password:
             kwargs["password"] = self.password
         return kwargs
+
+
+SITE = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+
+
+def checked_site(conn_id: str, site) -> str:
+    """A board's site, which names its Celery queue: a name, or UserError naming the board."""
+    if not isinstance(site, str) or not re.fullmatch(SITE, site):
+        raise UserError(f"board connection {conn_id!r}: site must be a name such as lab-a (letters, digits, ._-), "
+                        f"got {site!r}")
+    return site
+
+
+def site_queue(board: str) -> str:
+    """The Celery queue of every task that touches ``board``, chosen at parse time as its pool is: the site named by
+    its Connection's extra ``site``; the default queue (Airflow's ``[operators] default_queue``, ``default``) for
+    the local board, a board without a site and a board whose Connection is not defined (yet)."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.definitions._internal.abstractoperator import DEFAULT_QUEUE
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    if board == "local":
+        return DEFAULT_QUEUE
+    try:
+        extras = BaseHook.get_connection(board).extra_dejson or {}
+    except AirflowNotFoundException:
+        return DEFAULT_QUEUE
+    site = extras.get("site")
+    return DEFAULT_QUEUE if site in (None, "", "default") else checked_site(board, site)
 
 
 def _load_private_key(paramiko, handle, passphrase, name):

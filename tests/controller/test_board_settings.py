@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from operators.board_settings import BoardSettings
+from operators.board_settings import BoardSettings, site_queue
 from requestflow.errors import UserError
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
@@ -59,6 +59,7 @@ class TestReadingABoardConnection:
         ({"key_file": "/k", "host_key": HOST_KEY, "service_life_years": "0"}, "must be positive"),
         ({"key_file": "/k", "host_key": HOST_KEY, "price_date": "last year"}, "price_date must be YYYY-MM-DD"),
         ({"key_file": "/k", "host_key": HOST_KEY, "emulator": "qemu; rm -rf /"}, "emulator must be a name"),
+        ({"key_file": "/k", "host_key": HOST_KEY, "site": "lab a"}, "site must be a name"),
     ])
     def test_bad_settings_are_one_clear_error(self, extras, message):
         with pytest.raises(UserError, match=message):
@@ -87,3 +88,31 @@ class TestSecrets:
         with pytest.raises(UserError, match="private_key is not a readable") as info:
             BoardSettings.from_connection("b", conn).connect_kwargs()
         assert "not a key at all" not in str(info.value)
+
+
+class TestSites:
+    """A board's site names the Celery queue of its tasks (issue #18), read from its Connection at parse time."""
+
+    def test_a_board_names_its_site_and_the_rest_are_at_the_default_site(self, monkeypatch):
+        extras = {"key_file": "/k", "host_key": HOST_KEY}
+        monkeypatch.setenv("AIRFLOW_CONN_LAB_A_BOARD", _conn_json({**extras, "site": "lab-a"}))
+        monkeypatch.setenv("AIRFLOW_CONN_PLAIN_BOARD", _conn_json(extras))
+        assert site_queue("lab_a_board") == "lab-a"
+        assert site_queue("plain_board") == "default"
+        assert site_queue("local") == "default"
+        assert site_queue("no_connection_yet") == "default"  # the task fails on it at run time, as before
+        conn = FakeConnection(extra_dejson={**extras, "site": "lab-a"})
+        assert BoardSettings.from_connection("b", conn).site == "lab-a"
+        assert BoardSettings.from_connection("b", FakeConnection()).site == "default"
+
+    def test_a_site_that_is_no_queue_name_is_refused_at_parse_time_naming_the_board(self, monkeypatch):
+        monkeypatch.setenv("AIRFLOW_CONN_ODD_BOARD", _conn_json({"key_file": "/k", "host_key": HOST_KEY,
+                                                                 "site": "lab a; rm"}))
+        with pytest.raises(UserError, match="'odd_board': site must be a name"):
+            site_queue("odd_board")
+
+
+def _conn_json(extras: dict) -> str:
+    import json
+
+    return json.dumps({"conn_type": "ssh", "host": "10.0.0.2", "extra": extras})
