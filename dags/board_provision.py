@@ -6,13 +6,11 @@ the clocks (pin then restore, so the log shows what this board lets us pin and w
 steps before its points; this DAG is for adding a board, or checking one.
 """
 
-import pendulum
-from airflow.sdk import DAG, Param, TaskGroup, task
+from airflow.sdk import Param, TaskGroup, task
 from airflow.sdk.exceptions import AirflowSkipException
 
-from operators.armcl import ArmclBuildOperator, checked_builds
-from operators.config import inventory, pool_name, retry_delay_s
-from operators.provision import ClocksOperator, ProvisionBoardOperator
+from dags.factory import board_tasks, dag
+from operators.config import inventory
 
 DOC = """
 ### Provision boards
@@ -25,15 +23,12 @@ provenance lands in the results store, `library_builds`). Boards run in parallel
 """
 
 BOARDS = inventory()
-ARMCL_BUILDS = checked_builds()  # specs checked at parse time
 
-with DAG(dag_id="board_provision", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-         catchup=False, tags=["requestflow", "provisioning"], doc_md=DOC,
-         default_args={"retries": 2, "retry_delay": pendulum.duration(seconds=retry_delay_s())},
+with dag("board_provision", doc=DOC, tags=["requestflow", "provisioning"],
          params={"boards": Param(BOARDS, type="array", items={"type": "string", "enum": BOARDS}, minItems=1,
                                  uniqueItems=True, title="Boards"),
                  "build_armcl": Param(True, type="boolean", title="Build ArmCL",
-                                      description="the builds of config/armcl.json (cached on each board)")}) as dag:
+                                      description="the builds of config/armcl.json (cached on each board)")}):
     for board in BOARDS:
         with TaskGroup(group_id=f"board_{board}"):
             @task(task_id="chosen")
@@ -41,18 +36,12 @@ with DAG(dag_id="board_provision", schedule=None, start_date=pendulum.datetime(2
                 if board not in context["params"]["boards"]:
                     raise AirflowSkipException(f"board {board} was not chosen")
 
-            provision = ProvisionBoardOperator(task_id="provision", board_conn_id=board, pool=pool_name(board))
-            pin = ClocksOperator(task_id="pin_clocks", board_conn_id=board, action="pin", pool=pool_name(board))
-            restore = ClocksOperator(task_id="restore_clocks", board_conn_id=board, action="restore",
-                                     pool=pool_name(board))
-
             @task(task_id="armcl_wanted")
             def armcl_wanted(**context) -> None:
                 if not context["params"]["build_armcl"]:
                     raise AirflowSkipException("Build ArmCL is off")
 
-            chosen() >> provision >> pin >> restore.as_teardown(setups=pin)
-            builds = [ArmclBuildOperator(task_id=name, board_conn_id=board, spec=spec, pool=pool_name(board))
-                      for name, spec in ARMCL_BUILDS.items()]
-            if builds:
-                provision >> armcl_wanted() >> builds
+            steps = board_tasks(board, build_prefix="")  # the builds' task ids are their names here
+            chosen() >> steps.provision
+            if steps.builds:
+                steps.provision >> armcl_wanted() >> list(steps.builds.values())

@@ -1,7 +1,7 @@
 """Airflow DAG mobilenets_nightly: the sweep on a schedule, configured by config/nightly.json (in the repo)."""
 
+from dags.factory import sweep_dag
 from operators.config import nightly
-from operators.sweep import build
 
 CONFIG = nightly()
 DOC = f"""
@@ -9,5 +9,5 @@ DOC = f"""
 Schedule `{CONFIG['schedule']}`, settings from `config/nightly.json`. Same tasks as `mobilenets_sweep`.
 """
 
-dag = build("mobilenets_nightly", schedule=CONFIG["schedule"], defaults=CONFIG["params"], doc=DOC,
-            tags=["requestflow", "nightly"])
+dag = sweep_dag("mobilenets_nightly", schedule=CONFIG["schedule"], overrides=CONFIG["params"], doc=DOC,
+                tags=["requestflow", "nightly"])

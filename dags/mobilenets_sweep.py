@@ -1,6 +1,6 @@
 """Airflow DAG mobilenets_sweep: MobileNets-v1 x backends x modes on the chosen boards, triggered from the UI's form."""
 
-from operators.sweep import build
+from dags.factory import sweep_dag
 
 DOC = """
 ### MobileNets-v1 sweep
@@ -11,4 +11,4 @@ time (its pool `board_<name>` has one slot); boards run in parallel. Results lan
 `requestflow_results`), keyed by this run's id; the `summary` task prints this sweep's scoreboard.
 """
 
-dag = build("mobilenets_sweep", schedule=None, defaults=None, doc=DOC, tags=["requestflow", "sweep"])
+dag = sweep_dag("mobilenets_sweep", schedule=None, overrides=None, doc=DOC, tags=["requestflow", "sweep"])

@@ -5,10 +5,10 @@ update starts a run, which checks the sweep(s) whose events triggered it. One ru
 checked in the order they finished.
 """
 
-import pendulum
-from airflow.sdk import DAG, Asset, Param
+from airflow.sdk import Asset, Param
 
-from operators.config import RESULTS_ASSET, retry_delay_s
+from dags.factory import dag
+from operators.config import RESULTS_ASSET
 from operators.regressions import RegressionCheckOperator
 from requestflow.results.regressions import DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, DEFAULT_WINDOW
 
@@ -24,10 +24,8 @@ alerting fires. A known step change stops alerting once acknowledged:
 `requestflow regressions ack ID --reason TEXT` (its result becomes the point's baseline).
 """
 
-with DAG(dag_id="regression_check", schedule=[Asset(RESULTS_ASSET)],
-         start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False, max_active_runs=1,
-         tags=["requestflow", "regressions"], doc_md=DOC,
-         default_args={"retries": 2, "retry_delay": pendulum.duration(seconds=retry_delay_s())},
+with dag("regression_check", schedule=[Asset(RESULTS_ASSET)], max_active_runs=1,
+         tags=["requestflow", "regressions"], doc=DOC,
          params={
              "sweep": Param(None, type=["null", "string"], minLength=1, maxLength=250, title="Sweep (run id)",
                             description="check this sweep; empty: the sweep(s) whose results asset event "
@@ -38,6 +36,6 @@ with DAG(dag_id="regression_check", schedule=[Asset(RESULTS_ASSET)],
                             description="significance of the latency test"),
              "min_effect": Param(DEFAULT_MIN_EFFECT, type="number", minimum=0, maximum=5, title="Min effect",
                                  description="smallest change of median latency that counts (0.05 = 5%)"),
-         }) as dag:
+         }):
     RegressionCheckOperator(task_id="detect", sweep="{{ params.sweep or '' }}", window="{{ params.window }}",
                             alpha="{{ params.alpha }}", min_effect="{{ params.min_effect }}")

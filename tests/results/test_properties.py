@@ -5,7 +5,7 @@
   numbers, NaN and infinities, unicode with NUL characters and lone surrogates, extra nesting, unknown fields): a
   document either loads or is refused with a ``UserError`` naming the source and what is wrong, never another
   exception, and a refused load leaves every table as it was;
-- the sweep's trigger form (``operators.sweep.params()``, validated as Airflow validates a trigger's conf: merged
+- the sweep's trigger form (``dags.factory.params()``, validated as Airflow validates a trigger's conf: merged
   into a ``ParamsDict`` key by key, then ``validate()``), fed arbitrary confs: either ``ParamValidationError``, or
   params on which ``plan()`` lists points for every board whose command lines the runner accepts.
 """
@@ -219,7 +219,7 @@ def sweep_params():
     saved = os.environ.get("REQUESTFLOW_BOARDS")
     os.environ["REQUESTFLOW_BOARDS"] = ",".join(BOARDS)
     try:
-        from operators.sweep import params
+        from dags.factory import params
 
         yield params()
     finally:

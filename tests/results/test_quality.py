@@ -369,7 +369,7 @@ class TestTheStore:
         assert "quality" in header.split() and " FLAGGED " in line and "; " in line and "bimodal latency" in line
 
     def test_the_sweep_summary_prints_flagged_latencies_with_their_reasons(self, store, capsys):
-        from operators.sweep import print_flagged_latencies
+        from operators.sweep_tasks import print_flagged_latencies
 
         engine, _, _ = store
         lines = print_flagged_latencies(engine, SWEEP)

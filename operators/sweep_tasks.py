@@ -1,0 +1,132 @@
+"""The sweep's task bodies (``dags/factory.py`` wires them): the plan task (the board's points, each one's data
+resolved on the controller), ``summary`` (every planned point accounted for, the sweep's scoreboard printed) and
+``verdict`` (the run fails when a point did not succeed or the params were refused)."""
+
+from __future__ import annotations
+
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from operators import point_data
+from operators.config import inventory
+from operators.results_hook import ResultsHook, user_errors_are_final
+from operators.sweep import plan, refusal
+from requestflow.board.catalogue import point_label
+from requestflow.results.query import read_only, render
+from requestflow.results.sweeps import record_failure, sweep_tally
+
+
+def plan_task(board: str, context) -> list[dict]:
+    """The plan task of ``board``: its points for the run's params, prepared; skipped when the board was not chosen
+    or on a dry run; failed at once (no retry can change the answer) when the params are refused."""
+    try:
+        points = plan(board, context["params"])
+    except ValueError:  # what the form cannot express: no retry can change the answer
+        raise AirflowFailException(refusal(context["params"])) from None
+    print(f"{len(points)} point(s) on board {board}" + "".join(f"\n  {point_label(p)}" for p in points))
+    if not points:
+        raise AirflowSkipException(f"board {board} is not part of this sweep")
+    if context["params"]["dry_run"]:
+        raise AirflowSkipException(f"dry run: {len(points)} point(s) listed, none run")
+    return prepare_points(board, points, context)
+
+
+def prepare_points(board: str, points: list[dict], context) -> list[dict]:
+    """The plan task's second half: each point's weights and images resolved on the controller
+    (``operators.point_data.prepare``); points that cannot run are stored as refused failures of the sweep (the
+    summary reports them and the verdict fails the run), the others returned. None left: the task fails at once."""
+    with user_errors_are_final():  # e.g. a data folder's file whose sha256 is not the registry's
+        prepared = point_data.prepare(points, point_data.controller_data_dir())
+    for note in prepared.notes:
+        print(f"WARNING: {note}")
+    if prepared.refused:
+        dag = context.get("dag")
+        with ResultsHook().engine() as engine:
+            point_data.record_refused(engine, context["run_id"], dag.dag_id if dag else None, board,
+                                      prepared.refused)
+    if not prepared.points:
+        raise AirflowFailException(f"board {board}: every point was refused: {prepared.refused[0][1]}")
+    return prepared.points
+
+
+def verdict(counts: dict) -> None:
+    """Fail the run when the params were refused or a point did not succeed (``summarize``'s counts)."""
+    if counts.get("refused"):
+        raise AirflowFailException(counts["refused"])
+    failed = counts.get("failed_points") or []
+    if failed:
+        raise AirflowFailException(f"{len(failed)} point(s) failed: {'; '.join(failed[:10])}"
+                                   + (" ..." if len(failed) > 10 else ""))
+
+
+def summarize(context) -> dict:
+    """Account for every planned point of the sweep and print the sweep's scoreboard: ``{"boards": per-board counts,
+    "failed_points": ["<board>: <point label>", ...]}`` (the ``verdict`` task fails the run when that is not empty),
+    plus ``"refused"`` (why) when the plan tasks refused the params: then there are no points, and the run fails.
+
+    A planned point with neither a result nor a stored failure (its board's provisioning failed, or the task was
+    killed before it could store anything) is stored now as ``NotRun``: every point of a sweep ends in the store.
+    """
+    ti, run_id, p = context["ti"], context["run_id"], context["params"]
+    dag_id = context["dag"].dag_id
+    refused = refusal(p)
+    if refused:  # the plan tasks failed with it and left no points: without this the run would end "success"
+        print(refused)
+        return {"boards": {}, "failed_points": [], "refused": refused}
+    if p["dry_run"]:
+        print("dry run: the points are listed in each board's plan task; nothing ran")
+        return {"boards": {}, "failed_points": []}
+    with ResultsHook().engine() as engine:
+        tally = sweep_tally(engine, run_id)
+        counts, bad = {}, []
+        for board in inventory():
+            planned = ti.xcom_pull(task_ids=f"board_{board}.plan") or []
+            if not planned and board not in tally:  # not part of the sweep (a board whose every point was
+                continue                            # refused has them stored: they are counted below)
+            runs = ti.xcom_pull(task_ids=f"board_{board}.run") or []
+            runs = [runs] if isinstance(runs, dict) else list(runs)
+            already = {r["point"] for r in runs if r and r.get("status") == "already stored"}
+            t = tally.get(board, {"ok": [], "failed": [], "no_result": []})
+            seen = {e["point"] for kind in t.values() for e in kind} | already
+            for point in planned:
+                if point_label(point) not in seen:
+                    message = (f"board {board}: the point never ran (an earlier task of the board failed or the "
+                               f"task was stopped; see the task logs of board_{board})")
+                    record_failure(engine, run_id, dag_id, board, point, "NotRun", message, attempts=0)
+                    t["no_result"].append({"point": point_label(point), "error": f"NotRun: {message}"})
+            counts[board] = {"planned": len(planned), "ok": len(t["ok"]), "already_stored": len(already),
+                             "failed": len(t["failed"]), "no_result": len(t["no_result"])}
+            print(f"board {board}: {len(planned)} point(s): {len(t['ok'])} ok, {len(already)} already stored, "
+                  f"{len(t['failed'])} failed, {len(t['no_result'])} without a result")
+            for entry in t["failed"] + t["no_result"]:
+                print(f"  FAILED {entry['point']}: {entry['error']}")
+                bad.append(f"{board}: {entry['point']}")
+        print(render(*read_only(engine, "SELECT board, model, backend, variant, precision, latency_median_s, "
+                                        "top1 FROM scoreboard WHERE sweep = %(run)s "
+                                        "ORDER BY board, model, backend, variant",
+                                {"run": run_id}), "table"))
+        _, flagged = read_only(engine, "SELECT board, model, backend, variant_label, top1, reference_top1 FROM "
+                                       "scoreboard WHERE sweep = %(run)s AND accuracy_check = 'FLAGGED'",
+                               {"run": run_id})
+        for board, model, backend, variant, top1, reference in flagged:
+            print(f"ACCURACY FLAGGED: {board} {model} {backend} {variant}: top-1 {top1:.4f}, {reference - top1:.2%} "
+                  f"below tf's {reference:.4f} on the same weights and images: a broken build or variant?")
+        print_flagged_latencies(engine, run_id)
+    return {"boards": counts, "failed_points": bad}
+
+
+def print_flagged_latencies(engine, run_id: str) -> list[str]:
+    """Print (and return) one line per performance point of sweep ``run_id`` whose measurement the runner FLAGGED
+    (``requestflow.board.quality``), with its reasons. Like accuracy flags, these do not fail the sweep: the points
+    are stored and ranked; the reader is told what to weigh."""
+    _, flagged = read_only(engine, "SELECT board, model, backend, variant_label, precision, threads, latency_median_s, "
+                                   "quality_reasons FROM scoreboard WHERE sweep = %(run)s AND quality = 'FLAGGED' "
+                                   "ORDER BY board, model, backend, variant_label, precision, threads",
+                           {"run": run_id})
+    lines = []
+    for board, model, backend, variant, precision, threads, median, reasons in flagged:
+        label = " ".join(part for part in (board, model, backend, variant, precision) if part)
+        lines.append(f"LATENCY FLAGGED: {label}, {threads} thread(s): median {median * 1e3:.3f} ms: "
+                     + "; ".join(reasons or []))
+    for line in lines:
+        print(line)
+    return lines
