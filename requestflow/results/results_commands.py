@@ -1,5 +1,5 @@
 """The results store's commands of the ``requestflow`` CLI: ``validate``, ``db``, ``load``, ``scoreboard``,
-``board``, ``sql``, ``export``, ``import``, ``import-reference``, ``diff``, ``regressions`` and ``plot``.
+``board``, ``sql``, ``export``, ``import``, ``import-reference``, ``diff``, ``regressions``, ``plot`` and ``rm``.
 ``requestflow.cli`` builds the parser from ``add_parsers`` and runs ``COMMANDS``; ``open_store`` and ``DB_HELP``
 serve the controller's commands too.
 """
@@ -58,12 +58,7 @@ def add_parsers(sub) -> None:
                                            "predictions, boards, sweeps, library builds, point failures) to a zip "
                                            "archive with checksums, for `requestflow import` elsewhere")
     export.add_argument("file", metavar="FILE.zip")
-    for option, what in (("board", "boards"), ("model", "model ids"), ("backend", "backends"),
-                         ("variant", "backend variants (JSON text)"), ("width", "width multipliers"),
-                         ("resolution", "resolutions"), ("precision", "precisions"),
-                         ("mode", "modes (performance, accuracy)"), ("sweep", "sweeps (run ids)"),
-                         ("images", "dataset sizes (images)")):
-        export.add_argument(f"--{option}", nargs="+", metavar="VALUE", help=f"only these {what}")
+    _add_result_filters(export)
     export.add_argument("--since", metavar="TIME", help="only results started at or after this date or time (ISO; "
                                                         "UTC unless it says otherwise)")
     export.add_argument("--until", metavar="TIME", help="only results started before this date or time")
@@ -92,6 +87,7 @@ def add_parsers(sub) -> None:
     diff.add_argument("--db", help=db_help)
 
     _add_regressions_parser(sub, db_help)
+    _add_rm_parser(sub, db_help)
 
     plot = sub.add_parser("plot", help="the scoreboard as a figure, any metric against any other, with the Pareto "
                                        "frontier: the plot of the scoreboard page, as an SVG or PNG file")
@@ -141,6 +137,29 @@ def _add_regressions_parser(sub, db_help: str) -> None:
     ack.add_argument("--reason", required=True, help="why the change is expected (kept with the acknowledgement)")
     ack.add_argument("--by", help="who acknowledges (default: the login name)")
     ack.add_argument("--db", default=argparse.SUPPRESS, help=db_help)
+
+
+def _add_result_filters(parser) -> None:
+    """The filters on stored results that ``export`` and ``rm`` take (``archive_format.RESULT_FILTERS``)."""
+    for option, what in (("board", "boards"), ("model", "model ids"), ("backend", "backends"),
+                         ("variant", "backend variants (JSON text)"), ("width", "width multipliers"),
+                         ("resolution", "resolutions"), ("precision", "precisions"),
+                         ("mode", "modes (performance, accuracy)"), ("sweep", "sweeps (run ids)"),
+                         ("images", "dataset sizes (images)")):
+        parser.add_argument(f"--{option}", nargs="+", metavar="VALUE", help=f"only these {what}")
+
+
+def _add_rm_parser(sub, db_help: str) -> None:
+    rm = sub.add_parser("rm", help="remove the results matching every filter (with their samples, predictions and "
+                                   "errors) and the matching point failures, in one transaction; asks first")
+    _add_result_filters(rm)
+    rm.add_argument("--since", metavar="TIME", help="only results started at or after this date or time (ISO; UTC "
+                                                    "unless it says otherwise)")
+    rm.add_argument("--before", metavar="TIME", help="only results started before this date or time")
+    rm.add_argument("--dry-run", action="store_true", help="print what would be removed (rows per table), remove "
+                                                           "nothing")
+    rm.add_argument("--yes", action="store_true", help="do not ask for confirmation (needed without a terminal)")
+    rm.add_argument("--db", help=db_help)
 
 
 def cmd_validate(args, argv) -> int:
@@ -322,6 +341,39 @@ def cmd_regressions(args, argv) -> int:
     return 0
 
 
+def cmd_rm(args, argv) -> int:
+    from requestflow.results import remove
+
+    filters = {key: [v for value in getattr(args, key) or [] for v in
+                     (value.split(",") if key not in ("variant", "sweep") else [value]) if v]
+               for key in remove.FILTERS if key not in remove.TIME_FILTERS}
+    filters.update(since=[args.since] if args.since else [], before=[args.before] if args.before else [])
+    remove.parse_filters(filters)  # no filter, a bad time: refused before any connection
+    if not (args.yes or args.dry_run or sys.stdin.isatty()):
+        raise UserError("requestflow rm asks for confirmation and stdin is not a terminal: give --yes to remove "
+                        "without asking (or --dry-run to see what would go)")
+    engine, _ = open_store(args)
+    planned = remove.plan(engine, filters)
+    if planned.empty:
+        print("nothing to remove: no result or point failure matches"
+              + (f" (kept {sum(planned.kept_read_only.values())} result(s) of read-only reference boards)"
+                 if planned.kept_read_only else ""))
+        return 0
+    print(("would remove:" if args.dry_run else "to remove:") + "\n" + planned.describe())
+    if args.dry_run:
+        return 0
+    if not args.yes:
+        answer = input(f"remove {planned.counts['results']} result(s) and {planned.counts['point_failures']} "
+                       "point failure(s)? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing removed")
+            return 1
+    counts = remove.remove(engine, planned)
+    print(f"removed {counts['results']} result(s) ({counts['samples']} samples, {counts['predictions']} "
+          f"predictions) and {counts['point_failures']} point failure(s); scoreboard refreshed")
+    return 0
+
+
 def cmd_plot(args, argv) -> int:
     from requestflow.board.files import atomic_write_bytes
     from requestflow.results.scoreboard_data import FILTERS, Selection, draw
@@ -352,5 +404,5 @@ def cmd_plot(args, argv) -> int:
 COMMANDS = {
     "validate": cmd_validate, "db": cmd_db, "load": cmd_load, "scoreboard": cmd_scoreboard, "board": cmd_board,
     "sql": cmd_sql, "export": cmd_export, "import": cmd_import_archive, "import-reference": cmd_import_reference,
-    "diff": cmd_diff, "regressions": cmd_regressions, "plot": cmd_plot,
+    "diff": cmd_diff, "regressions": cmd_regressions, "plot": cmd_plot, "rm": cmd_rm,
 }
