@@ -408,13 +408,16 @@ def machine_info(root: str | os.PathLike = "/", with_opencl: bool = True) -> dic
 
 
 def platform_snapshot(root: str | os.PathLike = "/", with_opencl: bool = True) -> dict:
-    """``machine_info`` plus the known board (``board``), the GPU devfreq devices (``gpus``) and the compilers
-    (``compilers``): what provisioning records about a board. JSON-able; every key is always present."""
+    """``machine_info`` plus the known board (``board``), the GPU devfreq devices (``gpus``), the compilers
+    (``compilers``) and the power meters (``power_meters``): what provisioning records about a board. JSON-able;
+    every key is always present."""
     root = Path(root)
     info = machine_info(root, with_opencl=with_opencl)
     info["board"] = known_board(info["board_model"], read_value(root / "proc/cpuinfo"))
     info["gpus"] = gpu_devfreq(root)
     info["compilers"] = compilers()
+    from requestflow.board.power import detect
+    info["power_meters"] = detect(root)  # for requestflow run --power-meter (requestflow.board.power)
     return info
 
 
