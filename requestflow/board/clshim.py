@@ -52,7 +52,7 @@ class ShimError(UserError):
 
 
 def _opencl(opencl_info: dict) -> dict:
-    """``machine.opencl()``'s dict, given it or a platform snapshot holding it under ``opencl`` (else {})."""
+    """``opencl_probe.opencl()``'s dict, given it or a platform snapshot holding it under ``opencl`` (else {})."""
     info = opencl_info.get("opencl", opencl_info) if isinstance(opencl_info, dict) else None
     return info if isinstance(info, dict) else {}
 
@@ -60,7 +60,7 @@ def _opencl(opencl_info: dict) -> dict:
 def armcl_device(opencl_info: dict) -> dict | None:
     """The device ArmCL would use (first platform, its first device: ``select_preferable_platform`` and
     ``create_opencl_context_and_device`` in src/runtime/CL/CLHelpers.cpp), with its platform's name, or None.
-    ``opencl_info`` is ``machine.opencl()`` or a snapshot holding it under ``opencl``."""
+    ``opencl_info`` is ``opencl_probe.opencl()`` or a snapshot holding it under ``opencl``."""
     info = _opencl(opencl_info)
     platforms = (info.get("platforms") or []) if info.get("available") else []
     for platform in platforms[:1]:
@@ -308,7 +308,7 @@ def prepare(opencl_info: dict, *, stats_path: str | os.PathLike | None = None) -
 
 def main() -> int:
     """``python -m requestflow.board.clshim``: this machine's decision, and the shell lines that apply it."""
-    from requestflow.board.machine import opencl
+    from requestflow.board.opencl_probe import opencl
 
     info = opencl()
     env, description = prepare(info)

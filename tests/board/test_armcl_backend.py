@@ -34,7 +34,7 @@ CASES = {"h5 0.25_224": ("mobilenet-v1-0.25-224", "mobilenet_v1_0.25_224.h5"),
 @pytest.fixture(scope="module")
 def build() -> Path:
     """The machine's real ArmCL build (built when cold), named to the backend by $REQUESTFLOW_ARMCL_BUILD."""
-    from requestflow.board.machine import opencl
+    from requestflow.board.opencl_probe import opencl
 
     found, _ = real_build()
     saved = os.environ.get("REQUESTFLOW_ARMCL_BUILD")

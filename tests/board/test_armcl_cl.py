@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from requestflow.board import armcl, clshim
-from requestflow.board.machine import opencl
+from requestflow.board.opencl_probe import opencl
 from tests.armcl_real import ARMCL_CACHE, real_build
 
 RUN = ["--target=CL", "--type=F32", "--model-id=1"]  # MobileNet-v1 0.75_160, dummy weights (no --data)

@@ -29,7 +29,7 @@ IMAGES = 20
 
 @pytest.fixture(scope="module")
 def build():
-    from requestflow.board.machine import opencl
+    from requestflow.board.opencl_probe import opencl
 
     found, _ = real_build()
     if not opencl().get("available"):

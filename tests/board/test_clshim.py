@@ -561,7 +561,7 @@ class TestNeedsShim:
         assert clshim.needs_shim({"board": {"id": "rk3399"}, "opencl": None})[0] is False
 
     def test_needed_on_this_machine(self):
-        from requestflow.board.machine import opencl
+        from requestflow.board.opencl_probe import opencl
 
         needed, reason = clshim.needs_shim(opencl())
         assert needed, reason

@@ -20,10 +20,10 @@ from requestflow.board.machine import (
     gpu_devfreq,
     known_board,
     machine_info,
-    opencl,
     platform_snapshot,
     snapshot_frequencies_and_temperatures,
 )
+from requestflow.board.opencl_probe import opencl
 from requestflow.errors import UserError
 
 MALI_G71 = {"governor": "mali_ondemand", "available_governors": "mali_ondemand performance powersave",
@@ -90,7 +90,7 @@ def test_opencl_is_reported_either_way():
     assert info["available"] or info["reason"]
 
 
-_REPORT = "import json; from requestflow.board.machine import opencl; print(json.dumps(opencl()))"
+_REPORT = "import json; from requestflow.board.opencl_probe import opencl; print(json.dumps(opencl()))"
 
 
 def _opencl_report(*prelude: str) -> dict:

@@ -20,13 +20,8 @@ from requestflow.results.boards import record_platform, set_board
 from requestflow.results.database import sqlalchemy_url
 from requestflow.results.load import load_documents
 from requestflow.results.query import read_only
-from requestflow.results.reference import (
-    VAL_TXT_SHA256,
-    board_row,
-    documents,
-    import_reference,
-    read_csv,
-)
+from requestflow.results.reference import VAL_TXT_SHA256, board_row, documents, import_reference
+from requestflow.results.reference_csv import read_csv
 from tests.databases import throwaway_database
 from tests.scoreboard_app import logged_in_client
 

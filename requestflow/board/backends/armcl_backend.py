@@ -116,7 +116,7 @@ class ArmclBackend(FloatBackend):
     def load(self) -> None:
         from requestflow.board import armcl_program, clshim
         from requestflow.board.files import cache_dir
-        from requestflow.board.machine import opencl
+        from requestflow.board.opencl_probe import opencl
 
         variant = self.variant
         self._build = self.build_dir or armcl_program.find_build()
