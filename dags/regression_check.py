@@ -9,8 +9,8 @@ from airflow.sdk import Asset, Param
 
 from dags.factory import dag
 from operators.config import RESULTS_ASSET
-from operators.regressions import RegressionCheckOperator
-from requestflow.results.regressions import DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, DEFAULT_WINDOW
+from operators.regression_detect import RegressionCheckOperator
+from requestflow.results.regression_compare import DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, DEFAULT_WINDOW
 
 DOC = f"""
 ### Regression check

@@ -1,20 +1,6 @@
 """Regression detection: every successful result of a sweep against its point's own history.
 
-**History.** The results of the same point (``points.point_id``: the same identity, whatever the sweep) that
-started before the new result, succeeded, belong to another sweep (or to none), and are not themselves
-unacknowledged regressions of the metric (a slow night does not become the baseline of the next one: the
-regression keeps alerting until it is fixed or acknowledged). The latest ``window`` of them are the baseline.
-
-**Latency** (performance points): the raw samples of the baseline results, pooled, against the new result's raw
-samples, by :func:`requestflow.results.stats.compare_samples`: a two-sided Mann-Whitney U test (p < ``alpha``)
-**and** a ratio of medians at least ``min_effect`` away from 1. Timings of one run share that run's state, so runs
-of unchanged code differ by more than their samples suggest: the effect needed is raised to the baseline's own
-run-to-run spread (the largest distance of one baseline run's median from the pooled median) when that is larger.
-A slower result is a regression; a faster one is recorded only with ``report_faster`` (a sudden speed-up can mean
-a benchmark that stopped doing its work).
-
-**Accuracy** (accuracy points): top-1 and top-5 of the new result against the latest baseline result, exactly
-(inference is deterministic: any change, up or down, is recorded).
+The comparison itself (history, latency, accuracy) is ``requestflow.results.regression_compare``.
 
 **Acknowledging** a detected change (:func:`acknowledge`) accepts the level of its result as the point's new normal
 for that metric: later results are compared with results from that one on, every detection of the point and
@@ -29,9 +15,7 @@ the baseline of a result skips earlier results already found to be regressions.
 
 from __future__ import annotations
 
-import datetime as dt
 import getpass
-import json
 import os
 from dataclasses import dataclass, field
 
@@ -42,12 +26,19 @@ from sqlalchemy.engine import Connection, Engine
 from requestflow.errors import UserError
 from requestflow.results import models as m
 from requestflow.results.query import read_only
-from requestflow.results.stats import SLOWER, compare_samples, run_to_run_spread
-
-METRICS = ("latency", "top1", "top5")
-DEFAULT_WINDOW = 5
-DEFAULT_ALPHA = 0.01
-DEFAULT_MIN_EFFECT = 0.05
+from requestflow.results.regression_compare import (
+    DEFAULT_ALPHA,
+    DEFAULT_MIN_EFFECT,
+    DEFAULT_WINDOW,
+    Compared,
+    Settings,
+    StoredResult,
+    compare,
+    find_sweep,
+    metrics,
+    sweep_results,
+    variant_text,
+)
 
 # the columns `requestflow regressions` lists (the view regressions has more: library, cpu_affinity, ids...)
 LIST_COLUMNS = ("id", "board", "model", "backend", "variant", "precision", "mode", "threads", "metric", "change",
@@ -55,27 +46,9 @@ LIST_COLUMNS = ("id", "board", "model", "backend", "variant", "precision", "mode
 
 
 @dataclass(frozen=True)
-class Settings:
-    """How a result is compared with its history: the ``window`` latest earlier results pooled as the baseline;
-    a latency change needs p < ``alpha`` and a ratio of medians at least ``min_effect`` (0.05: 5%) from 1."""
-
-    window: int = DEFAULT_WINDOW
-    alpha: float = DEFAULT_ALPHA
-    min_effect: float = DEFAULT_MIN_EFFECT
-    report_faster: bool = False
-
-    def __post_init__(self):
-        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
-            raise UserError(f"window must be a whole number of results >= 1, got {self.window!r}")
-        if not (0.0 < self.alpha < 1.0):
-            raise UserError(f"alpha must be between 0 and 1 (exclusive), got {self.alpha!r}")
-        if not (0.0 <= self.min_effect < 10.0):
-            raise UserError(f"min_effect must be a fraction >= 0 (0.05 for 5%), got {self.min_effect!r}")
-
-
-@dataclass(frozen=True)
-class Finding:
-    """A stored regression of one of the sweep's results (a row of the view ``regressions``)."""
+class Finding(Compared):
+    """A stored regression of one of the sweep's results (a row of the view ``regressions``; the values compared
+    are ``Compared``'s)."""
 
     id: int
     board: str
@@ -87,12 +60,6 @@ class Finding:
     threads: int
     metric: str
     change: str
-    old_value: float
-    new_value: float
-    ratio: float | None
-    p_value: float | None
-    n_old: int | None
-    n_new: int | None
     sweep: str | None
     acknowledged: bool
     point_id: str
@@ -102,7 +69,7 @@ class Finding:
 
     @property
     def point(self) -> str:
-        variant = _variant(self.variant)
+        variant = variant_text(self.variant)
         variant = f" [{variant}]" if variant else ""
         return (f"{self.board}: {self.model} {self.backend}{variant} {self.precision} {self.mode} "
                 f"(threads {self.threads})")
@@ -118,18 +85,8 @@ class Finding:
         return f"#{self.id} {self.point}: {self.metric} {self.change}, {change}"
 
     def as_dict(self) -> dict:
-        return {**self.__dict__, "description": self.describe()}
-
-
-def _variant(text_value: str | None) -> str:
-    """A backend variant (JSON text) as ``key=value, ...``; empty for the default variant."""
-    try:
-        variant = json.loads(text_value or "{}")
-    except ValueError:
-        return text_value or ""
-    if not isinstance(variant, dict):
-        return str(variant)
-    return ", ".join(f"{k}={json.dumps(v) if isinstance(v, bool | None) else v}" for k, v in sorted(variant.items()))
+        return {**{column: getattr(self, column) for column in FINDING_COLUMNS}, "new": self.new,
+                "description": self.describe()}
 
 
 @dataclass
@@ -162,115 +119,6 @@ class DetectionReport:
                 "findings": [f.as_dict() for f in self.findings]}
 
 
-@dataclass(frozen=True)
-class _Result:
-    id: int
-    point: int  # points.id
-    sweep_id: int | None
-    started_at: dt.datetime
-    mode: str
-    label: str
-
-
-@dataclass(frozen=True)
-class _Change:
-    """The outcome of comparing one result's metric with its history (``change`` None: no change)."""
-
-    change: str | None
-    baseline: list[int]
-    old_value: float
-    new_value: float
-    ratio: float | None
-    p_value: float | None
-    n_old: int | None
-    n_new: int | None
-    threshold: float | None
-
-
-def _sweep_id(connection: Connection, sweep: str) -> int:
-    if not isinstance(sweep, str) or not sweep.strip():
-        raise UserError("a sweep (its run id) is needed")
-    found = connection.execute(select(m.Sweep.id).where(m.Sweep.run_id == sweep)).scalar()
-    if found is None:
-        latest = connection.execute(select(m.Sweep.run_id).order_by(m.Sweep.id.desc()).limit(5)).scalars().all()
-        raise UserError(f"no sweep {sweep!r} in the results store" +
-                        (f"; the latest: {', '.join(latest)}" if latest else " (it holds no sweep yet)"))
-    return found
-
-
-def _sweep_results(connection: Connection, sweep_id: int) -> list[_Result]:
-    rows = connection.execute(
-        select(m.Result.id, m.Result.point_id, m.Result.sweep_id, m.Result.started_at, m.Point.mode, m.Board.name,
-               m.Point.model_id, m.Point.backend, m.Point.precision, m.Point.threads)
-        .join(m.Point, m.Point.id == m.Result.point_id).join(m.Board, m.Board.id == m.Point.board_id)
-        .where(m.Result.sweep_id == sweep_id, m.Result.status == "ok")
-        .order_by(m.Board.name, m.Point.model_id, m.Point.backend, m.Point.mode, m.Result.started_at, m.Result.id))
-    return [_Result(r.id, r.point_id, r.sweep_id, r.started_at, r.mode,
-                    f"{r.name}: {r.model_id} {r.backend} {r.precision} {r.mode} (threads {r.threads})")
-            for r in rows]
-
-
-HISTORY_SQL = text("""
-SELECT r.id
-FROM results r
-WHERE r.point_id = :point AND r.status = 'ok' AND r.started_at < :started
-  AND r.sweep_id IS DISTINCT FROM :sweep
-  AND r.started_at >= COALESCE((
-        SELECT ar.started_at FROM regression_acks a JOIN results ar ON ar.id = a.result_id
-        WHERE a.point_id = :point AND a.metric = :metric AND ar.started_at <= :started AND a.result_id <> :result
-        ORDER BY ar.started_at DESC LIMIT 1), '-infinity'::timestamptz)
-  AND NOT EXISTS (SELECT 1 FROM regression_detections g
-                  WHERE g.result_id = r.id AND g.metric = :metric AND g.ack_id IS NULL)
-  AND EXISTS (SELECT 1 FROM performance f WHERE f.result_id = r.id AND :metric = 'latency'
-              UNION ALL SELECT 1 FROM accuracy a WHERE a.result_id = r.id AND :metric <> 'latency')
-ORDER BY r.started_at DESC, r.id DESC
-LIMIT :window
-""")
-
-
-def _history(connection: Connection, result: _Result, metric: str, window: int) -> list[int]:
-    """The baseline: ids of the latest ``window`` earlier results of the point (see the module's doc), latest first.
-    An acknowledgement of this very result does not move its own baseline (detecting it again finds the same,
-    acknowledged, change)."""
-    return list(connection.execute(HISTORY_SQL, {"point": result.point, "result": result.id,
-                                                 "started": result.started_at,
-                                                 "sweep": result.sweep_id, "metric": metric,
-                                                 "window": window}).scalars())
-
-
-def _metrics(connection: Connection, result: _Result) -> list[str]:
-    if result.mode == "performance":
-        has = connection.execute(select(m.Sample.i).where(m.Sample.result_id == result.id).limit(1)).first()
-        return ["latency"] if has else []
-    has = connection.execute(select(m.Accuracy.result_id).where(m.Accuracy.result_id == result.id)).first()
-    return ["top1", "top5"] if has else []
-
-
-def _compare(connection: Connection, result: _Result, metric: str, settings: Settings) -> _Change | None:
-    """Compare one result's metric with its history; None when it has no history."""
-    baseline = _history(connection, result, metric, settings.window)
-    if not baseline:
-        return None
-    if metric == "latency":
-        runs: dict[int, list[float]] = {i: [] for i in baseline}
-        for result_id, seconds in connection.execute(
-                select(m.Sample.result_id, m.Sample.seconds).where(m.Sample.result_id.in_(baseline))
-                .order_by(m.Sample.result_id, m.Sample.i)):
-            runs[result_id].append(seconds)
-        new = list(connection.execute(select(m.Sample.seconds).where(m.Sample.result_id == result.id)
-                                      .order_by(m.Sample.i)).scalars())
-        threshold = max(settings.min_effect, run_to_run_spread(list(runs.values())))
-        verdict = compare_samples([s for run in runs.values() for s in run], new, settings.alpha, threshold)
-        wanted = verdict.verdict == SLOWER or (verdict.changed and settings.report_faster)
-        return _Change(verdict.verdict if wanted else None, baseline, verdict.median_old, verdict.median_new,
-                       verdict.ratio, verdict.p_value, verdict.n_old, verdict.n_new, threshold)
-    column = getattr(m.Accuracy, metric)
-    old, n_old = connection.execute(select(column, m.Accuracy.n).where(m.Accuracy.result_id == baseline[0])).one()
-    new, n_new = connection.execute(select(column, m.Accuracy.n).where(m.Accuracy.result_id == result.id)).one()
-    change = None if new == old else ("lower" if new < old else "higher")
-    return _Change(change, baseline[:1], old, new, new / old if old else None, None, n_old, n_new, None)
-
-
 def detect(engine: Engine, sweep: str, window: int = DEFAULT_WINDOW, alpha: float = DEFAULT_ALPHA,
            min_effect: float = DEFAULT_MIN_EFFECT, report_faster: bool = False) -> DetectionReport:
     """Compare every successful result of the sweep ``sweep`` (its run id) with its point's history and store the
@@ -280,11 +128,11 @@ def detect(engine: Engine, sweep: str, window: int = DEFAULT_WINDOW, alpha: floa
     report = DetectionReport(sweep=sweep, settings=settings)
     new_ids: set[int] = set()
     with engine.begin() as connection:
-        sweep_id = _sweep_id(connection, sweep)
-        results = _sweep_results(connection, sweep_id)
+        sweep_pk = find_sweep(connection, sweep)
+        results = sweep_results(connection, sweep_pk)
         for result in results:
-            for metric in _metrics(connection, result):
-                change = _compare(connection, result, metric, settings)
+            for metric in metrics(connection, result):
+                change = compare(connection, result, metric, settings)
                 if change is None:
                     report.no_history.append(f"{result.label}: {metric}")
                     continue
@@ -302,7 +150,7 @@ def detect(engine: Engine, sweep: str, window: int = DEFAULT_WINDOW, alpha: floa
                 if stored is not None:
                     new_ids.add(stored)
         report.stored = len(new_ids)
-        report.findings = _findings(connection, [r.id for r in results], new_ids)
+        report.findings = findings(connection, [r.id for r in results], new_ids)
     return report
 
 
@@ -311,7 +159,7 @@ FINDING_COLUMNS = ("id", "board", "model", "backend", "variant", "precision", "m
                    "point_id", "result_id", "baseline_result_ids")
 
 
-def _findings(connection: Connection, result_ids: list[int], new_ids: set[int]) -> list[Finding]:
+def findings(connection: Connection, result_ids: list[int], new_ids: set[int]) -> list[Finding]:
     rows = connection.execute(text(f"SELECT {', '.join(FINDING_COLUMNS)} FROM regressions "
                                    "WHERE result_id = ANY(:ids) ORDER BY board, model, backend, mode, metric, id"),
                               {"ids": result_ids}).mappings()
@@ -385,14 +233,14 @@ def acknowledge(engine: Engine, regression_id: int, reason: str, by: str | None 
         silenced, still_open = [], []
         for later in connection.execute(open_of_point.where(m.Result.started_at > started_at)
                                         .order_by(m.Result.started_at, m.RegressionDetection.id)).all():
-            result = _Result(later.result_id, detection.point_id, later.sweep_id, later.started_at, later.mode, "")
-            change = _compare(connection, result, detection.metric, settings)
+            result = StoredResult(later.result_id, detection.point_id, later.sweep_id, later.started_at, later.mode, "")
+            change = compare(connection, result, detection.metric, settings)
             if change is not None and change.change is not None:
                 still_open.append(later.id)
             else:
                 _set_ack(connection, [later.id], ack_id)
                 silenced.append(later.id)
-        point = _findings(connection, [detection.result_id], set())[0].point
+        point = findings(connection, [detection.result_id], set())[0].point
     return AckReport(ack_id=ack_id, regression_id=regression_id, metric=detection.metric, point=point,
                      acknowledged=up_to, silenced=silenced, still_open=still_open)
 
@@ -431,7 +279,7 @@ def open_regressions(engine: Engine, rows: list[dict]) -> list[dict]:
                            f"({(row['ratio'] - 1) * 100:+.1f}%, p = {row['p_value']:.2g})")
         else:
             row["text"] = f"{row['old_value']:.4f} -> {row['new_value']:.4f} ({row['n_new']} images)"
-        row["variant_text"] = _variant(row["variant"])
+        row["variant_text"] = variant_text(row["variant"])
         row["page_point_id"] = page[row["point_id"]]
         out.append(row)
     return out
@@ -445,7 +293,7 @@ def list_regressions(engine: Engine, sweep: str | None = None, include_acknowled
     clauses, parameters = [], {}
     if sweep is not None:
         with engine.connect() as connection:
-            _sweep_id(connection, sweep)
+            find_sweep(connection, sweep)
         clauses.append("sweep = %(sweep)s")
         parameters["sweep"] = sweep
     if not include_acknowledged:

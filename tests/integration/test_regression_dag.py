@@ -55,7 +55,7 @@ class TestTheDag:
             assert [a.uri for a in outlets] == [RESULTS_ASSET], sweep_dag
 
     def test_the_detect_task_templates_its_settings_from_the_params(self, dagbag):
-        from operators.regressions import RegressionCheckOperator
+        from operators.regression_detect import RegressionCheckOperator
 
         task = dagbag.dags[DAG_ID].get_task("detect")
         assert isinstance(task, RegressionCheckOperator)
@@ -122,7 +122,7 @@ def triggered_by(*run_ids: str, uri: str = RESULTS_ASSET) -> dict:
 
 
 def operator(**kwargs):
-    from operators.regressions import RegressionCheckOperator
+    from operators.regression_detect import RegressionCheckOperator
 
     return RegressionCheckOperator(task_id="detect", **kwargs)
 

@@ -342,7 +342,7 @@ class TestStoring:
         load_history(store, history)
         load_sweep(store, "two", planted(template, 1.2, hours=10), less_accurate(at(recorded["accuracy"], 10)))
         load_sweep(store, "acc-history", at(recorded["accuracy"], 5))
-        real = regressions._compare
+        real = regressions.compare
         calls = []
 
         def fails_the_second_time(*args, **kwargs):
@@ -351,11 +351,11 @@ class TestStoring:
                 raise RuntimeError("connection lost")
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(regressions, "_compare", fails_the_second_time)
+        monkeypatch.setattr(regressions, "compare", fails_the_second_time)
         with pytest.raises(RuntimeError, match="connection lost"):
             regressions.detect(store, "two")
         assert count(store, "regression_detections") == 0
-        monkeypatch.setattr(regressions, "_compare", real)
+        monkeypatch.setattr(regressions, "compare", real)
         assert {f.metric for f in regressions.detect(store, "two").findings} == {"latency", "top1", "top5"}
 
     def test_the_view_names_everything_and_the_schema_has_no_drift(self, store, database, history, template):

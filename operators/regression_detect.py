@@ -17,7 +17,7 @@ from airflow.sdk import BaseOperator
 
 from operators.config import RESULTS_ASSET
 from requestflow.results.database import CONN_ID
-from requestflow.results.regressions import DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, DEFAULT_WINDOW
+from requestflow.results.regression_compare import DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, DEFAULT_WINDOW
 
 MAX_LISTED = 20  # regressions named in the failure message (all of them are in the log and the store)
 
@@ -68,7 +68,8 @@ class RegressionCheckOperator(BaseOperator):
         from airflow.sdk.exceptions import AirflowFailException
 
         from requestflow.errors import UserError
-        from requestflow.results.regressions import Settings, detect
+        from requestflow.results.regression_compare import Settings
+        from requestflow.results.regressions import detect
 
         try:  # templated values arrive as text
             settings = Settings(window=int(self.window), alpha=float(self.alpha),
