@@ -1,7 +1,10 @@
 """ResultsHook: the results store, from the Airflow Connection ``requestflow_results`` (conn type postgres).
 
 Without that Connection it falls back to requestflow's own resolution ($REQUESTFLOW_DATABASE_URL, else the
-embedded PostgreSQL), so a local Airflow needs no set-up. The schema is brought to head on first use.
+embedded PostgreSQL), so a local Airflow needs no set-up. The schema is brought to head on first use, with that
+Connection's login (the owner's); everything else acts as ``requestflow_writer`` (``engine()``) or
+``requestflow_reader`` (``reader_engine()``; through the Connection ``requestflow_results_reader`` when given).
+See ``requestflow.results.roles`` and docs/security.md.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from functools import cached_property
 
 from airflow.sdk import BaseHook
 
-from requestflow.results.database import CONN_ID, engine_for, resolve_url, sqlalchemy_url, upgrade
+from requestflow.results.database import CONN_ID, resolve_url, sqlalchemy_url, upgrade
+from requestflow.results.roles import READER_CONN_ID, reader_url
 
 
 class ResultsHook(BaseHook):
@@ -32,19 +36,39 @@ class ResultsHook(BaseHook):
             return resolve_url(None)[0]
         return sqlalchemy_url(conn.get_uri())
 
-    def get_conn(self):
-        engine = engine_for(self.url)
+    @cached_property
+    def reader(self) -> tuple[str, str] | None:
+        """(URL, origin) of a separate reader login: the Connection ``requestflow_results_reader``, else
+        $REQUESTFLOW_READER_DATABASE_URL; None: reads switch roles on ``url``'s login."""
         try:
-            upgrade(self.url, engine=engine)
-        except BaseException:
-            engine.dispose()
-            raise
-        return engine
+            conn = self.get_connection(READER_CONN_ID)
+        except Exception:  # no such Connection
+            return reader_url(None)
+        return sqlalchemy_url(conn.get_uri()), f"Airflow Connection {READER_CONN_ID}"
+
+    def get_conn(self):
+        """An engine acting as requestflow_writer, the schema brought to head first (as the owner)."""
+        from requestflow.results.roles import writer_engine
+
+        upgrade(self.url)
+        return writer_engine(self.url)
 
     @contextmanager
     def engine(self):
-        """The store's engine for a ``with`` block (schema brought to head first), disposed of at its end."""
+        """The store's writer engine for a ``with`` block (schema brought to head first), disposed of at its end."""
         engine = self.get_conn()
+        try:
+            yield engine
+        finally:
+            engine.dispose()
+
+    @contextmanager
+    def reader_engine(self, timeout_s: float | None = None):
+        """A reader engine (read-only, requestflow_reader, ``timeout_s`` per statement) for a ``with`` block."""
+        from requestflow.results.roles import reader_engine
+
+        upgrade(self.url)
+        engine = reader_engine(self.url, self.reader, timeout_s)
         try:
             yield engine
         finally:

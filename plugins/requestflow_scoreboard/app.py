@@ -12,8 +12,10 @@
 - ``scoreboard/static/<file>``: the page's own JavaScript and CSS (no third-party script, no CDN).
 
 Every request needs Airflow's login (``auth.AirflowLoginRequired`` wraps the whole app). The results store is read
-through ``operators.results_hook.ResultsHook``'s URL (the Connection ``requestflow_results``, else requestflow's
-own resolution), with one engine per process; every query is read-only with bound parameters.
+through ``operators.results_hook.ResultsHook``'s URLs (the Connection ``requestflow_results``, else requestflow's
+own resolution; the Connection ``requestflow_results_reader`` when that login cannot switch roles), with one engine
+per process: every transaction is read-only, acts as ``requestflow_reader`` and cuts each statement after
+$REQUESTFLOW_PAGE_TIMEOUT seconds (default 5; ``requestflow.results.roles``); every query has bound parameters.
 """
 
 from __future__ import annotations
@@ -43,11 +45,12 @@ _engine_lock = threading.Lock()
 
 
 def results_engine():
-    """The results store's engine, created once per process from the ResultsHook's URL."""
+    """The results store's reader engine (``roles.reader_engine``), created once per process from the ResultsHook's
+    URLs."""
     global _engine
     with _engine_lock:
         if _engine is None:
-            from requestflow.results.database import engine_for
+            from requestflow.results import roles
 
             try:
                 from operators.results_hook import ResultsHook
@@ -56,10 +59,12 @@ def results_engine():
 
                 log.warning("requestflow scoreboard: operators.results_hook not importable; using requestflow's "
                             "own resolution of the results store")
-                url = resolve_url(None)[0]
+                url, reader = resolve_url(None)[0], roles.reader_url(None)
             else:
-                url = ResultsHook().url
-            _engine = engine_for(url)
+                hook = ResultsHook()
+                url, reader = hook.url, hook.reader
+            _engine = roles.reader_engine(url, reader, roles.timeout_from_env(roles.PAGE_TIMEOUT_ENV,
+                                                                             roles.PAGE_TIMEOUT_S))
         return _engine
 
 
@@ -130,8 +135,12 @@ def create_app() -> FastAPI:
 
     def read(function, *args):
         """Run a store read; a store that is down or has no schema is a 503, a bad request a 400."""
+        from requestflow.results.roles import RoleUnavailable
+
         try:
             return function(engine(), *args)
+        except RoleUnavailable as exc:  # the store's set-up, not the request: said as it is
+            raise ResultsUnavailable(str(exc)) from None
         except UserError as exc:
             if str(exc).startswith("SQL error"):
                 raise ResultsUnavailable(str(exc)) from None

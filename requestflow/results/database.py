@@ -20,6 +20,7 @@ from requestflow.errors import UserError
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 CONN_ID = "requestflow_results"
+ROLES_REVISION = 11  # the migration that made requestflow_reader and requestflow_writer (requestflow.results.roles)
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -40,8 +41,9 @@ def _redact(url: str) -> str:
     return url
 
 
-def _airflow_connection_url() -> str | None:
-    raw = os.environ.get(f"AIRFLOW_CONN_{CONN_ID.upper()}")
+def connection_url_from_env(conn_id: str = CONN_ID) -> str | None:
+    """The URL of the Airflow Connection ``conn_id`` given as ``$AIRFLOW_CONN_<ID>`` (a URI or Airflow's JSON)."""
+    raw = os.environ.get(f"AIRFLOW_CONN_{conn_id.upper()}")
     if raw:
         if raw.lstrip().startswith("{"):
             conn = json.loads(raw)
@@ -60,7 +62,7 @@ def resolve_url(explicit: str | None = None) -> tuple[str, str]:
         return sqlalchemy_url(explicit), "--db"
     if os.environ.get("REQUESTFLOW_DATABASE_URL"):
         return sqlalchemy_url(os.environ["REQUESTFLOW_DATABASE_URL"]), "REQUESTFLOW_DATABASE_URL"
-    airflow = _airflow_connection_url()
+    airflow = connection_url_from_env()
     if airflow:
         return sqlalchemy_url(airflow), f"Airflow Connection {CONN_ID}"
     from requestflow.results.embedded import embedded_url
@@ -107,9 +109,20 @@ def upgrade(url: str, revision: str = "head", engine: Engine | None = None) -> N
             after = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
             if before != after and after is not None and int(after) >= 4:
                 connection.exec_driver_sql("REFRESH MATERIALIZED VIEW scoreboard")  # rows stored before the upgrade
+            if before != after and after is not None and int(after) >= ROLES_REVISION:
+                _grant_roles(connection)  # what a migration after 0011 (re)created
     finally:
         if own:
             engine.dispose()
+
+
+def _grant_roles(connection) -> None:
+    from sqlalchemy import text
+
+    from requestflow.results.role_sql import grants_sql
+
+    for statement in grants_sql():
+        connection.execute(text(statement))
 
 
 def _has_version_table(connection) -> bool:

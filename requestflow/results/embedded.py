@@ -48,3 +48,16 @@ def stop() -> bool:
 
     _commands.pg_ctl(["-w", "stop"], pgdata=data, user=server.system_user)
     return True
+
+
+def is_embedded(url: str) -> bool:
+    """Whether ``url`` points at the running embedded server (its Unix socket folder, from its postmaster.pid)."""
+    from sqlalchemy.engine import make_url
+
+    pid_file = state_dir() / "postgres" / "postmaster.pid"
+    if not pid_file.is_file():
+        return False
+    lines = pid_file.read_text().splitlines()
+    socket_dir = lines[4].strip() if len(lines) > 4 else ""  # the 5th line: the Unix socket folder
+    host = make_url(url).query.get("host") or make_url(url).host or ""
+    return bool(socket_dir) and os.path.realpath(str(host)) == os.path.realpath(socket_dir)

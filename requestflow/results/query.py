@@ -21,19 +21,31 @@ def read_only(engine: Engine, sql: str, parameters: dict | None = None) -> tuple
     """Run one statement in a READ ONLY transaction: (column names, rows). Errors are one clear line.
 
     The statement is prepared on the server, which refuses several commands in one string: ``COMMIT; DELETE ...``
-    cannot escape the read-only transaction. ``parameters`` use psycopg's ``%(name)s`` placeholders; without
+    cannot escape the read-only transaction. Only queries are run (``roles.check_statement``: no ``SET ROLE``,
+    ``RESET``, ``COPY``, ``DO``...). Through an engine of ``roles.reader_engine`` the transaction also acts as
+    requestflow_reader with its statement timeout. ``parameters`` use psycopg's ``%(name)s`` placeholders; without
     them, ``%`` in the SQL is just a character.
     """
     import psycopg
 
+    from requestflow.results.roles import check_statement
+
+    check_statement(sql)
     with engine.connect() as connection:
-        connection.exec_driver_sql("SET TRANSACTION READ ONLY")
-        cursor = connection.connection.driver_connection.cursor()
+        connection.begin()  # a role engine's SET LOCAL ROLE and timeout, before the driver's own cursor runs
+        driver = connection.connection.driver_connection
+        driver.execute("SET TRANSACTION READ ONLY")
+        cursor = driver.cursor()
         try:
             cursor.execute(sql, parameters, prepare=True)
             if cursor.description is None:
                 return [], []
             return [column.name for column in cursor.description], cursor.fetchall()
+        except psycopg.errors.QueryCanceled:
+            timeout = getattr(engine, "_requestflow_timeout_s", None)
+            raise UserError(f"SQL error: the query ran longer than the statement timeout"
+                            f"{f' of {timeout:g} s' if timeout else ''} and was cancelled (requestflow sql --timeout, "
+                            "$REQUESTFLOW_SQL_TIMEOUT)") from None
         except psycopg.Error as exc:
             raise UserError(f"SQL error: {str(exc).strip().splitlines()[0]}") from None
         finally:

@@ -16,6 +16,13 @@ from requestflow.errors import OneLineParser, UserError
 
 DB_HELP = ("PostgreSQL URL (default: $REQUESTFLOW_DATABASE_URL, the Airflow Connection requestflow_results, else the "
            "embedded PostgreSQL)")
+DB_READER_HELP = ("PostgreSQL URL of a login that is a member of requestflow_reader, for reads when the --db login "
+                  "cannot switch to it (default: $REQUESTFLOW_READER_DATABASE_URL, the Airflow Connection "
+                  "requestflow_results_reader; docs/security.md)")
+
+
+def _reader_options(parser) -> None:
+    parser.add_argument("--db-reader", metavar="URL", help=DB_READER_HELP)
 
 
 def add_parsers(sub) -> None:
@@ -39,6 +46,7 @@ def add_parsers(sub) -> None:
     board.add_argument("--board", help="only this board")
     board.add_argument("--format", choices=("table", "csv", "json"), default="table")
     board.add_argument("--db", help=db_help)
+    _reader_options(board)
 
     board_cmd = sub.add_parser("board", help="show or set a board's price, service life and peak power "
                                              "(for the scoreboard's cost and energy columns)")
@@ -52,7 +60,10 @@ def add_parsers(sub) -> None:
     sql = sub.add_parser("sql", help="run read-only SQL on the results store (views: scoreboard, pareto_frontier)")
     sql.add_argument("query")
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    sql.add_argument("--timeout", type=float, metavar="SECONDS",
+                     help="cancel the query after this long (default: $REQUESTFLOW_SQL_TIMEOUT, else 30; 0: no limit)")
     sql.add_argument("--db", help=db_help)
+    _reader_options(sql)
 
     export = sub.add_parser("export", help="write the selected points (result documents with their samples and "
                                            "predictions, boards, sweeps, library builds, point failures) to a zip "
@@ -63,6 +74,7 @@ def add_parsers(sub) -> None:
                                                         "UTC unless it says otherwise)")
     export.add_argument("--until", metavar="TIME", help="only results started before this date or time")
     export.add_argument("--db", help=db_help)
+    _reader_options(export)
 
     archive_import = sub.add_parser("import", help="import an archive of `requestflow export`: checked whole "
                                                    "before anything is written, one transaction, idempotent")
@@ -85,6 +97,7 @@ def add_parsers(sub) -> None:
     diff.add_argument("b", metavar="B", help="the same, for the other side")
     diff.add_argument("--format", choices=("table", "csv", "json"), default="table")
     diff.add_argument("--db", help=db_help)
+    _reader_options(diff)
 
     _add_regressions_parser(sub, db_help)
     _add_rm_parser(sub, db_help)
@@ -104,6 +117,7 @@ def add_parsers(sub) -> None:
     plot.add_argument("--log-y", action="store_true", help="logarithmic Y axis")
     plot.add_argument("--out", required=True, metavar="FILE", help="FILE.svg or FILE.png")
     plot.add_argument("--db", help=db_help)
+    _reader_options(plot)
 
 
 def _add_regressions_parser(sub, db_help: str) -> None:
@@ -115,6 +129,7 @@ def _add_regressions_parser(sub, db_help: str) -> None:
     regressions.add_argument("--all", action="store_true", help="acknowledged ones too")
     regressions.add_argument("--format", choices=("table", "csv", "json"), default="table")
     regressions.add_argument("--db", help=db_help)
+    _reader_options(regressions)
     actions = regressions.add_subparsers(dest="regressions_action", metavar="ACTION", parser_class=OneLineParser,
                                           help="none: list them")
     detect = actions.add_parser("detect", help="compare every result of a sweep with its point's history and store "
@@ -178,18 +193,33 @@ def cmd_validate(args, argv) -> int:
     return 1 if bad else 0
 
 
-def open_store(args):
-    """(engine, url) of the results store, its schema brought up to date."""
-    from requestflow.results.database import engine_for, resolve_url, upgrade
+def open_store(args, role: str = "writer", timeout_s: float | None = None):
+    """(engine, url) of the results store: its schema brought up to date with the ``--db`` login (the owner's,
+    ``url``), then an engine whose every transaction acts as requestflow_writer, or with ``role="reader"`` as
+    requestflow_reader (read-only, through ``--db-reader`` when given; each statement cut after ``timeout_s``
+    seconds, default ``--timeout`` or $REQUESTFLOW_SQL_TIMEOUT or 30 s; 0: no limit). See requestflow.results.roles."""
+    from requestflow.results import roles
+    from requestflow.results.database import resolve_url, upgrade
 
     url, _ = resolve_url(args.db)
     try:
         upgrade(url)
+        if role != "reader":
+            return roles.writer_engine(url), url
+        reader = roles.reader_url(getattr(args, "db_reader", None))
+        if timeout_s is None:
+            timeout_s = getattr(args, "timeout", None)
+            if timeout_s is None:
+                timeout_s = roles.timeout_from_env(roles.SQL_TIMEOUT_ENV, roles.SQL_TIMEOUT_S)
+            elif timeout_s < 0:
+                raise UserError(f"--timeout must be a number of seconds, 0 for no limit; got {timeout_s:g}")
+        return roles.reader_engine(url, reader, timeout_s), url
+    except UserError:
+        raise
     except Exception as exc:  # connection refused, authentication, ...: one line naming the database
         from sqlalchemy.engine import make_url
         raise UserError(f"cannot use the results database {make_url(url).render_as_string(hide_password=True)}: "
                         f"{str(getattr(exc, 'orig', None) or exc).strip().splitlines()[0]}") from None
-    return engine_for(url), url
 
 
 def cmd_db(args, argv) -> int:
@@ -203,7 +233,13 @@ def cmd_db(args, argv) -> int:
     from sqlalchemy.engine import make_url
     shown = make_url(url).render_as_string(hide_password=True)
     if args.action == "url":
+        from requestflow.results import roles
+
+        reader = roles.reader_url(None)
         print(f"{shown}  ({origin})")
+        print(f"reads as {roles.READER}, writes as {roles.WRITER}"
+              + (f"; reads through {make_url(reader[0]).render_as_string(hide_password=True)} ({reader[1]})"
+                 if reader else ""))
         return 0
     open_store(args)
     if args.action == "check":
@@ -237,7 +273,7 @@ def cmd_scoreboard(args, argv) -> int:
     from requestflow.results.query import render, scoreboard
     from requestflow.results.reference import notes
 
-    engine, _ = open_store(args)
+    engine, _ = open_store(args, "reader")
     columns, rows = scoreboard(engine, args.board)
     print(render(columns, rows, args.format))
     caveats = notes(engine, {row[columns.index("board")] for row in rows})
@@ -263,7 +299,7 @@ def cmd_board(args, argv) -> int:
 def cmd_sql(args, argv) -> int:
     from requestflow.results.query import read_only, render
 
-    engine, _ = open_store(args)
+    engine, _ = open_store(args, "reader")
     print(render(*read_only(engine, args.query), args.format))
     return 0
 
@@ -281,7 +317,7 @@ def cmd_export(args, argv) -> int:
                      (value.split(",") if key not in ("variant", "sweep") else [value]) if v]
                for key in FILTERS if key not in ("since", "until")}
     filters.update(since=[args.since] if args.since else [], until=[args.until] if args.until else [])
-    engine, _ = open_store(args)
+    engine, _ = open_store(args, "reader", timeout_s=0)  # a whole store may take longer than a query
     report = export(engine, out, filters)
     c = report.counts
     print(f"{report.path}: {c['results']} result document(s) ({c['samples']} samples, {c['predictions']} "
@@ -314,7 +350,7 @@ def cmd_import_reference(args, argv) -> int:
 def cmd_diff(args, argv) -> int:
     from requestflow.results.diff import mispredictions, render
 
-    engine, _ = open_store(args)
+    engine, _ = open_store(args, "reader")
     print(render(mispredictions(engine, args.a, args.b), args.format))
     return 0
 
@@ -336,7 +372,7 @@ def cmd_regressions(args, argv) -> int:
         return 0
     from requestflow.results.query import render
 
-    engine, _ = open_store(args)
+    engine, _ = open_store(args, "reader")
     print(render(*regressions.list_regressions(engine, args.sweep, include_acknowledged=args.all), args.format))
     return 0
 
@@ -388,7 +424,7 @@ def cmd_plot(args, argv) -> int:
                    (value.split(",") if key not in ("variant", "sweep") else [value]) if v] for key in FILTERS}
     query.update(x=[args.x], y=[args.y], log_x=["1"] if args.log_x else [], log_y=["1"] if args.log_y else [])
     selection = Selection.from_query(query)  # an unknown metric: one line naming the known ones
-    engine, _ = open_store(args)
+    engine, _ = open_store(args, "reader")
     rows, drawing = draw(engine, selection, fmt)
     atomic_write_bytes(out, drawing.data)
     print(f"{out}: {len(drawing.drawn)} point(s) drawn ({selection.describe()})"
