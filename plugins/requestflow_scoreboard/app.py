@@ -165,6 +165,7 @@ def create_app() -> FastAPI:
         references = read(reference_data.reference_boards, {row["board"] for row in rows})
         regressions = read(open_regressions, rows)  # unacknowledged, of the selected points
         return page("scoreboard.html", selection=chosen, query=query, options=options, rows=rows,
+                    variant_labels=read(data.variant_labels),
                     references=references, regressions=regressions,
                     drawing=drawing, svg=inline_svg(drawing.data), filters=data.FILTERS,
                     filter_labels=data.FILTER_LABELS, metrics=METRICS, columns=data.COLUMNS,
@@ -186,15 +187,15 @@ def create_app() -> FastAPI:
                              "rows": rows, "frontier": sorted(drawing.frontier), "drawn": drawing.drawn},
                             headers=NO_STORE)
 
-    def point_or_404(point_id: str) -> dict:
-        point = read(data.read_point, point_id)
+    def point_or_404(point_id: str, images: list[str] | None = None) -> dict:
+        point = read(data.read_point, point_id, images or [])  # a point on several image sets: the chosen one
         if point is None:
             raise HTTPException(404, f"no point {point_id!r} on the scoreboard")
         return point
 
     @app.get("/scoreboard/point/{point_id}", response_class=HTMLResponse)
     async def point_page(request: Request, point_id: str):
-        point = await run_in_threadpool(point_or_404, point_id)
+        point = await run_in_threadpool(point_or_404, point_id, request.query_params.getlist("images"))
         row = point["row"]
         marks = {k: row[f"latency_{k}_s"] for k in ("min", "median", "p90") if row.get(f"latency_{k}_s") is not None}
         from requestflow.results.plot import histogram
@@ -227,8 +228,8 @@ def create_app() -> FastAPI:
         return page("diff.html", diff=result, point_id=point_id, other_row=other_row, home=_airflow_home(request))
 
     @app.get("/scoreboard/point/{point_id}/data.json")
-    def point_data(point_id: str):
-        return JSONResponse(point_or_404(point_id), headers=NO_STORE)
+    def point_data(request: Request, point_id: str):
+        return JSONResponse(point_or_404(point_id, request.query_params.getlist("images")), headers=NO_STORE)
 
     @app.get("/scoreboard/static/{name}")
     def static(name: str):

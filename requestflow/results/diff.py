@@ -293,7 +293,7 @@ def compare_choices(engine: Engine, accuracy_point_id: str) -> dict:
             WHERE r.status = 'ok' AND p.mode = 'accuracy' AND p.model_id = %(m)s
             ORDER BY r.point_id, r.started_at DESC, r.id DESC)
         SELECT p.point_id, b.name AS board, p.backend, p.variant::text AS variant, lb.library, lb.version,
-               p.precision, a.top1, a.n AS images, s.point_id AS scoreboard_point_id
+               p.precision, a.top1, a.n AS images, s.point_id AS scoreboard_point_id, s.variant_label
         FROM latest l
         JOIN points p ON p.id = l.point_id
         JOIN accuracy a ON a.result_id = l.id
@@ -309,8 +309,8 @@ def compare_choices(engine: Engine, accuracy_point_id: str) -> dict:
 
 def accuracy_point_of(engine: Engine, scoreboard_point_id: str) -> str | None | bool:
     """The accuracy point of a scoreboard row: its id, None when the row has no accuracy, False when no such row."""
-    _, rows = read_only(engine, "SELECT accuracy_point_id FROM scoreboard WHERE point_id = %(p)s",
-                        {"p": scoreboard_point_id})
+    _, rows = read_only(engine, "SELECT accuracy_point_id FROM scoreboard WHERE point_id = %(p)s "
+                                "ORDER BY largest_image_set DESC", {"p": scoreboard_point_id})
     return rows[0][0] if rows else False
 
 

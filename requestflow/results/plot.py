@@ -81,17 +81,18 @@ def _goodness(m: Metric, value: float) -> float:
 
 
 def frontier(rows: Iterable[dict], x: str, y: str) -> set[str]:
-    """The ``point_id``s on the Pareto frontier of metrics ``x`` and ``y``, per board (the view's rule, any axes).
+    """The ``point_id``s on the Pareto frontier of metrics ``x`` and ``y``, per board and, when an axis is an
+    accuracy, per image set (:func:`frontier_group`; the view's rule, any axes).
 
     Sorted by (x, y) with lower better on both, the rows in earlier peer groups (equal on both) are exactly those
     better on x, or as good on x and better on y: a row is on the frontier when none of them is at least as good on
     y, i.e. when the best y among them is worse than its own. O(n log n), like the view's window."""
     mx, my = metric(x), metric(y)
-    by_board: dict[str, list[tuple[float, float, str]]] = {}
+    by_board: dict[tuple, list[tuple[float, float, str]]] = {}
     for row in rows:
         if row.get("random_weights") or row.get(mx.column) is None or row.get(my.column) is None:
             continue
-        by_board.setdefault(row["board"], []).append(
+        by_board.setdefault(frontier_group(row, mx, my), []).append(
             (_goodness(mx, float(row[mx.column])), _goodness(my, float(row[my.column])), row["point_id"]))
     out: set[str] = set()
     for candidates in by_board.values():
@@ -107,6 +108,16 @@ def frontier(rows: Iterable[dict], x: str, y: str) -> set[str]:
             best_before = min(best_before, candidates[i][1])
             i = j
     return out
+
+
+ACCURACY_METRICS = ("top1", "top5")
+
+
+def frontier_group(row: dict, mx: Metric, my: Metric) -> tuple:
+    """Which rows a row is compared with: those of its board, and of its image set when an axis is an accuracy (a
+    top-1 on 20 images never beats or hides one on 500: scoreboard version 5, pareto_frontier version 6)."""
+    by_images = mx.column in ACCURACY_METRICS or my.column in ACCURACY_METRICS
+    return row["board"], (row.get("image_set") if by_images else None)
 
 
 def _bar(m: Metric, row: dict) -> tuple[float, float] | None:
@@ -143,7 +154,8 @@ class Drawing:
 
 def _label(row: dict) -> str:
     return (f"{row.get('model')} {row.get('backend')} {row.get('precision')}"
-            f"{' ' + row['variant'] if row.get('variant') not in (None, '{}') else ''} on {row.get('board')}")
+            f"{' ' + row['variant_label'] if row.get('variant_label') not in (None, '', 'default') else ''}"
+            f"{' (' + str(row['image_count']) + ' images)' if row.get('image_count') else ''} on {row.get('board')}")
 
 
 def _number(value: float) -> str:
@@ -187,15 +199,19 @@ def scatter(rows: list[dict], x: str, y: str, fmt: str = "svg", *, title: str | 
                 if row["point_id"] in on_frontier:
                     ax.plot([px], [py], linestyle="none", marker="+", markersize=size, color="black",
                             markeredgewidth=1.2, gid=f"frontier-mark-{row['point_id']}", zorder=4)
-            boards = sorted({r["board"] for r in drawable if r["point_id"] in on_frontier})
-            for i, board in enumerate(boards):
+            groups = sorted({frontier_group(r, mx, my) for r in drawable if r["point_id"] in on_frontier},
+                            key=lambda g: (g[0], g[1] or ""))
+            images = {frontier_group(r, mx, my): r.get("image_count") for r in drawable}
+            for i, group in enumerate(groups):
                 points = sorted(((float(r[mx.column]), float(r[my.column])) for r in drawable
-                                 if r["board"] == board and r["point_id"] in on_frontier),
+                                 if frontier_group(r, mx, my) == group and r["point_id"] in on_frontier),
                                 key=lambda p: (_goodness(mx, p[0]), _goodness(my, p[1])))
+                named = [group[0]] * (len({g[0] for g in groups}) > 1) + (
+                    [f"{images[group]} images"] if len({g[1] for g in groups}) > 1 and images[group] else [])
                 ax.plot([p[0] * mx.scale for p in points], [p[1] * my.scale for p in points], color="black",
                         linestyle=(0, (4, 3)) if i == 0 else (0, (1, 2)), linewidth=1.0, drawstyle="steps-post",
                         gid=f"frontier-line-{i}", zorder=1,
-                        label=f"Pareto frontier{' (' + board + ')' if len(boards) > 1 else ''}")
+                        label=f"Pareto frontier{' (' + ', '.join(named) + ')' if named else ''}")
             if log_x:
                 ax.set_xscale("log")
             if log_y:

@@ -23,7 +23,7 @@ from requestflow.results.query import json_value, read_only
 COLUMNS = ("board", "backend", "variant", "variant_label", "library", "library_version", "model", "width",
            "resolution", "macs", "model_size_bytes", "precision", "batch_size", "threads", "cpu_affinity",
            "latency_min_s", "latency_median_s", "latency_p90_s", "throughput_ips", "quality", "quality_reasons",
-           "top1", "top5", "image_count",
+           "top1", "top5", "image_count", "image_set", "largest_image_set",
            "reference_top1", "accuracy_delta", "accuracy_check", "energy_est_j", "cost_per_million_images_usd",
            "random_weights", "caveats", "weights_sha256", "sweep", "point_id", "performance_point_id",
            "accuracy_point_id", "performance_result_id", "accuracy_result_id")
@@ -78,7 +78,8 @@ class Selection:
         return urlencode(pairs)
 
     def describe(self) -> str:
-        return "; ".join(f"{FILTER_LABELS[k]} {', '.join(v)}" for k, v in self.filters.items()) or "all points"
+        chosen = "; ".join(f"{FILTER_LABELS[k]} {', '.join(v)}" for k, v in self.filters.items()) or "all points"
+        return chosen if "images" in self.filters else f"{chosen}, each on its largest image set"
 
     def cli(self, out: str = "plot.svg") -> str:
         """The ``requestflow plot`` command line that writes this view's figure."""
@@ -101,8 +102,12 @@ def draw(engine: Engine, selection: Selection, fmt: str, point_href=None) -> tup
 
 
 def read_rows(engine: Engine, filters: Mapping[str, Iterable[str]] | None = None) -> list[dict]:
-    """The scoreboard rows matching ``filters`` (selector -> accepted values), as dicts."""
+    """The scoreboard rows matching ``filters`` (selector -> accepted values), as dicts. Unless dataset sizes
+    (``images``) are chosen, each configuration's row of its largest image set (``largest_image_set``): a quick
+    20-image check does not stand beside, or replace, the same configuration's 500-image figure."""
     clauses, parameters = [], {}
+    if not [v for v in (filters or {}).get("images") or () if str(v)]:
+        clauses.append("largest_image_set")
     for key, chosen in (filters or {}).items():
         if key not in FILTERS:
             raise UserError(f"unknown selector {key!r}; known: {', '.join(FILTERS)}")
@@ -114,6 +119,18 @@ def read_rows(engine: Engine, filters: Mapping[str, Iterable[str]] | None = None
     columns, rows = read_only(engine, f"SELECT {', '.join(COLUMNS)} FROM scoreboard {where} "
                                       "ORDER BY board, model, backend, precision, threads, point_id", parameters)
     return [{c: json_value(v) for c, v in zip(columns, row, strict=True)} for row in rows]
+
+
+def variant_labels(engine: Engine) -> dict[str, str]:
+    """What the page shows for each variant (its JSON text, the selector's value): the scoreboard's variant_label
+    (``CL/NHWC/DEFAULT/NONE``, ``graph``, ``XLA``, ``XNNPACK``). Two variants with one label (tflite's pieces, say)
+    are told apart by their JSON."""
+    _, rows = read_only(engine, "SELECT DISTINCT variant, variant_label FROM scoreboard")
+    count: dict[str, int] = {}
+    for _, label in rows:
+        count[label or ""] = count.get(label or "", 0) + 1
+    return {variant: (label or variant) if count[label or ""] == 1 else f"{label} {variant}"
+            for variant, label in rows}
 
 
 def options(engine: Engine) -> dict[str, list[str]]:
@@ -161,14 +178,16 @@ WHERE r.id = ANY(%(ids)s)
 """
 
 
-def read_point(engine: Engine, point_id: str) -> dict | None:
+def read_point(engine: Engine, point_id: str, images: Iterable[str] = ()) -> dict | None:
     """One scoreboard row with its provenance: ``row``, ``board`` (its figures), ``results`` (the performance and
     accuracy results behind it: document fields, platform, sweep, dataset, weights, library build, ``command`` as a
-    shell line), ``samples`` (raw seconds of the performance result). None when no such point."""
+    shell line), ``samples`` (raw seconds of the performance result). None when no such point. A point measured on
+    several image sets: the row of one of ``images`` (dataset sizes) when there is one, else of its largest."""
     if not POINT_ID.match(point_id or ""):
         return None
-    columns, rows = read_only(engine, f"SELECT {', '.join(COLUMNS)} FROM scoreboard WHERE point_id = %(p)s",
-                              {"p": point_id})
+    columns, rows = read_only(engine, f"SELECT {', '.join(COLUMNS)} FROM scoreboard WHERE point_id = %(p)s "
+                                      "ORDER BY image_count::text = ANY(%(images)s) DESC, largest_image_set DESC",
+                              {"p": point_id, "images": [str(i) for i in images]})
     if not rows:
         return None
     row = {c: json_value(v) for c, v in zip(columns, rows[0], strict=True)}

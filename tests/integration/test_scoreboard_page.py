@@ -336,6 +336,12 @@ class TestInABrowser:
         assert set(table_ids(page, "#points tbody tr.frontier")) == by_hand
         assert page.inner_text("#count-frontier") == str(len(by_hand))
         everything = set(points)
+        # variants read as the CLI's labels, in the selector and the table, never as JSON
+        labels = page.eval_on_selector_all("#filter-variant label", "ls => ls.map(l => l.innerText.trim())")
+        assert sorted(labels) == ["CL/NHWC/DIRECT/NONE", "CL/NHWC/GEMM/NONE", "XNNPACK", "graph"]
+        cells = page.eval_on_selector_all("#points tbody td[data-column=variant_label]",
+                                          "cs => cs.map(c => c.innerText)")
+        assert set(cells) == set(labels) and not page.locator("#points td[data-column=variant]").count()
         page.screenshot(path=str(ARTIFACTS / "scoreboard.png"), full_page=True)
 
         # 3. a selector: only tflite; the URL, the plot and the table follow

@@ -12,8 +12,9 @@ caveats, results without a sweep, and documents large enough to be TOASTed. SQL 
 every case, ties in ``started_at`` included, is exactly the one meant (the other tests load real documents into
 the same view).
 
-- ``scoreboard_live`` (version 4 at head) and version 3 (``sql/views/scoreboard.v3.sql`` created under another name
-  in the same database) give the same rows, column for column, and the materialized scoreboard the same again;
+- version 4 and version 3 (``sql/views/scoreboard.v{3,4}.sql`` created under other names in the same database: the
+  head is version 5 since migration 0012, tests/results/test_scoreboard_v5.py) give the same rows, column for
+  column;
 - reference_top1 and accuracy_check are what the cases mean, written out by hand here;
 - migration 0009 goes down to 0008 (version 3 back, the same rows) and up again with no drift.
 """
@@ -219,8 +220,8 @@ def rows(connection, relation: str) -> tuple[list[str], list[tuple]]:
     return list(result.keys()), [tuple(row) for row in result]
 
 
-def create_v3(connection, name: str = "scoreboard_v3") -> None:
-    sql = (VIEWS / "scoreboard.v3.sql").read_text()
+def create_v3(connection, name: str = "scoreboard_v3", version: int = 3) -> None:
+    sql = (VIEWS / f"scoreboard.v{version}.sql").read_text()
     assert "CREATE VIEW scoreboard_live AS" in sql
     connection.execute(text(sql.replace("CREATE VIEW scoreboard_live AS", f"CREATE VIEW {name} AS")))
 
@@ -237,36 +238,35 @@ def store():
         with engine.begin() as connection:
             shown = seed(connection)
             create_v3(connection)
+            create_v3(connection, "scoreboard_v4", 4)
             connection.execute(text("REFRESH MATERIALIZED VIEW scoreboard"))
         yield engine, shown
         engine.dispose()
 
 
 class TestVersion4GivesVersion3sRows:
-    def test_head_is_0010_with_version_4(self, store):  # 0010 changed pareto_frontier only (emulated points)
+    def test_version_4_reads_the_reference_by_a_window(self, store):
         engine, _ = store
         with engine.connect() as connection:
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == head_revision()
-            definition = live_definition(connection)
+            definition = connection.execute(text("SELECT pg_get_viewdef('scoreboard_v4')")).scalar_one()
         assert "first_value" in definition and "tf_reference" not in definition
 
-    def test_the_live_and_materialized_scoreboards_equal_version_3_row_for_row(self, store):
+    def test_version_4_equals_version_3_row_for_row(self, store):
         engine, shown = store
         with engine.connect() as connection:
             columns_v3, v3 = rows(connection, "scoreboard_v3")
-            columns_v4, v4 = rows(connection, "scoreboard_live")
-            columns_m, materialized = rows(connection, "scoreboard")
-        assert columns_v4 == columns_v3 == columns_m
+            columns_v4, v4 = rows(connection, "scoreboard_v4")
+        assert columns_v4 == columns_v3
         assert len(v3) == len(shown) == len(EXPECTED)
         for old, new in zip(v3, v4, strict=True):
             assert dict(zip(columns_v4, new, strict=True)) == dict(zip(columns_v3, old, strict=True))
-        assert v4 == v3 == materialized
+        assert v4 == v3
 
     def test_the_references_are_what_the_cases_mean(self, store):
         engine, shown = store
         with engine.connect() as connection:
             got = {row.point_id: (row.reference_top1, row.accuracy_check) for row in connection.execute(text(
-                "SELECT point_id, reference_top1, accuracy_check FROM scoreboard_live"))}
+                "SELECT point_id, reference_top1, accuracy_check FROM scoreboard_v4"))}
         assert {key: got[point_id] for key, point_id in shown.items()} == EXPECTED
 
     def test_caveats_verdicts_and_sweeps(self, store):
@@ -274,7 +274,7 @@ class TestVersion4GivesVersion3sRows:
         with engine.connect() as connection:
             got = {row.point_id: row for row in connection.execute(text(
                 "SELECT point_id, caveats, quality, quality_reasons, sweep, top1, latency_median_s "
-                "FROM scoreboard_live"))}
+                "FROM scoreboard_v4"))}
         flagged = got[shown["armcl-newer"]]
         assert flagged.caveats == [NEON, POCL, "accuracy 6.5 points below tf on the same weights (0.6500 vs 0.7150)"]
         assert (flagged.quality, flagged.quality_reasons) == ("FLAGGED", ["bimodal latency", "the CPU clock moved"])
@@ -302,14 +302,18 @@ class TestMigration0009:
                 connection.execute(text("REFRESH MATERIALIZED VIEW scoreboard"))
             with engine.connect() as connection:
                 at_head = rows(connection, "scoreboard"), rows(connection, "pareto_frontier")
+            with engine.begin() as connection:  # version 4 (and pareto_frontier version 5): before 0012
+                command.downgrade(alembic_config(url, connection), "0011")
+            with engine.connect() as connection:
+                at_v4 = rows(connection, "scoreboard"), rows(connection, "pareto_frontier")
             with engine.begin() as connection:
                 command.downgrade(alembic_config(url, connection), "0008")
             with engine.connect() as connection:
                 assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0008"
                 assert "tf_reference" in live_definition(connection)
                 # the downgrade rebuilt the materialized scoreboard from version 3: the same rows
-                assert (rows(connection, "scoreboard"), rows(connection, "pareto_frontier")) == at_head
-                assert rows(connection, "scoreboard_live") == at_head[0]
+                assert (rows(connection, "scoreboard"), rows(connection, "pareto_frontier")) == at_v4
+                assert rows(connection, "scoreboard_live") == at_v4[0]
             upgrade(url)
             check(url)
             with engine.connect() as connection:
@@ -319,5 +323,5 @@ class TestMigration0009:
                 assert (rows(connection, "scoreboard"), rows(connection, "pareto_frontier")) == at_head
                 indexes = set(connection.execute(text(
                     "SELECT indexname FROM pg_indexes WHERE tablename = 'scoreboard'")).scalars())
-            assert indexes == {"ux_scoreboard_point", "ix_scoreboard_board_latency", "ix_scoreboard_sweep"}
+            assert indexes == {"ux_scoreboard_point_image_set", "ix_scoreboard_board_latency", "ix_scoreboard_sweep"}
             engine.dispose()
