@@ -90,7 +90,8 @@ def frontier(rows: Iterable[dict], x: str, y: str) -> set[str]:
     mx, my = metric(x), metric(y)
     by_board: dict[tuple, list[tuple[float, float, str]]] = {}
     for row in rows:
-        if row.get("random_weights") or row.get(mx.column) is None or row.get(my.column) is None:
+        if row.get("random_weights") or row.get(mx.column) is None or row.get(my.column) is None \
+                or row.get("quality") == "EMULATED":  # qemu's timings: never on a frontier (pareto_frontier v5)
             continue
         by_board.setdefault(frontier_group(row, mx, my), []).append(
             (_goodness(mx, float(row[mx.column])), _goodness(my, float(row[my.column])), row["point_id"]))
