@@ -47,7 +47,7 @@ def _size(kib: int) -> str:
 
 def script(work_dir: str, keep_runners: int, keep_days: float, dry_run: bool) -> str:
     """The board-side POSIX sh: one line ``<kind> <KiB> <path>`` per thing removed (or, dry, to remove)."""
-    from operators.deploy import _shell_path
+    from operators.blob_store import shell_path
 
     if keep_runners < 1:
         raise ValueError(f"keep_runners must be at least 1 (the current runner), got {keep_runners}")
@@ -56,7 +56,7 @@ def script(work_dir: str, keep_runners: int, keep_days: float, dry_run: bool) ->
     minutes = int(keep_days * 1440)
     remove = ":" if dry_run else 'rm -rf -- "$2"'
     return "\n".join([
-        f"cd {_shell_path(work_dir)} 2>/dev/null || exit 0",
+        f"cd {shell_path(work_dir)} 2>/dev/null || exit 0",
         f'gone() {{ kib=$(du -sk -- "$2" 2>/dev/null | cut -f1); echo "$1 ${{kib:-0}} $2"; {remove}; }}',
         # runners: newest deploy first; current and the keep_runners - 1 newest others stay
         "current=$(readlink runner/current 2>/dev/null); kept=1",

@@ -80,8 +80,11 @@ class ProvisionBoardOperator(BaseOperator):
             raise
 
     def _provision(self, context) -> dict:
-        from operators import deploy, point_data
+        from operators import point_data
         from operators.board_hook import LocalBoard
+        from operators.bundle import board_target, build_bundle
+        from operators.data_push import push_data
+        from operators.deploy import deploy_runner
         from operators.results_hook import ResultsHook
         from requestflow.results.boards import record_platform
 
@@ -89,9 +92,8 @@ class ProvisionBoardOperator(BaseOperator):
         name = board.settings.name
         try:
             # the local board runs this very installation: no bundle to build or deploy
-            bundle = None if isinstance(board, LocalBoard) else deploy.build_bundle(deploy.board_target(board),
-                                                                                    log=self.log.info)
-            python = deploy.deploy_runner(board, bundle, log=self.log.info)
+            bundle = None if isinstance(board, LocalBoard) else build_bundle(board_target(board), log=self.log.info)
+            python = deploy_runner(board, bundle, log=self.log.info)
             self.log.info("board %s: runner %s", name, python)
             self._collect_garbage(board)
             snapshot = board_cli(board, ["platform", "--root", board.settings.sysfs_root])
@@ -101,7 +103,7 @@ class ProvisionBoardOperator(BaseOperator):
             data = None
             if self.points:
                 shipment = point_data.files_for_points(self.points, point_data.controller_data_dir(self.data_dir))
-                data = deploy.push_data(board, shipment.data, log=self.log.info, cache_files=shipment.cache)
+                data = push_data(board, shipment.data, log=self.log.info, cache_files=shipment.cache)
                 self.log.info("board %s: %d data file(s) in %s, %d downloaded weights file(s) in its cache", name,
                               len(shipment.data), data, len(shipment.cache))
             return {"board": name, "python": python, "data_dir": data,

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from operators import deploy, point_data
+from operators import point_data
 from operators.board_hook import LocalBoard
+from operators.data_push import push_data
 from operators.run_point import runner_command
 from requestflow.board.download import cached_download_path
 from requestflow.board.files import cache_dir, sha256_file
@@ -166,7 +167,7 @@ class TestDownloadedOnTheController:
         (point,) = point_data.prepare([perf(KERAS)], own_state).points
         shipment = point_data.files_for_points([point], own_state)
         board = LocalBoard(work_dir=str(tmp_path / "board"))
-        data = deploy.push_data(board, shipment.data, log=lambda line: None, cache_files=shipment.cache)
+        data = push_data(board, shipment.data, log=lambda line: None, cache_files=shipment.cache)
         work = str(tmp_path / "board")
         assert Path(work, "cache", shipment.cache[0][1]).is_file()
         env = {**os.environ, "REQUESTFLOW_CACHE": f"{work}/cache", "REQUESTFLOW_DATA": data,

@@ -1,8 +1,9 @@
-"""Deploying the runner and its data (operators/deploy.py): the bundle is built once per content and reused without
-pip; deployed to two sshd boards of the farm that have no internet (so the wheelhouse is complete), it runs a
-performance and an accuracy point that read only the board's work dir; a second deploy is one round trip; data
-crosses the link once per content, is checked on arrival, and a blob damaged on the board is found and replaced;
-a board Python of another minor version, or a failed install, is refused with a clear error."""
+"""Deploying the runner and its data (operators/bundle.py, deploy.py, data_push.py, blob_store.py): the bundle is
+built once per content and reused without pip; deployed to two sshd boards of the farm that have no internet (so the
+wheelhouse is complete), it runs a performance and an accuracy point that read only the board's work dir; a second
+deploy is one round trip; data crosses the link once per content, is checked on arrival, and a blob damaged on the
+board is found and replaced; a board Python of another minor version, or a failed install, is refused with a clear
+error."""
 
 from __future__ import annotations
 
@@ -20,19 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from operators import deploy
+from operators import bundle as bundles
+from operators.blob_store import DeployError
 from operators.board_hook import BoardHook, LocalBoard
 from operators.board_settings import BoardSettings
-from operators.deploy import (
-    Bundle,
-    DeployError,
-    build_bundle,
-    deploy_runner,
-    push_data,
-    runner_python,
-    source_digest,
-)
+from operators.bundle import Bundle, build_bundle, normalize_arch, source_digest
+from operators.data_push import push_data
+from operators.deploy import deploy_runner, runner_python
 from operators.point_data import files_for_points
+from requestflow.board.files import sha256_file
 from requestflow.errors import UserError
 from tests.farm import farm_fixture
 
@@ -167,20 +164,20 @@ class TestBundle:
         for wheel in bundle.wheels:
             assert parse_wheel_filename(wheel.name)[3] & here, f"{wheel.name} does not install on this Python"
         assert (bundle.python, bundle.python_tag, bundle.platform) == \
-            (PYTHON, f"cp{PYTHON.replace('.', '')}", deploy.normalize_arch(platform.machine()))
+            (PYTHON, f"cp{PYTHON.replace('.', '')}", normalize_arch(platform.machine()))
         manifest = json.loads((bundle.path / "manifest.json").read_text())
         assert manifest["digest"] == bundle.digest == bundle.path.name
         project = next(w for w in bundle.wheels if w.name == bundle.project_wheel)
         with zipfile.ZipFile(project) as wheel:  # the native sources ship to the boards inside the wheel
             assert "requestflow/native/clshim/clshim.c" in wheel.namelist()
         for wheel in bundle.wheels:
-            assert deploy._sha256(wheel) == manifest["files"][wheel.name]["sha256"]
+            assert sha256_file(wheel) == manifest["files"][wheel.name]["sha256"]
 
     def test_a_second_build_is_the_same_bundle_without_pip(self, bundle, monkeypatch):
         def no_pip(args, log):
             raise AssertionError(f"pip {args[0]} called for an unchanged bundle")
 
-        monkeypatch.setattr(deploy, "_pip", no_pip)
+        monkeypatch.setattr(bundles, "run_pip", no_pip)
         started = time.monotonic()
         again = build_bundle()
         TIMINGS["bundle reuse"] = time.monotonic() - started
@@ -205,7 +202,7 @@ class TestBundle:
 
     def test_two_builds_at_once_make_one_bundle(self, tmp_path, monkeypatch):
         calls: list = []
-        monkeypatch.setattr(deploy, "_pip", fake_pip(calls, delay_s=0.3))
+        monkeypatch.setattr(bundles, "run_pip", fake_pip(calls, delay_s=0.3))
         results: list = []
         threads = [threading.Thread(target=lambda: results.append(
             build_bundle(cache_dir=tmp_path / "bundles", log=lambda line: None))) for _ in range(2)]
@@ -226,7 +223,7 @@ class TestBundle:
         (root / "requirements" / "constraints-aarch64.txt").write_text("numpy==2.4.6\n")
         calls: list = []
         checked: list = []
-        monkeypatch.setattr(deploy, "_pip", fake_pip(calls))
+        monkeypatch.setattr(bundles, "run_pip", fake_pip(calls))
         monkeypatch.setattr("operators.wheel_target.check_closure", lambda *args: checked.append(args) or [])
         built = build_bundle("aarch64", tmp_path / "bundles", root=root, log=lambda line: None)
         download = calls[1]
@@ -450,7 +447,7 @@ class TestPushData:
     def test_a_blob_damaged_on_the_board_is_found_and_sent_again(self, data_board):
         hook, work, files = data_board
         push_data(hook, files, log=lambda line: None)
-        sha = deploy._sha256(files[2][0])
+        sha = sha256_file(files[2][0])
         with open(work / "blobs" / sha, "r+b") as handle:  # in place: the data file, a link to it, is damaged too
             handle.write(b"XX")
         assert (work / "data/x/c.bin").read_bytes() != files[2][0].read_bytes()
@@ -460,7 +457,7 @@ class TestPushData:
         assert any(f"blob {sha} is damaged on the board" in line for line in lines)
         assert [p.rsplit(".", 1)[1] for p in board.blob_puts] == [sha]
         assert (work / "data/x/c.bin").read_bytes() == files[2][0].read_bytes()
-        assert deploy._sha256(work / "blobs" / sha) == sha
+        assert sha256_file(work / "blobs" / sha) == sha
 
     def test_a_file_damaged_in_transfer_is_refused_and_removed(self, data_board):
         hook, work, files = data_board

@@ -431,9 +431,10 @@ class TestAnUnwritableWorkDir:
         """Where the runner is not deployed yet but the store's folders exist (a new runner for a board whose disk
         went read-only), the first write is an SFTP transfer, which reports only "Failure": the error says which
         file and what the board's shell says about writing it."""
+        from operators.blob_store import DeployError
         from operators.board_hook import BoardHook
         from operators.board_settings import BoardSettings
-        from operators.deploy import DeployError, push_data
+        from operators.data_push import push_data
 
         rfb3, work = farm.boards[2], board_work_root / "rfb3"
         for folder in ("blobs/.incoming", "data"):
