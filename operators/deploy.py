@@ -44,13 +44,8 @@ import shlex
 import sys
 import time
 
-# build_bundle, push_data and file_lock live in operators.bundle, .data_push and .file_lock; imported here only for
-# the modules and tests still naming them here (H1's operators.armcl_build, arm64_*, armcl_sources,
-# tests/integration/test_arm64_provision.py and test_armcl_build.py, under change elsewhere): to go once they move
 from operators.blob_store import DeployError, Log, shell_path, sync
-from operators.bundle import Bundle, build_bundle, normalize_arch  # noqa: F401
-from operators.data_push import push_data  # noqa: F401
-from operators.file_lock import file_lock  # noqa: F401
+from operators.bundle import Bundle, normalize_arch
 from requestflow.errors import UserError
 
 
