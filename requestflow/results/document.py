@@ -24,10 +24,31 @@ import math
 
 from requestflow.errors import UserError, shown
 
-CURRENT_SCHEMA_VERSION = 1
-# schema_version -> function upgrading a document of that version to the next one. Empty while only version 1
-# exists; a version 2 adds {1: _v1_to_v2}, so that every older document still loads.
-UPGRADES: dict = {}
+CURRENT_SCHEMA_VERSION = 2
+
+
+def _v1_to_v2(document: dict) -> dict:
+    """Version 2 (issue #19) added ``performance.latency`` (percentiles with confidence intervals, early-stopping
+    estimates), ``performance.profile``/``duration_s``, ``energy`` and ``cold_start``. A version 1 document gets its
+    latency statistics, p90 and p99 recomputed from its raw samples (where it has them); it has no energy, cold start
+    or profile (it was neither measured nor recorded). The store keeps and hashes the document as it was written
+    (``requestflow.results.load``): this upgrade is what it reads from it."""
+    document["schema_version"] = 2
+    performance = document.get("performance")
+    samples = performance.get("samples") if isinstance(performance, dict) else None
+    if isinstance(samples, list) and samples and all(
+            type(s) in (int, float) and math.isfinite(s) for s in samples):
+        from requestflow.board.latency_stats import latency_statistics
+
+        latency = latency_statistics(samples)
+        performance["latency"] = latency
+        performance["p90"], performance["p99"] = latency["p90"]["value"], latency["p99"]["value"]
+    return document
+
+
+# schema_version -> function upgrading a document of that version to the next one, so that every older document
+# still loads.
+UPGRADES: dict = {1: _v1_to_v2}
 
 INT4 = 2**31 - 1
 INT8 = 2**63 - 1

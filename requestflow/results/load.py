@@ -44,14 +44,15 @@ def load_documents(engine: Engine, documents: list[tuple[str, dict]], board: str
         raise UserError("a board name is needed to load results")
     if reference is not None and not (reference.get("read_only") and (reference.get("info") or {}).get("sha256")):
         raise ValueError("a reference board is read_only and its info names its source's sha256")
-    checked = [(source, check_document(document, source)) for source, document in documents]
+    # (source, the document as written, the document upgraded to the current schema version)
+    checked = [(source, document, check_document(document, source)) for source, document in documents]
     report = LoadReport()
     with engine.begin() as connection:
         board_id = _board(connection, board, reference)
         sweep_id = _sweep(connection, sweep, dag_id) if sweep else None
-        for source, document in checked:
+        for source, written, document in checked:
             try:
-                result_id = _load_one(connection, document, board, board_id, sweep_id)
+                result_id = _load_one(connection, document, board, board_id, sweep_id, written)
             except (DataError, PsycopgDataError, OverflowError) as exc:  # a value out of a column's range
                 reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
                 raise UserError(f"{source}: cannot be stored: {reason}") from None
@@ -105,7 +106,12 @@ def _sweep(connection: Connection, run_id: str, dag_id: str | None) -> int:
     return _upsert(connection, m.Sweep, {"run_id": run_id, "dag_id": dag_id}, "run_id")
 
 
-def _load_one(connection: Connection, document: dict, board: str, board_id: int, sweep_id: int | None) -> int | None:
+def _load_one(connection: Connection, document: dict, board: str, board_id: int, sweep_id: int | None,
+              written: dict | None = None) -> int | None:
+    """``document`` upgraded (what the tables are filled from); ``written``, the document as the runner wrote it, is
+    what ``results.document`` keeps and ``document_sha256`` hashes: loading it again, exporting and importing it, and
+    rebuilding it (``document_rebuild``) give the same result whatever schema version reads it."""
+    written = document if written is None else written
     context, machine = document["context"], document["machine"]
     if context.get("precision") is None:  # failed before its backend loaded: identity from what was asked
         context = {**context, "precision": "unknown"}
@@ -142,13 +148,13 @@ def _load_one(connection: Connection, document: dict, board: str, board_id: int,
         "preprocessing": fields["preprocessing"], "identity": fields}, "point_id")
 
     # the document as stored: without its bulky arrays, which have tables of their own (no copy of them is made)
-    stored = {key: value for key, value in document.items() if key != "predictions"}
+    stored = {key: value for key, value in written.items() if key != "predictions"}
     if "performance" in stored:
         stored["performance"] = {k: v for k, v in stored["performance"].items() if k != "samples"}
     inserted = connection.execute(insert(m.Result).values(
-        document_sha256=sha256_of({"board": board, "document": document}), point_id=point_row, sweep_id=sweep_id,
+        document_sha256=sha256_of({"board": board, "document": written}), point_id=point_row, sweep_id=sweep_id,
         snapshot_id=snapshot_id, status=document["status"], started_at=parse_time(document["started_at"]),
-        finished_at=parse_time(document["finished_at"]), schema_version=document["schema_version"],
+        finished_at=parse_time(document["finished_at"]), schema_version=written["schema_version"],
         requestflow_version=document["requestflow_version"], repetitions=context.get("repetitions"),
         warmup=context.get("warmup"), document=stored,
     ).on_conflict_do_nothing(index_elements=["document_sha256"]).returning(m.Result.id)).scalar_one_or_none()

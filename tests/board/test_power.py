@@ -59,8 +59,9 @@ def assert_matches_profile(energy: dict, active_s: float) -> None:
     assert energy["valid"], energy["reason"]
     expected = ACTIVE_W * active_s / RUNS
     assert energy["joules_per_inference"] == pytest.approx(expected, rel=0.02)
+    # above idle is a difference of two measurements: held to 2% of the total, as the total is
     assert energy["joules_per_inference_above_idle"] == pytest.approx((ACTIVE_W - IDLE_W) * active_s / RUNS,
-                                                                      rel=0.02)
+                                                                      abs=0.02 * expected)
     assert energy["idle_w"] == pytest.approx(IDLE_W, rel=0.02)
     assert energy["active_w"] == pytest.approx(ACTIVE_W, rel=0.02)
     if energy["meter"]["kind"] == "rapl":  # differences of a counter the fake writer advances when it gets the CPU
