@@ -56,6 +56,10 @@ def cmd_sweep(args, argv) -> int:
     conf["armcl_build"] = args.armcl_build
     if any(conf[f"armcl_{key}s"] for key in catalogue.ARMCL_VARIANT) and "armcl" not in (conf["backends"] or []):
         raise UserError("--armcl-* options choose armcl variants: add armcl to --backends")
+    conf["tf_compilers"] = names_option([v.lower() for v in args.tf_compilers] if args.tf_compilers else None,
+                                        catalogue.TF_COMPILERS, "TensorFlow compiler")
+    if conf["tf_compilers"] and "tf" not in (conf["backends"] or []):
+        raise UserError("--tf-compilers chooses tf variants: add tf to --backends")
     for option, key, minimum in (("--repetitions", "repetitions", 1), ("--warmup", "warmup", 0),
                                  ("--image-limit", "image_limit", 1)):
         if conf[key] is not None and conf[key] < minimum:
@@ -197,6 +201,8 @@ def _sweep_arguments(parser) -> None:
     for key, choices in ARMCL_VARIANT.items():
         parser.add_argument(f"--armcl-{key.replace('_', '-')}s", nargs="+", metavar=key.upper(),
                             help=f"armcl points: one per value ({', '.join(choices)}; default {choices[0]})")
+    parser.add_argument("--tf-compilers", nargs="+", metavar="COMPILER",
+                        help="tf points: one per compiler (graph, xla: jit_compile; default graph)")
     parser.add_argument("--board", default="local", help="a board of the inventory (default: local, this machine)")
     parser.add_argument("--dag", default="mobilenets_sweep", help="the DAG to run (default: mobilenets_sweep)")
     parser.add_argument("--db", help=DB_HELP)

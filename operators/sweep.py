@@ -13,7 +13,15 @@ import math
 from itertools import product
 
 from operators.config import inventory
-from requestflow.board.catalogue import ARMCL_VARIANT, BACKENDS, CONFIGS, MODES, PRECISIONS, point_label
+from requestflow.board.catalogue import (
+    ARMCL_VARIANT,
+    BACKENDS,
+    CONFIGS,
+    MODES,
+    PRECISIONS,
+    TF_COMPILERS,
+    point_label,
+)
 
 MODEL_IDS = [c.id for c in CONFIGS]
 # the sweep's weights: the registry's real weights (each point needs them in the controller's data folder), or
@@ -30,7 +38,8 @@ def defaults(overrides: dict | None, builds: list[str], boards: list[str]) -> di
          "precision": None, "release": None, "weights": "registry", "repetitions": 20, "warmup": 3, "batch_size": 1,
          "threads": None, "cpus": None, "cluster": "all", "image_limit": 500, "cooldown_c": None, "resume": False,
          "dry_run": False, "armcl_build": builds[0] if builds else None,
-         **{f"armcl_{key}s": [choices[0]] for key, choices in ARMCL_VARIANT.items()}}
+         **{f"armcl_{key}s": [choices[0]] for key, choices in ARMCL_VARIANT.items()},
+         "tf_compilers": [TF_COMPILERS[0]]}
     d.update(overrides or {})
     d["boards"] = [b for b in d["boards"] if b in boards] or boards[:1]
     return d
@@ -87,6 +96,8 @@ def form(overrides: dict | None, builds: list[str], boards: list[str] | None = N
         **{f"armcl_{key}s": choices(f"armcl_{key}s", values, title=f"ArmCL {key.replace('_', ' ')}s",
                                     description=f"armcl points: one per combination ({', '.join(values)})")
            for key, values in ARMCL_VARIANT.items()},
+        "tf_compilers": choices("tf_compilers", TF_COMPILERS, title="TensorFlow compilers",
+                                description="tf points: one per compiler (graph: tf.function; xla: jit_compile)"),
     }
 def plan(board: str, p: dict) -> list[dict]:
     """The points of ``board`` for the sweep's params (none when the board was not chosen)."""
@@ -95,6 +106,8 @@ def plan(board: str, p: dict) -> list[dict]:
     keys = list(ARMCL_VARIANT)
     armcl_variants = [dict(zip(keys, values, strict=True)) for values in
                       product(*(p.get(f"armcl_{key}s") or [ARMCL_VARIANT[key][0]] for key in keys))]
+    # tf's default compiler is no variant at all: the point of every tf result stored before compilers existed
+    tf_variants = [None if c == TF_COMPILERS[0] else {"compiler": c} for c in p.get("tf_compilers") or TF_COMPILERS[:1]]
     if "armcl" in p["backends"] and not p.get("armcl_build"):
         raise ValueError("armcl points need an ArmCL build: choose one (config/armcl.json)")
     if p.get("cooldown_c") is not None and not math.isfinite(p["cooldown_c"]):  # NaN passes minimum and maximum
@@ -110,11 +123,11 @@ def plan(board: str, p: dict) -> list[dict]:
     p = {**p, **{key: int(p[key]) for key in INTEGERS if isinstance(p.get(key), float)}}
     points = []
     for model, backend, mode in product(p["models"], p["backends"], p["modes"]):
-        for variant in armcl_variants if backend == "armcl" else [None]:
+        for variant in {"armcl": armcl_variants, "tf": tf_variants}.get(backend, [None]):
             point = {"model": model, "backend": backend, "mode": mode, "precision": p.get("precision"),
                      "release": p.get("release"), "batch_size": p["batch_size"], "threads": p.get("threads"),
                      "cpus": p.get("cpus"), "cluster": None if p.get("cluster") in (None, "all") else p["cluster"],
-                     "variant": variant, "armcl_build": p["armcl_build"] if variant else None,
+                     "variant": variant, "armcl_build": p["armcl_build"] if backend == "armcl" else None,
                      "weights": "random" if random else None}
             if mode == "performance":
                 point.update(repetitions=p["repetitions"], warmup=p["warmup"])

@@ -34,9 +34,16 @@ ARMCL_VARIANT = {"target": ("CL", "NEON"), "layout": ("NHWC", "NCHW"),
                  "tuner": ("NONE", "RAPID", "NORMAL", "EXHAUSTIVE")}
 
 
+# the tf backend's compilers (its variant ``compiler``), the first the default: a tf.function graph, or XLA
+TF_COMPILERS = ("graph", "xla")
+
+
 def variant_label(variant: dict | None) -> str:
-    """An armcl variant as ``CL/NHWC/DEFAULT/NONE`` (defaults filled in; a conv methods file adds its hash);
-    empty for a backend without variants."""
+    """An armcl variant as ``CL/NHWC/DEFAULT/NONE`` (defaults filled in; a conv methods file adds its hash); tf's XLA
+    as ``XLA``, planned (``{"compiler": "xla"}``) or recorded (``jit_compile`` true); empty for the default graph
+    (labels of points stored before compilers existed stay as they were) and for a backend without variants."""
+    if variant and (variant.get("compiler") == "xla" or variant.get("jit_compile") is True):
+        return "XLA"
     if not variant or not any(key in variant for key in ARMCL_VARIANT):
         return ""
     text = "/".join(str(variant.get(key, choices[0])) for key, choices in ARMCL_VARIANT.items())

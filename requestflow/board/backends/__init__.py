@@ -14,18 +14,34 @@ from requestflow.errors import UserError
 __all__ = ["Backend", "FloatBackend", "create_backend", "imagenet_scores", "to_float_input"]
 
 
+NO_VARIANTS = ("--variant: the {backend} backend has no variants (armcl has: target, layout, conv_method, tuner, "
+               "conv_methods_file; tf has: compiler)")
+
+
+def parse_variant(backend: str, given: dict | str | None, source: str = "--variant") -> dict | None:
+    """``backend``'s variant with its defaults filled in (armcl, tf), None for a backend without variants; bad
+    input, or a variant given to a backend without any, is refused naming ``source``."""
+    if backend == "armcl":
+        from requestflow.board.backends.armcl_backend import parse_variant as armcl_variant
+        return armcl_variant(given, source)
+    if backend == "tf":
+        from requestflow.board.backends.tf_backend import parse_variant as tf_variant
+        return tf_variant(given, source)
+    if given:
+        raise UserError(NO_VARIANTS.format(backend=backend).replace("--variant", source, 1))
+    return None
+
+
 def create_backend(name: str, model, weights, batch_size: int, threads: int, variant: dict | str | None = None,
                    armcl_build: str | None = None) -> Backend:
-    """The backend ``name``. ``variant`` and ``armcl_build`` are the armcl backend's (the others have none)."""
-    if name != "armcl":
-        if variant:
-            raise UserError(f"--variant: the {name} backend has no variants (armcl has: target, layout, "
-                            "conv_method, tuner, conv_methods_file)")
-        if armcl_build:
-            raise UserError(f"--armcl-build is for the armcl backend, not {name}")
+    """The backend ``name``. ``variant`` is armcl's or tf's (the others have none), ``armcl_build`` armcl's."""
+    if name not in ("armcl", "tf") and variant:
+        raise UserError(NO_VARIANTS.format(backend=name))
+    if name != "armcl" and armcl_build:
+        raise UserError(f"--armcl-build is for the armcl backend, not {name}")
     if name == "tf":
         from requestflow.board.backends.tf_backend import TensorFlowBackend
-        return TensorFlowBackend(model, weights, batch_size, threads)
+        return TensorFlowBackend(model, weights, batch_size, threads, variant=variant)
     if name == "tflite":
         from requestflow.board.backends.tflite_backend import TFLiteBackend
         return TFLiteBackend(model, weights, batch_size, threads)
