@@ -50,6 +50,7 @@ DEFAULT_RATE_HZ = 200.0
 DEFAULT_IDLE_S = 1.0
 TRACE_POINTS = 200  # at most, in the document's trace
 COUNTER_WINDOW_S = 0.02  # a counter's power trace and p90: differences over at least this long
+MIN_COUNTER_PHASE_S = 0.1  # RAPL counts in steps of about 1 ms: a shorter phase could be off by more than 2%
 MIN_ACTIVE_READINGS = 5  # fewer readings of an instantaneous meter in a phase (its marks included): too short
 KINDS = ("hwmon", "rapl", "command", "auto", "none")
 TOTAL_LABELS = re.compile(r"^(vdd_?in|vin|in|sys|system|total|board|vbus|psu|input)(\b|_|$)", re.IGNORECASE)
@@ -467,6 +468,9 @@ def _phase(meter, times, values, times_w, watts, start: float, end: float) -> di
     inside = (times_w >= start) & (times_w <= end)
     p90 = float(np.percentile(watts[inside], 90)) if inside.any() else None
     if meter.counter:  # exact between the marks' own readings
+        if span < MIN_COUNTER_PHASE_S:
+            return (f"a {span * 1e3:.0f} ms phase is too short for a counter that advances in ~1 ms steps (at least "
+                    f"{MIN_COUNTER_PHASE_S * 1e3:.0f} ms): run longer (--min-duration-s)")
         if times.size < 2 or times[0] > start or times[-1] < end:
             return "the RAPL counter was not read at both ends of a phase"
         energy = float(np.interp(end, times, values) - np.interp(start, times, values))

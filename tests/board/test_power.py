@@ -189,9 +189,12 @@ class TestAFailingMeterInvalidatesTheEnergyOnly:
             assert not energy["valid"] and reason in energy["reason"]
 
     def test_a_timed_region_too_short_for_the_meter_says_so(self, tmp_path):
-        ina3221(tmp_path)
-        energy, _ = run_phases(parse_meter(f"hwmon:{tmp_path}"), None, idle_s=0.2, active_s=0.002)
+        ina3221(tmp_path / "ina")
+        energy, _ = run_phases(parse_meter(f"hwmon:{tmp_path / 'ina'}"), None, idle_s=0.2, active_s=0.002)
         assert not energy["valid"] and "too few meter readings" in energy["reason"]
+        rapl(tmp_path / "rapl")
+        energy, _ = run_phases(parse_meter(f"rapl:{tmp_path / 'rapl'}"), None, idle_s=0.2, active_s=0.05)
+        assert not energy["valid"] and "too short for a counter" in energy["reason"]
 
 
 class TestMetersAreChosenAndDetected:
