@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tests.airflow_services import AIRFLOW, SERVER, AirflowServices, _signal_group, free_port
+from tests.airflow_services import AIRFLOW, SERVER, SERVICES, AirflowServices, _signal_group, free_port
 from tests.farm import Farm, FarmError, _delete_link, _disable_ipv6, _kill_netns_processes, _run
 
 SITES = ("a", "b")  # the sites of `./dev.sh stack up` and of docker-compose.yml's workers
@@ -111,11 +111,12 @@ class Site:
 class CeleryStack:
     """The scaled-out stack (see the module's doc): ``sites`` maps a site's name to the (1-based) farm boards it
     holds; ``extra_env`` goes to every Airflow process (board Connections, inventory, ...); ``pools`` are created
-    before the services start; ``start_workers`` says which sites get a worker at once (default: all)."""
+    before the services start; ``start_workers`` says which sites get a worker at once (default: all);
+    ``concurrency`` is each worker's; ``services`` the Airflow services besides the workers."""
 
     def __init__(self, home: Path, farm: Farm, sites: dict[str, list[int]], extra_env: dict[str, str] | None = None,
                  pools: tuple[str, ...] = (), start_workers: tuple[str, ...] | None = None,
-                 concurrency: int = 1) -> None:
+                 concurrency: int = 1, services: tuple[str, ...] = SERVICES) -> None:
         home.mkdir(parents=True, exist_ok=True)
         self.home = home
         self.sites = {name: Site(k, name, [farm.boards[i - 1] for i in boards], home)
@@ -128,7 +129,7 @@ class CeleryStack:
         server = urlsplit(SERVER)
         self.postgres = (server.hostname or "127.0.0.1", server.port or 5432)
         self.services = AirflowServices(home, {**celery_settings(f"redis://127.0.0.1:{self.redis_port}/0"),
-                                               **(extra_env or {})}, pools=pools)
+                                               **(extra_env or {})}, pools=pools, services=services)
         # the result backend is the metadata database (as in docker-compose.yml), named by AirflowServices
         self.services.env["AIRFLOW__CELERY__RESULT_BACKEND"] = result_backend(
             self.services.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
@@ -270,7 +271,8 @@ def result_backend(sql_alchemy_conn: str) -> str:
 def worker_command(site: str, hostname: str) -> list[str]:
     """A site's worker (after ``airflow``): its site's queue and the default queue (the tasks that touch no board),
     under the site's worker hostname. docker-compose.yml's workers run the same."""
-    return ["celery", "worker", "--queues", f"{site},default", "--celery-hostname", f"{hostname}@{hostname}"]
+    queues = ",".join(dict.fromkeys([site, "default"]))
+    return ["celery", "worker", "--queues", queues, "--celery-hostname", f"{hostname}@{hostname}"]
 
 
 def cleanup_leftovers() -> list[str]:
