@@ -9,6 +9,9 @@
   samples as a histogram (``.../data.json``: the same as JSON); a reference board's caveats; a form choosing
   another accuracy point of the same model, whose ``.../diff?with=<point id>`` lists the images whose top-1
   differs (``requestflow diff``);
+- ``scoreboard/versions``: the version report (``requestflow version-report``): one board, two library versions,
+  every configuration measured with both (latency ratio and its significance, top-1 delta, images whose top-1
+  changed);
 - ``scoreboard/static/<file>``: the page's own JavaScript and CSS (no third-party script, no CDN).
 
 Every request needs Airflow's login (``auth.AirflowLoginRequired`` wraps the whole app). The results store is read
@@ -230,6 +233,18 @@ def create_app() -> FastAPI:
     @app.get("/scoreboard/point/{point_id}/data.json")
     def point_data(request: Request, point_id: str):
         return JSONResponse(point_or_404(point_id, request.query_params.getlist("images")), headers=NO_STORE)
+
+    @app.get("/scoreboard/versions", response_class=HTMLResponse)
+    def versions_page(request: Request):
+        """The version report (``requestflow version-report``): ``?board=B&a=VERSION&b=VERSION``."""
+        from requestflow.results import version_report
+
+        boards = read(version_report.library_versions)
+        board = request.query_params.get("board") or next(iter(boards), "")
+        a, b = request.query_params.get("a", ""), request.query_params.get("b", "")
+        report = read(version_report.version_report, board, a, b) if a and b else None
+        return page("versions.html", boards=boards, board=board, a=a, b=b, report=report,
+                    home=_airflow_home(request))
 
     @app.get("/scoreboard/static/{name}")
     def static(name: str):

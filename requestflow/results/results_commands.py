@@ -1,5 +1,6 @@
 """The results store's commands of the ``requestflow`` CLI: ``validate``, ``db``, ``load``, ``scoreboard``,
-``board``, ``sql``, ``export``, ``import``, ``import-reference``, ``diff``, ``regressions``, ``plot`` and ``rm``.
+``board``, ``sql``, ``export``, ``import``, ``import-reference``, ``diff``, ``version-report``, ``regressions``,
+``plot`` and ``rm``.
 ``requestflow.cli`` builds the parser from ``add_parsers`` and runs ``COMMANDS``; ``open_store`` and ``DB_HELP``
 serve the controller's commands too.
 """
@@ -98,6 +99,20 @@ def add_parsers(sub) -> None:
     diff.add_argument("--format", choices=("table", "csv", "json"), default="table")
     diff.add_argument("--db", help=db_help)
     _reader_options(diff)
+
+    versions = sub.add_parser("version-report", help="one board, two library versions: every configuration stored "
+                                                     "with both, latency ratio with its significance, top-1 delta, "
+                                                     "images whose top-1 changed")
+    versions.add_argument("a", metavar="VERSION_A", help="a library version as stored (e.g. 2.20.0), the baseline")
+    versions.add_argument("b", metavar="VERSION_B", help="the other version")
+    versions.add_argument("--board", default="local", help="the board (default: local)")
+    versions.add_argument("--backend", help="only this backend's points")
+    versions.add_argument("--alpha", type=float, default=0.01, help="significance of the latency test (default 0.01)")
+    versions.add_argument("--min-effect", type=float, default=0.05, metavar="FRACTION",
+                          help="smallest change of median latency that counts, 0.05 = 5%% (default: 0.05)")
+    versions.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    versions.add_argument("--db", help=db_help)
+    _reader_options(versions)
 
     _add_regressions_parser(sub, db_help)
     _add_rm_parser(sub, db_help)
@@ -355,6 +370,15 @@ def cmd_diff(args, argv) -> int:
     return 0
 
 
+def cmd_version_report(args, argv) -> int:
+    from requestflow.results.version_report import version_report
+
+    engine, _ = open_store(args, "reader")
+    print(version_report(engine, args.board, args.a, args.b, args.backend, args.alpha, args.min_effect
+                         ).render(args.format))
+    return 0
+
+
 def cmd_regressions(args, argv) -> int:
     from requestflow.results import regressions
 
@@ -441,4 +465,5 @@ COMMANDS = {
     "validate": cmd_validate, "db": cmd_db, "load": cmd_load, "scoreboard": cmd_scoreboard, "board": cmd_board,
     "sql": cmd_sql, "export": cmd_export, "import": cmd_import_archive, "import-reference": cmd_import_reference,
     "diff": cmd_diff, "regressions": cmd_regressions, "plot": cmd_plot, "rm": cmd_rm,
+    "version-report": cmd_version_report,
 }

@@ -277,6 +277,17 @@ class TestTheEndpoints:
         assert code == 0, stderr
         assert (tmp_path / "cli.svg").read_bytes() == served
 
+    def test_the_version_report_is_a_page_of_its_own(self, airflow):
+        token = airflow.token("viewer")
+        status, _, body = airflow.get(f"{PAGE}versions?board=hikey960&a=2.21.0&b=24.11", token=token,
+                                      accept="text/html")
+        page = body.decode()
+        assert status == 200 and 'id="version-summary"' in page and '<option value="24.11" selected>' in page
+        assert "<strong>0</strong> configuration(s) of hikey960" in page  # no configuration has both versions
+        status, _, body = airflow.get(f"{PAGE}versions?board=hikey960&a=2.21.0&b=9.9", token=token,
+                                      accept="text/html")
+        assert status == 400 and "no result with library version &#39;9.9&#39;" in body.decode()
+
     def test_selector_values_are_bound_parameters_not_sql(self, airflow):
         token = airflow.token("viewer")
         quote = urllib.parse.quote
