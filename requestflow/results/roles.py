@@ -42,7 +42,9 @@ PAGE_TIMEOUT_ENV, PAGE_TIMEOUT_S = "REQUESTFLOW_PAGE_TIMEOUT", 5.0  # the scoreb
 SETUP_DOC = "docs/security.md"
 
 # What a role engine runs. A query or a data change (the reader's read-only transaction and privileges refuse
-# the latter with PostgreSQL's own message); SET only as SET TRANSACTION (export's snapshot, remove's dry run).
+# the latter with PostgreSQL's own message); SET only as SET TRANSACTION (export's snapshot, remove's dry run);
+# savepoints (SQLAlchemy's nested transactions), but never COMMIT, ROLLBACK or BEGIN: the next statement would run
+# in a new transaction, without the role.
 QUERY_KEYWORDS = frozenset({"select", "with", "values", "table", "show", "explain", "insert", "update", "delete",
                             "merge"})
 
@@ -125,11 +127,6 @@ def writer_engine(url: str) -> Engine:
     return _role_engine(login_url(url), WRITER, None, None)
 
 
-def role_of(engine: Engine) -> str | None:
-    """The role an engine of this module acts as; None for any other engine."""
-    return getattr(engine, "_requestflow_role", None)
-
-
 def _role_engine(url: str, role: str, timeout_s: float | None, reader_origin: str | None) -> Engine:
     import psycopg
 
@@ -161,7 +158,7 @@ def _role_engine(url: str, role: str, timeout_s: float | None, reader_origin: st
         check_statement(statement, role)
         return statement, parameters
 
-    engine._requestflow_role, engine._requestflow_timeout_s = role, timeout_s
+    engine._requestflow_timeout_s = timeout_s  # for query.read_only's message
     return engine
 
 
@@ -195,6 +192,8 @@ def check_statement(sql: str, role: str = READER) -> None:
         return
     if first == "set" and words[1:2] == ["transaction"] and not (role == READER and "write" in words):
         return
+    if first in ("savepoint", "release") or words[:2] == ["rollback", "to"]:  # nested transactions; not the role's
+        return  # SET LOCAL, made before any savepoint
     shown = " ".join(words[:3]).upper()
     raise StatementRefused(f"SQL refused: {shown} ... is not a query (SELECT, WITH, VALUES, TABLE, SHOW, EXPLAIN); "
                            f"as {role} nothing may change the session's role or settings, run code or reach files")

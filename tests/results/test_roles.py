@@ -26,6 +26,7 @@ from requestflow.results.query import read_only
 from tests.databases import SERVER, throwaway_database
 from tests.roles_checks import (
     ATTACKS,
+    NOT_A_QUERY,
     attack_sql,
     footprint,
     one_line_error,
@@ -186,6 +187,57 @@ class TestEveryAttackIsRefusedWithOneLineAndWritesNothing:
             assert refusal in one_line_error(lambda: run_on(engine, sql))
             assert not target.exists() and list(folder.iterdir()) == []
         assert footprint(owner) == before
+
+
+def available_extensions() -> set[str]:
+    engine = create_engine(sqlalchemy_url(f"{SERVER}/postgres"))
+    with engine.connect() as connection:
+        names = set(connection.exec_driver_sql(
+            "SELECT name FROM pg_available_extensions WHERE name IN ('dblink', 'postgres_fdw')").scalars())
+    engine.dispose()
+    return names
+
+
+class TestExtensionsThatReachAnotherSessionAreNoWayOut:
+    """dblink and postgres_fdw, installed in the store by its owner (the tests' server ships both): a reader's
+    connection through them to the same server as postgres needs a password, which the reader has not."""
+
+    @pytest.fixture(scope="class")
+    def with_extensions(self):
+        missing = {"dblink", "postgres_fdw"} - available_extensions()
+        if missing:
+            pytest.skip(f"not installed on this server: {', '.join(sorted(missing))}")
+        with throwaway_database() as url:
+            owner = sqlalchemy_url(url)
+            engine = create_engine(owner)
+            with engine.begin() as connection:
+                for statement in (
+                        "CREATE EXTENSION dblink", "CREATE EXTENSION postgres_fdw",
+                        "CREATE SERVER elsewhere FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host '127.0.0.1', "
+                        f"dbname '{make_url(owner).database}')",
+                        "CREATE USER MAPPING FOR PUBLIC SERVER elsewhere OPTIONS (user 'postgres')",
+                        "CREATE FOREIGN TABLE remote_results (id int) SERVER elsewhere OPTIONS (table_name 'results')"):
+                    connection.exec_driver_sql(statement)
+            engine.dispose()
+            yield owner
+
+    @pytest.mark.parametrize("sql, refusal", [
+        ("SELECT * FROM dblink('host=127.0.0.1 user=postgres dbname=postgres', "
+         "'COPY pg_authid TO ''{file}''') AS t(x text)", "password is required"),
+        ("SELECT dblink_connect('host=127.0.0.1 user=postgres dbname=postgres')", "password is required"),
+        ("SELECT dblink_connect_u('host=127.0.0.1 user=postgres dbname=postgres')",
+         "permission denied for function dblink_connect_u"),
+        ("SELECT count(*) FROM remote_results", "password is required"),
+        ("CREATE SERVER mine FOREIGN DATA WRAPPER postgres_fdw", NOT_A_QUERY),
+    ])
+    def test_the_reader_cannot_connect_through_them(self, with_extensions, run_cli, clean_env, sql, refusal):
+        before = footprint(with_extensions)
+        with target_folder() as folder:
+            target = folder / "stolen"
+            code, _, stderr = run_cli("sql", sql.format(file=target), "--db", with_extensions)
+            assert code == 2 and refusal in stderr and len(stderr.strip().splitlines()) == 1, stderr
+            assert not target.exists()
+        assert footprint(with_extensions) == before
 
 
 class TestRunawayQueries:
@@ -457,6 +509,7 @@ class TestTheStatementCheck:
         "SHOW statement_timeout", "EXPLAIN SELECT 1", "/* a /* nested */ comment */ SELECT 1", "-- a comment\nSELECT 1",
         "SELECT ';' AS semicolon", "SELECT 'it''s; fine'", "SELECT E'\\'; RESET ROLE'", "SELECT $$;$$, $t$ ; $t$",
         'SELECT 1 AS ";"', "SELECT 1;", "SELECT 1 ; -- done", "SET TRANSACTION READ ONLY",
+        "SAVEPOINT sa_savepoint_1", "RELEASE SAVEPOINT sa_savepoint_1", "ROLLBACK TO SAVEPOINT sa_savepoint_1",
         "DELETE FROM samples",  # a data change: the read-only transaction and the privileges refuse it
     ])
     def test_queries_pass(self, sql):
@@ -466,7 +519,8 @@ class TestTheStatementCheck:
         "SET ROLE postgres", "set local role postgres", "RESET ALL", "DO $$ BEGIN END $$", "COPY results TO STDOUT",
         "CREATE TEMP TABLE t (x int)", "LOAD 'plpgsql'", "PREPARE p AS SELECT 1", "DISCARD ALL", "CALL p()",
         "SET TRANSACTION READ WRITE", "SELECT 1; SELECT 2", "SELECT 'a'; RESET ROLE", "SELECT $x$ $x$; RESET ROLE",
-        "SELECT E'\\''; RESET ROLE", "/* SELECT */ RESET ROLE", "(RESET ROLE)",
+        "SELECT E'\\''; RESET ROLE", "/* SELECT */ RESET ROLE", "(RESET ROLE)", "COMMIT", "ROLLBACK", "BEGIN",
+        "END", "ABORT",
     ])
     def test_anything_else_is_refused_with_one_line(self, sql):
         with pytest.raises(roles.StatementRefused) as refused:
