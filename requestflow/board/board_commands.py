@@ -1,7 +1,7 @@
 """The board's commands of the ``requestflow`` CLI: ``run``, ``classify``, ``dataset``, ``import-weights``,
-``models``, ``platform``, ``clocks`` and ``cooldown``. They need only the board side (numpy, Pillow, TensorFlow /
-LiteRT), as a board provisioned from the wheel has it; ``requestflow.cli`` builds the parser from ``add_parsers``
-and runs ``COMMANDS``.
+``models``, ``platform``, ``clocks``, ``cooldown`` and ``power-meters``. They need only the board side (numpy,
+Pillow, TensorFlow / LiteRT), as a board provisioned from the wheel has it; ``requestflow.cli`` builds the parser
+from ``add_parsers`` and runs ``COMMANDS``.
 """
 
 from __future__ import annotations
@@ -24,8 +24,22 @@ def add_parsers(sub) -> None:
     run.add_argument("--val-txt", help="ground truth FILE CLASS (default: val.txt beside the image folder)")
     run.add_argument("--synset-words", help="class names (default: synset_words.txt beside val.txt)")
     run.add_argument("--limit", type=int, help="use the first N images (default: all)")
-    run.add_argument("--repetitions", type=int, default=20, help="timed runs (default: 20)")
-    run.add_argument("--warmup", type=int, default=3, help="untimed runs before them (default: 3)")
+    run.add_argument("--repetitions", "--min-repetitions", type=int, dest="repetitions",
+                     help="timed runs, at least (default: the profile's; quick: 20)")
+    run.add_argument("--warmup", type=int, help="untimed runs before them (default: the profile's: 3)")
+    run.add_argument("--min-duration-s", type=float, metavar="SECONDS",
+                     help="go on with timed runs until the timed region lasted this long, like LoadGen's "
+                          "min_duration (default: the profile's; quick: 0)")
+    run.add_argument("--profile", choices=("quick", "valid"),
+                     help="quick: 20 timed runs (the default); valid: at least 64 timed runs (the p90 early-stopping "
+                          "estimate) and 60 s; explicit options override, and the result records the settings")
+    run.add_argument("--power-meter", metavar="SPEC", default="none",
+                     help="measure energy: hwmon[:ROOT], rapl[:ROOT] (ROOT as for clocks, default /), command:CMD "
+                          "(a program printing 'TIMESTAMP WATTS' lines), auto (the first one found) or none "
+                          "(default); see `requestflow power-meters`")
+    run.add_argument("--power-rate-hz", type=float, default=200.0, help="meter readings per second (default: 200)")
+    run.add_argument("--idle-s", type=float, default=1.0,
+                     help="with a power meter: seconds of idle baseline before the warm-up (default: 1)")
     run.add_argument("--batch-size", type=int, default=1)
     run.add_argument("--threads", type=int, help="default: the number of CPUs in the affinity set")
     run.add_argument("--cpus", help="CPU affinity, e.g. 4-7 for the big cluster of a HiKey960")
@@ -82,6 +96,10 @@ def add_parsers(sub) -> None:
     models.add_argument("--format", choices=("table", "json"), default="table")
 
     root_help = "the sysfs/procfs root to read (default: /; a fake tree in tests)"
+    meters_cmd = sub.add_parser("power-meters", help="the power meters this board offers for requestflow run "
+                                                     "--power-meter (hwmon sensors, RAPL)")
+    meters_cmd.add_argument("--root", type=_folder, default="/", help=root_help)
+    meters_cmd.add_argument("--format", choices=("text", "json"), default="text")
     platform_cmd = sub.add_parser("platform", help="this board as one JSON document: CPUs and clusters, GPU clocks, "
                                                    "OpenCL, compilers, known board id")
     platform_cmd.add_argument("--root", type=_folder, default="/", help=root_help)
@@ -132,13 +150,17 @@ def cmd_run(args, argv) -> int:
     if args.cluster and args.cluster != "all":
         from requestflow.board.machine import cluster_cpus
         cpus = cluster_cpus("/", args.cluster)
+    from requestflow.board.latency_stats import profile_settings
+
+    settings = profile_settings(args.profile, args.repetitions, args.warmup, args.min_duration_s)
     config = RunConfig(
         model=args.model, backend=args.backend, mode=args.mode, weights=args.weights, precision=args.precision,
         release=args.release, images=args.images, val_txt=args.val_txt, synset_words=args.synset_words,
-        limit=args.limit, repetitions=args.repetitions, warmup=args.warmup, batch_size=args.batch_size,
-        threads=args.threads, cpus=cpus, variant=args.variant, armcl_build=args.armcl_build,
-        allow_download=not args.offline, progress=not args.quiet,
-        command=["requestflow", *argv])
+        limit=args.limit, repetitions=settings["min_repetitions"], warmup=settings["warmup"],
+        batch_size=args.batch_size, threads=args.threads, cpus=cpus, variant=args.variant,
+        armcl_build=args.armcl_build, allow_download=not args.offline, progress=not args.quiet,
+        command=["requestflow", *argv], min_duration_s=settings["min_duration_s"], profile=args.profile,
+        power_meter=args.power_meter, power_rate_hz=args.power_rate_hz, idle_s=args.idle_s)
     runner = Runner(config)
     runner.prepare()
     if args.identify:
@@ -163,12 +185,44 @@ def summary(document: dict) -> str:
         quality = p.get("quality") or {}
         verdict = (f"; {quality['verdict']}" + (f": {'; '.join(quality['reasons'])}" if quality.get("reasons") else "")
                    if quality else "")
-        return (f"{head}: median {p['median'] * 1e3:.3f} ms, min {p['min'] * 1e3:.3f} ms, p90 {p['p90'] * 1e3:.3f} ms "
-                f"over {p['n']} runs (batch {p['batch_size']}, {context['threads']} threads), "
-                f"{p['throughput_ips']:.1f} images/s{verdict}")
+        return (f"{head}: median {p['median'] * 1e3:.3f} ms, min {p['min'] * 1e3:.3f} ms, p90 {p['p90'] * 1e3:.3f} ms"
+                f"{_early_stopping(p)} over {p['n']} runs (batch {p['batch_size']}, {context['threads']} threads), "
+                f"{p['throughput_ips']:.1f} images/s{verdict}{_energy(document.get('energy'))}")
     a = document["accuracy"]
     return (f"{head}: top-1 {a['top1']:.3f}, top-5 {a['top5']:.3f} on {a['n']} images"
             + (f" ({a['failed_count']} unreadable)" if a["failed_count"] else ""))
+
+
+def _early_stopping(performance: dict) -> str:
+    early = ((performance.get("latency") or {}).get("early_stopping") or {}).get("p90") or {}
+    if early.get("value") is not None:
+        return f" (early-stopping p90 {early['value'] * 1e3:.3f} ms)"
+    return f" (early-stopping p90: {early['min_queries']} runs needed)" if early.get("min_queries") else ""
+
+
+def _energy(energy: dict | None) -> str:
+    if not energy:
+        return ""
+    if not energy["valid"]:
+        return f"\nenergy not measured ({energy['meter']['kind']}): {energy['reason']}"
+    return (f"\nenergy ({energy['meter']['kind']}, {energy['samples']} readings at {energy['rate_hz']} Hz): "
+            f"{energy['joules_per_inference'] * 1e3:.3f} mJ per inference, "
+            f"{energy['joules_per_inference_above_idle'] * 1e3:.3f} mJ above idle ({energy['idle_w']:.2f} W idle, "
+            f"{energy['active_w']:.2f} W running, p90 {energy['active_p90_w']:.2f} W)")
+
+
+def cmd_power_meters(args, argv) -> int:
+    from requestflow.board.power import detect, no_meter_line
+
+    found = detect(args.root)
+    if args.format == "json":
+        print(json.dumps(found, indent=1))
+    elif not found:
+        print(no_meter_line(args.root))
+    else:
+        for meter in found:
+            print(f"--power-meter {meter['spec']}: {meter['description']}")
+    return 0
 
 
 def cmd_classify(args, argv) -> int:
@@ -366,4 +420,5 @@ def cmd_cooldown(args, argv) -> int:
 COMMANDS = {
     "run": cmd_run, "classify": cmd_classify, "dataset": cmd_dataset, "import-weights": cmd_import_weights,
     "models": cmd_models, "platform": cmd_platform, "clocks": cmd_clocks, "cooldown": cmd_cooldown,
+    "power-meters": cmd_power_meters,
 }

@@ -2,8 +2,14 @@
 
 Performance mode: ``warmup`` runs that are not counted, then ``repetitions`` timed runs of one batch each; the
 timed region is the backend's ``invoke()`` alone, every raw sample is kept, and ``performance.quality`` gives the
-measurement's verdict (VALID or FLAGGED with reasons: ``requestflow.board.quality``). Accuracy mode: every selected
-image once, top-1 / top-5 against ``val.txt``, with each image's top-5.
+measurement's verdict (VALID or FLAGGED with reasons: ``requestflow.board.quality``). A run is count-bound
+(``repetitions``) and, with ``min_duration_s``, duration-bound too: it goes on until both hold, like LoadGen's
+``min_query_count`` / ``min_duration`` (the *quick* and *valid* profiles: ``latency_stats.PROFILES``).
+``performance.latency`` has p50/p90/p99 with confidence intervals and LoadGen's early-stopping estimates
+(``requestflow.board.latency_stats``). With a power meter (``power_meter``: ``requestflow.board.power``), an idle
+baseline precedes the warm-up and ``energy`` gives the measured watts and joules per inference. ``cold_start``:
+process start to backend ready, and the first inference's latency. Accuracy mode: every selected image once, top-1 /
+top-5 against ``val.txt``, with each image's top-5.
 
 The result document (``result.schema.json``, ``SCHEMA_VERSION``) is what the results store loads. Bad input raises
 ``UserError`` before anything runs; a failure while running gives a document with ``status: failed`` and ``error``.
@@ -12,6 +18,7 @@ The result document (``result.schema.json``, ``SCHEMA_VERSION``) is what the res
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import time
 import traceback
@@ -25,7 +32,7 @@ from requestflow.board import catalogue
 from requestflow.board.files import progress, shared_data_dir
 from requestflow.errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: performance.latency, performance.profile, energy, cold_start
 SCHEMA_PATH = Path(__file__).with_name("result.schema.json")
 
 
@@ -51,6 +58,11 @@ class RunConfig:
     allow_download: bool = True
     progress: bool = True
     command: list[str] = field(default_factory=list)
+    min_duration_s: float = 0.0  # timed runs go on until the timed region lasted this long (and repetitions ran)
+    profile: str | None = None  # quick or valid (latency_stats.PROFILES): recorded, with the settings it got
+    power_meter: str | None = None  # hwmon[:ROOT], rapl[:ROOT], command:CMD, auto, none (requestflow.board.power)
+    power_rate_hz: float = 200.0
+    idle_s: float = 1.0  # the idle baseline before the warm-up, with a power meter
 
     def validate(self) -> None:
         catalogue.get_model(self.model)
@@ -70,12 +82,27 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < minimum):
                 raise UserError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {value}")
+        _check_measurement_settings(self)
         if self.cpus is not None:
             allowed = os.sched_getaffinity(0)
             unknown = sorted(set(self.cpus) - allowed)
             if not self.cpus or unknown:
                 raise UserError(f"--cpus {','.join(map(str, self.cpus))}: CPU {unknown[0] if unknown else '?'} is "
                                 f"not available here (available: {','.join(map(str, sorted(allowed)))})")
+
+
+def _check_measurement_settings(config: RunConfig) -> None:
+    from requestflow.board.latency_stats import PROFILES
+
+    for name, value, minimum in (("min_duration_s", config.min_duration_s, 0.0),
+                                 ("power_rate_hz", config.power_rate_hz, 1e-3), ("idle_s", config.idle_s, 0.0)):
+        if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+                or value < minimum):
+            raise UserError(f"--{name.replace('_', '-')} must be a number >= {minimum:g}, got {value}")
+    if config.profile is not None and config.profile not in PROFILES:
+        raise UserError(f"unknown profile {config.profile!r}; known: {', '.join(PROFILES)}")
+    if config.power_meter not in (None, "none") and config.mode != "performance":
+        raise UserError("--power-meter measures performance runs; accuracy runs are not timed")
 
 
 def _choice(name: str, value: str, allowed) -> None:
@@ -144,6 +171,33 @@ def statistics(samples_s: list[float], batch_size: int) -> dict:
     }
 
 
+_backend_loads = 0  # in this process: only the first is a cold start from the process's own start
+
+
+def cold_start(timings: dict) -> dict:
+    """``cold_start`` of the document, at the moment the backend is ready: the seconds since this process started
+    (interpreter, imports, weights, graph build / kernel compilation / tuning: everything before the first
+    inference), known only for the process's first backend; the first inference's latency is added after it ran."""
+    global _backend_loads
+    _backend_loads += 1
+    first = _backend_loads == 1
+    return {"process_start_to_ready_s": process_age_s() if first else None, "first_in_process": first,
+            "weights_load_s": timings.get("weights_load_s"), "backend_load_s": timings.get("setup_s"),
+            "first_inference_s": None, "first_over_median": None}
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux: /proc/self/stat's start time against /proc/uptime; 10 ms steps)."""
+    try:
+        with open("/proc/self/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        with open("/proc/uptime") as handle:
+            uptime = float(handle.read().split()[0])
+        return round(max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")), 3)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def top_k(scores: np.ndarray, k: int = 5) -> np.ndarray:
     """Indices of the k highest scores per row, highest first; ties broken by the lower class index."""
     return np.argsort(-scores, axis=1, kind="stable")[:, :k]
@@ -155,6 +209,8 @@ class Runner:
         self.config = config
         self.model = catalogue.get_model(config.model)
         self.timings: dict[str, float] = {}
+        self.meter = self.sampler = None
+        self.first_inference_s = self.duration_s = None
 
     def prepare(self) -> None:
         """Everything that can refuse bad input, before any backend runs."""
@@ -189,6 +245,9 @@ class Runner:
         if not self.weights.random:
             self.weights.canonical_for(self.model)  # every tensor's shape checked now: a mismatch is bad input
         self.timings["weights_load_s"] = time.perf_counter() - start
+        from requestflow.board.power import parse_meter
+
+        self.meter = parse_meter(self.config.power_meter)  # a bad or absent meter refuses here, before any run
 
     def run(self) -> dict:
         """The result document. ``prepare()`` first; exceptions after it become a failed document."""
@@ -220,6 +279,7 @@ class Runner:
             backend.load()
             loaded = True
             self.timings["setup_s"] = time.perf_counter() - start
+            document["cold_start"] = cold_start(self.timings)
             if config.precision is not None and backend.precision != config.precision:
                 raise UserError(f"--precision {config.precision}, but the weights run as {backend.precision}")
             document["context"] = self._context(backend.info(), backend.precision, backend.input_dtype.name,
@@ -242,6 +302,7 @@ class Runner:
         finally:
             if backend is not None:
                 backend.close()
+            self._stop_sampling(document)
         if loaded:  # what a backend learns only once closed (armcl: the OpenCL shim's counters); not identity
             document["context"]["backend"].update(backend.after_close())
         document["environment"] = {"before": before, "after": snapshot_frequencies_and_temperatures()}
@@ -252,6 +313,7 @@ class Runner:
                 document["performance"]["samples"], before, document["environment"]["after"],
                 cpus=document["context"]["cpu_affinity"],
                 emulated=document["machine"].get("emulated") or document["context"]["backend"].get("emulated"))
+            self._latency(document)
         self.timings["total_s"] = time.perf_counter() - total_start
         document["finished_at"] = _now()
         return document
@@ -270,6 +332,9 @@ class Runner:
             return self._context(backend.info(), backend.precision, backend.input_dtype.name, backend.classes)
         finally:
             backend.close()
+            if self.meter is not None:  # nothing is measured: a command meter's program ends here
+                self.meter.close()
+                self.meter = None
 
     def _context(self, backend_info, precision, input_dtype=None, classes=None) -> dict:
         from requestflow.board.dataset import preprocessing_parameters
@@ -316,24 +381,121 @@ class Runner:
         config = self.config
         backend.set_input(np.ascontiguousarray(pixels[: config.batch_size]))
         timed_region = "backend invoke() of one batch, input already set"
+        self.first_inference_s = None
         if hasattr(backend, "measure"):  # a backend that times itself (armcl: inside its native program)
-            samples = [s * 1e9 for s in backend.measure(config.warmup, config.repetitions)]
+            samples = self._measure(backend)
             timed_region = backend.timed_region
         else:
-            for _ in range(config.warmup):
+            self._idle_baseline()
+            if config.warmup:
+                self.first_inference_s = self._first_inference(backend)  # the first warm-up run, timed alone
+            for _ in range(config.warmup - 1 if config.warmup else 0):
                 backend.invoke()
             samples = [0] * config.repetitions
             invoke, clock = backend.invoke, time.perf_counter_ns
+            self._mark("active_start")
+            region = clock()
             for i in progress(range(config.repetitions), description="repetitions", enabled=config.progress,
                               leave=False, mininterval=0.5):
                 start = clock()
                 invoke()
                 samples[i] = clock() - start
+            samples += self._until(invoke, clock, region)
+            self.duration_s = (clock() - region) / 1e9
+            self._mark("active_end")
+            if self.first_inference_s is None:  # no warm-up: the first timed run was the first inference
+                self.first_inference_s = samples[0] / 1e9
         stats = statistics([s / 1e9 for s in samples], config.batch_size)
         stats.update({"repetitions": config.repetitions, "warmup": config.warmup, "batch_size": config.batch_size,
                       "timed_region": timed_region,
                       "input": "synthetic" if self.dataset is None else "dataset"})
+        stats.update(self._run_settings())
         return stats
+
+    # -- duration-bound runs, cold start, power: requestflow.board.latency_stats and requestflow.board.power -----------
+    def _until(self, invoke, clock, region_start_ns: int) -> list[int]:
+        """More timed runs (ns each) until the timed region that began at ``region_start_ns`` lasted
+        ``min_duration_s`` (LoadGen's min_duration); none when it has, or none is asked."""
+        deadline = region_start_ns + int(self.config.min_duration_s * 1e9)
+        more: list[int] = []
+        append = more.append
+        while clock() < deadline:
+            start = clock()
+            invoke()
+            append(clock() - start)
+        return more
+
+    def _measure(self, backend) -> list[float]:
+        """A backend that times itself (armcl): its samples (ns), and as many more as ``min_duration_s`` needs."""
+        config = self.config
+        self._idle_baseline()
+        if self.sampler is not None:
+            self.sampler.error = ("the armcl backend times itself inside its native program: its timed region "
+                                  "cannot be marked for the power meter")
+        start = time.perf_counter()
+        samples = [s * 1e9 for s in backend.measure(config.warmup, config.repetitions)]
+        self.duration_s = sum(samples) / 1e9
+        if self.duration_s < config.min_duration_s and samples:
+            more = math.ceil((config.min_duration_s - self.duration_s) / (self.duration_s / len(samples)))
+            samples += [s * 1e9 for s in backend.measure(0, more)]
+            self.duration_s = sum(samples) / 1e9
+        self.timings["measure_s"] = time.perf_counter() - start
+        return samples
+
+    def _run_settings(self) -> dict:
+        from requestflow.board.latency_stats import profile_settings
+
+        config = self.config
+        profile = profile_settings(config.profile, config.repetitions, config.warmup, config.min_duration_s)
+        return {"profile": profile, "duration_s": self.duration_s}
+
+    def _first_inference(self, backend) -> float:
+        start = time.perf_counter()
+        backend.invoke()
+        return time.perf_counter() - start
+
+    def _idle_baseline(self) -> None:
+        """With a power meter: start sampling, and read the board idle (backend loaded, nothing running)."""
+        from requestflow.board.power import Sampler
+
+        if self.meter is None:
+            return
+        self.sampler = Sampler(self.meter, self.config.power_rate_hz)
+        self.sampler.start()
+        self.sampler.mark("idle_start")
+        time.sleep(self.config.idle_s)
+        self.sampler.mark("idle_end")
+
+    def _mark(self, name: str) -> None:
+        if self.sampler is not None:
+            self.sampler.mark(name)
+
+    def _stop_sampling(self, document: dict) -> None:
+        """``energy`` from the sampler (invalid with its reason when the meter failed); the meter closed."""
+        from requestflow.board.power import energy_summary
+
+        sampler, self.sampler = self.sampler, None
+        if self.meter is not None and sampler is not None:
+            sampler.stop()
+            runs = len(document.get("performance", {}).get("samples", ()))
+            document["energy"] = energy_summary(sampler, runs, self.config.batch_size)
+            if document["status"] != "ok" and document["energy"]["valid"]:
+                document["energy"].update(valid=False, reason="the run failed")
+        if self.meter is not None:
+            self.meter.close()
+            self.meter = None
+
+    def _latency(self, document: dict) -> None:
+        """``performance.latency`` (percentiles, intervals, early stopping) and the first inference's latency."""
+        from requestflow.board.latency_stats import latency_statistics
+
+        performance = document["performance"]
+        performance["latency"] = latency_statistics(performance["samples"])
+        cold = document.get("cold_start")
+        if cold is not None:
+            first = self.first_inference_s
+            cold["first_inference_s"] = first
+            cold["first_over_median"] = first / performance["median"] if first and performance["median"] > 0 else None
 
     def _accuracy(self, backend, pixels: np.ndarray, ok: list[int], failed: list[dict]):
         config, dataset, batch = self.config, self.dataset, self.config.batch_size
