@@ -48,11 +48,11 @@ def load_documents(engine: Engine, documents: list[tuple[str, dict]], board: str
     checked = [(source, document, check_document(document, source)) for source, document in documents]
     report = LoadReport()
     with engine.begin() as connection:
-        board_id = _board(connection, board, reference)
-        sweep_id = _sweep(connection, sweep, dag_id) if sweep else None
+        board_id = upsert_board(connection, board, reference)
+        sweep_id = upsert_sweep(connection, sweep, dag_id) if sweep else None
         for source, written, document in checked:
             try:
-                result_id = _load_one(connection, document, board, board_id, sweep_id, written)
+                result_id = load_one(connection, document, board, board_id, sweep_id, written)
             except (DataError, PsycopgDataError, OverflowError) as exc:  # a value out of a column's range
                 reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
                 raise UserError(f"{source}: cannot be stored: {reason}") from None
@@ -90,7 +90,7 @@ def _upsert(connection: Connection, table, values: dict, key: str):
     return connection.execute(select(primary).where(getattr(table, key) == values[key])).scalar_one()
 
 
-def _board(connection: Connection, name: str, reference: dict | None = None) -> int:
+def upsert_board(connection: Connection, name: str, reference: dict | None = None) -> int:
     board_id = _upsert(connection, m.Board, {**(reference or {}), "name": name}, "name")
     read_only, info = connection.execute(select(m.Board.read_only, m.Board.info).where(m.Board.id == board_id)).one()
     if reference is None and read_only:
@@ -102,11 +102,11 @@ def _board(connection: Connection, name: str, reference: dict | None = None) -> 
     return board_id
 
 
-def _sweep(connection: Connection, run_id: str, dag_id: str | None) -> int:
+def upsert_sweep(connection: Connection, run_id: str, dag_id: str | None) -> int:
     return _upsert(connection, m.Sweep, {"run_id": run_id, "dag_id": dag_id}, "run_id")
 
 
-def _load_one(connection: Connection, document: dict, board: str, board_id: int, sweep_id: int | None,
+def load_one(connection: Connection, document: dict, board: str, board_id: int, sweep_id: int | None,
               written: dict | None = None) -> int | None:
     """``document`` upgraded (what the tables are filled from); ``written``, the document as the runner wrote it, is
     what ``results.document`` keeps and ``document_sha256`` hashes: loading it again, exporting and importing it, and

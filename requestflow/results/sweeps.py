@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 
 from requestflow.board.catalogue import point_label
 from requestflow.results import models as m
-from requestflow.results.load import _board, _sweep
+from requestflow.results.load import upsert_board, upsert_sweep
 
 
 def stored_ok(engine: Engine, point_id: str) -> int | None:
@@ -26,14 +26,14 @@ def record_failure(engine: Engine, sweep: str, dag_id: str | None, board: str, p
                    message: str, attempts: int) -> None:
     with engine.begin() as connection:
         connection.execute(insert(m.PointFailure).values(
-            sweep_id=_sweep(connection, sweep, dag_id), board_id=_board(connection, board), point=point,
+            sweep_id=upsert_sweep(connection, sweep, dag_id), board_id=upsert_board(connection, board), point=point,
             error_type=error_type, message=message, attempts=attempts))
 
 
 def record_sweep_info(engine: Engine, sweep: str, dag_id: str | None, board: str, key: str, value) -> None:
     """Set ``info -> boards -> <board> -> <key>`` of the sweep (e.g. the clocks report of a board)."""
     with engine.begin() as connection:
-        sweep_id = _sweep(connection, sweep, dag_id)
+        sweep_id = upsert_sweep(connection, sweep, dag_id)
         connection.execute(update(m.Sweep).where(m.Sweep.id == sweep_id).values(info=text(
             "jsonb_set(jsonb_set(info, '{boards}', COALESCE(info->'boards', '{}'::jsonb)), "
             "ARRAY['boards', :board], COALESCE(info->'boards'->:board, '{}'::jsonb) || "

@@ -214,7 +214,7 @@ class TestLoading:
         """Load A has refreshed the scoreboard and not committed yet; load B, of another point, waits for it. B's
         REFRESH must see A's rows once A commits: a REFRESH whose snapshot was taken before it waited would publish
         a scoreboard without them, and B commits last (seen in CI: a sweep's point missing from the scoreboard)."""
-        from requestflow.results.load import _board, _load_one, refresh_scoreboard
+        from requestflow.results.load import load_one, refresh_scoreboard, upsert_board
 
         document = documents["perf_tflite"]
         # its library build, model, weights and dataset stored and committed: loads A and B below share no new row,
@@ -222,7 +222,7 @@ class TestLoading:
         load_documents(store, [("0.json", document)], board="board-0")
         a = store.connect()
         transaction = a.begin()
-        _load_one(a, document, "board-a", _board(a, "board-a"), None)
+        load_one(a, document, "board-a", upsert_board(a, "board-a"), None)
         refresh_scoreboard(a)
         errors: list[Exception] = []
 
@@ -288,7 +288,7 @@ class TestBadDocumentsAreRefusedWhole:
         from requestflow.results import load
 
         calls = {"n": 0}
-        real = load._load_one
+        real = load.load_one
 
         def second_one_fails(*args, **kwargs):
             calls["n"] += 1
@@ -296,7 +296,7 @@ class TestBadDocumentsAreRefusedWhole:
                 raise RuntimeError("connection lost")
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(load, "_load_one", second_one_fails)
+        monkeypatch.setattr(load, "load_one", second_one_fails)
         with pytest.raises(RuntimeError):
             load_documents(store, [("a", documents["perf_tf"]), ("b", documents["acc_tf"])], board="b")
         assert set(counts(store).values()) == {0}
