@@ -14,10 +14,10 @@ import re
 import pytest
 from sqlalchemy import create_engine, text
 
-from requestflow.board.schema import validate_document
 from requestflow.errors import UserError
 from requestflow.results.boards import record_platform, set_board
 from requestflow.results.database import sqlalchemy_url
+from requestflow.results.document import check_document
 from requestflow.results.load import load_documents
 from requestflow.results.query import read_only
 from requestflow.results.reference import VAL_TXT_SHA256, board_row, documents, import_reference
@@ -126,7 +126,7 @@ class TestThePublishedPoints:
         docs = documents(csv_path, sha256, rows)
         assert len(docs) == 288
         for (_, document), row in zip(docs, [r for r in published for _ in range(2)], strict=True):
-            validate_document(document)
+            check_document(document, "reference")  # written as schema version 1: upgraded, then validated
             context = document["context"]
             reference = context["reference"]
             assert reference["source"] == "hikey960-mobilenets.csv" and reference["sha256"] == sha256
