@@ -278,6 +278,22 @@ class CommandMeter:
         self.reader.join(timeout=2)
 
 
+def check_spec(spec: str, sysfs_root: str = "/") -> str:
+    """A ``--power-meter`` spec checked for its form only (nothing read: the controller checks a board's
+    Connection extra with it), with hwmon/rapl/auto given the board's ``sysfs_root`` when they name no root of
+    their own. UserError for anything else."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise UserError("power_meter: expected hwmon[:ROOT], rapl[:ROOT], command:CMD, auto or none")
+    kind, colon, argument = spec.strip().partition(":")
+    if kind not in KINDS or (kind == "none" and colon) or (kind == "command" and not shlex.split(argument)):
+        raise UserError(f"power_meter {spec!r}: expected hwmon[:ROOT], rapl[:ROOT], command:CMD, auto or none")
+    if kind in ("hwmon", "rapl", "auto") and not argument:
+        return kind if sysfs_root in ("", "/") else f"{kind}:{sysfs_root}"
+    if kind in ("hwmon", "rapl", "auto") and not argument.startswith("/"):
+        raise UserError(f"power_meter {spec!r}: ROOT must be an absolute path")
+    return spec.strip()
+
+
 def parse_meter(spec: str | None):
     """``--power-meter`` -> a meter, or None for ``none``. Bad specs and absent meters are UserErrors."""
     if spec is None or spec == "none":

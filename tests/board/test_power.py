@@ -220,6 +220,15 @@ class TestMetersAreChosenAndDetected:
                 parse_meter(spec)
         assert parse_meter("none") is None and parse_meter(None) is None
 
+    def test_a_connection_extras_spec_is_checked_for_its_form_only(self):
+        assert power.check_spec("hwmon", "/srv/fake") == "hwmon:/srv/fake"
+        assert power.check_spec("rapl") == "rapl" and power.check_spec("auto", "/") == "auto"
+        assert power.check_spec("rapl:/x", "/srv/fake") == "rapl:/x"
+        assert power.check_spec("command:meter --port /dev/ttyUSB0") == "command:meter --port /dev/ttyUSB0"
+        for bad in ("", "watts", "none:x", "command:", "hwmon:relative/root", 3):
+            with pytest.raises(UserError, match="power_meter"):
+                power.check_spec(bad)
+
     def test_the_command_line_says_when_there_is_no_meter_and_how_to_add_one(self, tmp_path, capsys):
         from requestflow.cli import main
 
