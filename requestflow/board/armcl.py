@@ -11,10 +11,12 @@ Runs on the board with the standard library only (and requestflow's board side),
                                            (one of ArmCL's graph examples compiled against a build; its path)
 
 ``--options`` is the full scons option list, ``{"arch": "x86_64", "neon": "0", ...}``, given to scons as it is:
-the controller validates it (``operators.armcl.ArmclSpec``); here a bad option is scons's own error. Only the
+the controller validates it (``operators.armcl_spec.ArmclSpec``); here a bad option is scons's own error. Only the
 libraries are built (``libarm_compute.so``, ``libarm_compute_graph.so``; their static twins would compile every
 file a second time), plus examples and tests when the options ask for them. ccache is used when the board has it
 (ArmCL's own ``compiler_cache`` option). ``build_dir``, ``install_dir`` and ``compiler_cache`` are the builder's.
+The cache key, the errors and the probe are ``requestflow.board.armcl_basics`` (the controller uses them too), the
+graph examples ``requestflow.board.armcl_example``.
 
 The cache key is the sha256 of the canonical JSON of the source (``sha256:<tarball sha256>`` or
 ``git:<commit>``), the full option list and the compiler (``$CXX`` or g++, with the first line of its
@@ -57,9 +59,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from requestflow.board.files import atomic_write_text, canonical_json, sha256_file, sha256_text
+from requestflow.board.armcl_basics import (
+    BuildFailed,
+    Refused,
+    build_key,
+    compiler_info,
+    cpu_features,
+    default_jobs,
+    memory_bytes,
+    tools,
+)
+from requestflow.board.armcl_example import build_example
+from requestflow.board.files import atomic_write_text, sha256_file
 
-KEY_FORMAT = 1
 LIBRARIES = ("libarm_compute.so", "libarm_compute_graph.so")
 BUILDER_OPTIONS = ("build_dir", "install_dir", "compiler_cache")  # set here, never by the caller
 OUT = "out"  # scons's build_dir (relative: <source>/build/out)
@@ -67,88 +79,6 @@ _ERROR_LINE = re.compile(r"\berror:|^scons: \*\*\*|^Unknown variables:|^ERROR\b|
                          r"^Error converting")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _VERSION = re.compile(r'^VERSION\s*=\s*"v?([^"]+)"', re.MULTILINE)
-
-
-class Refused(Exception):
-    """Bad input or a missing tool: exit status 2, one line."""
-
-
-class BuildFailed(Exception):
-    """The build ran and failed: exit status 1, ``failed.json``."""
-
-    def __init__(self, reason: str, record: dict) -> None:
-        super().__init__(reason)
-        self.record = record
-
-
-# --- what both sides compute -----------------------------------------------------------------------------------
-
-
-def build_key(source_id: str, options: dict, compiler: dict) -> str:
-    """The cache key of a build: sha256 of the canonical JSON of the source id, the full option list (values as
-    scons reads them: text) and the compiler's name and version line."""
-    return sha256_text(canonical_json({
-        "format": KEY_FORMAT, "source": source_id,
-        "options": {str(name): str(value) for name, value in options.items()},
-        "compiler": {"name": compiler.get("name"), "version": compiler.get("version")}}))
-
-
-def default_jobs(cpu_count: int | None, memory_bytes: int | None) -> int:
-    """Parallel compile jobs for a board: one per core, but at most one per 2 GiB of memory (an ArmCL compile job
-    can take 1-2 GB; 3-4 GB boards get one or two jobs). Memory unknown: one job, since an out-of-memory kill
-    halfway costs more than a slow build."""
-    cores = max(1, cpu_count or 1)
-    if not memory_bytes:
-        return 1
-    return min(cores, max(1, int(memory_bytes / 2**30) // 2))
-
-
-def cpu_features(root: str | os.PathLike = "/") -> list[str] | None:
-    """The CPU's feature flags from ``<root>/proc/cpuinfo`` (``Features`` on Arm, ``flags`` on x86), sorted;
-    None when the file or the line is missing."""
-    try:
-        text = Path(root, "proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return None
-    match = re.search(r"^(?:Features|flags)\s*:\s*(.*)$", text, re.MULTILINE)
-    return sorted(set(match.group(1).split())) if match else None
-
-
-def compiler_info(cxx: str | None = None, path: str | None = None) -> dict:
-    """``{"name", "path", "version"}`` of the C++ compiler scons will use (``$CXX`` or g++); path None when absent."""
-    name = cxx or os.environ.get("CXX") or "g++"
-    found = shutil.which(name.split()[0], path=path)
-    return {"name": name, "path": found, "version": _first_line([found, "--version"]) if found else None}
-
-
-def tools(path: str | None = None) -> dict:
-    """The build tools on ``path``: the C++ compiler, scons, ccache, git (each with its version line, or null)."""
-    out = {"cxx": compiler_info(path=path)}
-    for name in ("scons", "ccache", "git"):
-        found = shutil.which(name, path=path)
-        out[name] = {"path": found, "version": _first_version_line(found)} if found else None
-    return out
-
-
-def _first_line(command: list[str]) -> str | None:
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL,
-                                env={**os.environ, "LC_ALL": "C"})
-    except (OSError, subprocess.SubprocessError):
-        return None
-    lines = result.stdout.strip().splitlines()
-    return lines[0].strip() if result.returncode == 0 and lines else None
-
-
-def _first_version_line(path: str) -> str | None:
-    try:
-        result = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=20,
-                                stdin=subprocess.DEVNULL, env={**os.environ, "LC_ALL": "C"})
-    except (OSError, subprocess.SubprocessError):
-        return None
-    lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
-    versioned = [line for line in lines if re.search(r"\d+\.\d+", line)]
-    return (versioned or lines or [None])[0]
 
 
 # --- the build -------------------------------------------------------------------------------------------------
@@ -237,7 +167,7 @@ def _build_in(work: Path, final: Path, key: str, options: dict, compiler: dict, 
     source_version = _source_version(top)
     if version and source_version and _plain(version) != _plain(source_version):
         raise Refused(f"the source is ArmCL {source_version}, not the {version} asked for")
-    jobs = jobs or default_jobs(os.cpu_count(), _memory_bytes())
+    jobs = jobs or default_jobs(os.cpu_count(), memory_bytes())
     ccache = shutil.which("ccache")
     install = f"build/{OUT}/install"
     targets = [f"{install}/lib/{name}" for name in LIBRARIES] + [f"{install}/include"]
@@ -279,7 +209,7 @@ def _build_in(work: Path, final: Path, key: str, options: dict, compiler: dict, 
     provenance = {**record, "status": "ok", "build_seconds": round(seconds, 1), "libraries": libraries,
                   "library_bytes": sum(entry["bytes"] for entry in libraries.values()),
                   "machine": {"hostname": platform.node(), "arch": platform.machine(), "cpu_count": os.cpu_count(),
-                              "memory_bytes": _memory_bytes()},
+                              "memory_bytes": memory_bytes()},
                   "finished_at": _now(), "path": str(final)}
     atomic_write_text(staged / "build.json", json.dumps(provenance, indent=1, sort_keys=True) + "\n")
     os.chmod(staged / "build.json", 0o644)  # like the libraries: readable by whoever uses the build
@@ -390,72 +320,8 @@ def _locked(path: Path, log):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _memory_bytes() -> int | None:
-    try:
-        match = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.MULTILINE)
-    except OSError:
-        return None
-    return int(match.group(1)) * 1024 if match else None
-
-
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-# --- ArmCL's own graph examples, compiled against a build -------------------------------------------------------
-
-EXAMPLE_UTILS = ("utils/Utils.cpp", "utils/GraphUtils.cpp", "utils/CommonGraphOptions.cpp")
-
-
-def build_example(build: str | os.PathLike, source: str | os.PathLike, name: str = "graph_mobilenet",
-                  log=print) -> Path:
-    """Compile one of ArmCL's graph examples (``examples/<name>.cpp`` with its utils, as ArmCL's examples/SConscript
-    does) against the build in ``build`` (a ``C/<key>`` folder); the program, ``<build>/examples/<name>``. Reused
-    when present: a build folder never changes once complete. ``source`` is the tarball the build came from.
-
-    The examples prove the library itself before requestflow's own program builds on it: ``graph_mobilenet`` runs
-    MobileNet-v1 with dummy weights on a target (``--target=CL``)."""
-    build, source = Path(build), Path(source)
-    if not (build / "build.json").is_file():
-        raise Refused(f"{build} is not a complete ArmCL build (no build.json)")
-    if not re.fullmatch(r"graph_[a-z0-9_]+", name):
-        raise Refused(f"example {name!r}: expected a graph example name such as graph_mobilenet")
-    program = build / "examples" / name
-    if program.is_file():
-        return program
-    compiler = os.environ.get("CXX") or shutil.which("g++")
-    if not compiler:
-        raise Refused("no C++ compiler (g++ or $CXX) on this board")
-    wanted = (f"examples/{name}.cpp", *EXAMPLE_UTILS)
-    with tempfile.TemporaryDirectory(prefix=f"{name}-", dir=build) as tmp:
-        work = Path(tmp)
-        try:
-            with tarfile.open(source) as archive:
-                # the example and all of utils/ (its .cpp files include their headers from beside them)
-                members = [m for m in archive.getmembers() if m.isfile() and
-                           (m.name.endswith("/" + wanted[0]) or m.name.split("/", 1)[-1].startswith("utils/"))]
-                archive.extractall(work, members=members, filter="data")
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise Refused(f"source tarball {source.name} cannot be read: {exc}") from None
-        found = {path: next(iter(work.glob(f"**/{path}")), None) for path in wanted}
-        missing = [path for path, where in found.items() if where is None]
-        if missing:
-            raise Refused(f"source tarball {source.name} has no {', '.join(missing)}")
-        top = found[wanted[0]].parents[1]
-        output = work / name
-        command = [compiler, "-std=c++14", "-O2", "-DARM_COMPUTE_CL", "-DARM_COMPUTE_OPENCL_ENABLED",
-                   f"-I{build / 'include'}", f"-I{top}", *(str(found[path]) for path in wanted),
-                   f"-L{build / 'lib'}", "-larm_compute_graph", "-larm_compute", f"-Wl,-rpath,{build / 'lib'}",
-                   "-lpthread", "-o", str(output)]
-        log(f"compiling ArmCL's {name} against {build.name}")
-        result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-        if result.returncode != 0:
-            errors = [line for line in result.stderr.splitlines() if "error" in line][:10]
-            raise BuildFailed(f"{name} did not compile: {'; '.join(errors) or result.stderr[-500:]}",
-                              {"status": "failed", "reason": "\n".join(errors) or result.stderr[-2000:]})
-        program.parent.mkdir(exist_ok=True)
-        os.replace(output, program)
-    return program
 
 
 # --- the command line ------------------------------------------------------------------------------------------
@@ -497,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     if args.command == "probe":
         print(json.dumps({"cpu_features": cpu_features(args.root), "tools": tools(), "cpu_count": os.cpu_count(),
-                          "memory_bytes": _memory_bytes(), "arch": platform.machine()}, sort_keys=True))
+                          "memory_bytes": memory_bytes(), "arch": platform.machine()}, sort_keys=True))
         return 0
 
     def log(line: str) -> None:

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from requestflow.board import armcl, clshim
+from requestflow.board import clshim
+from requestflow.board.armcl_basics import Refused
+from requestflow.board.armcl_example import build_example
 from requestflow.board.opencl_probe import opencl
 from tests.armcl_real import ARMCL_CACHE, real_build
 
@@ -28,7 +30,7 @@ def graph_mobilenet() -> Path:
     if platform.machine() != "x86_64":
         pytest.skip("the CL build of these tests is x86_64's")
     build, source = real_build()
-    return armcl.build_example(build, source, "graph_mobilenet", log=lambda line: None)
+    return build_example(build, source, "graph_mobilenet", log=lambda line: None)
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +77,8 @@ def test_through_the_shim_mobilenet_runs_on_the_cl_target(graph_mobilenet, devic
 
 def test_the_example_is_compiled_once_per_build(graph_mobilenet):
     before = graph_mobilenet.stat().st_mtime_ns
-    again = armcl.build_example(graph_mobilenet.parents[1],
+    again = build_example(graph_mobilenet.parents[1],
                                 next((ARMCL_CACHE / "sources").rglob("*.orig.tar.xz")), "graph_mobilenet")
     assert again == graph_mobilenet and again.stat().st_mtime_ns == before
-    with pytest.raises(armcl.Refused, match="expected a graph example name"):
-        armcl.build_example(graph_mobilenet.parents[1], again, "../../bin/sh")
+    with pytest.raises(Refused, match="expected a graph example name"):
+        build_example(graph_mobilenet.parents[1], again, "../../bin/sh")
