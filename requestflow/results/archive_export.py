@@ -42,7 +42,7 @@ def export(engine: Engine, path: str | os.PathLike, filters: Mapping[str, Iterab
     """Write the results selected by ``filters`` (selector -> accepted values; none: everything the database holds)
     and everything they use into the archive ``path``. The file appears whole or not at all."""
     path = Path(path)
-    chosen = _filters(filters)
+    chosen = chosen_filters(filters)
     if not path.parent.resolve().is_dir():
         raise UserError(f"{path}: folder {path.parent} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -59,7 +59,9 @@ def export(engine: Engine, path: str | os.PathLike, filters: Mapping[str, Iterab
     return ExportReport(path, counts)
 
 
-def _filters(filters: Mapping[str, Iterable[str]] | None) -> dict[str, list[str]]:
+def chosen_filters(filters: Mapping[str, Iterable[str]] | None) -> dict[str, list[str]]:
+    """The filters as lists of text (empty ones dropped; times as ISO instants, UTC unless they say otherwise);
+    UserError for an unknown filter or a time that is not one (``requestflow rm`` reads its filters with it too)."""
     chosen = {}
     for key, values in (filters or {}).items():
         if key not in FILTERS:
@@ -84,7 +86,9 @@ def _instant(value: str, what: str) -> dt.datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)  # no zone given: UTC
 
 
-def _where(chosen: dict[str, list[str]], columns: dict[str, str], time_column: str) -> tuple[str, dict]:
+def where_clause(chosen: dict[str, list[str]], columns: dict[str, str], time_column: str) -> tuple[str, dict]:
+    """``WHERE ...`` (or nothing) and its parameters for the chosen filters: ``columns`` names each filter's column,
+    ``time_column`` the one ``since`` and ``until`` bound."""
     clauses, parameters = [], {}
     for key, values in chosen.items():
         if key in columns:
@@ -101,7 +105,7 @@ def _where(chosen: dict[str, list[str]], columns: dict[str, str], time_column: s
 
 def _write_archive(connection: Connection, path: Path, chosen: dict[str, list[str]]) -> dict[str, int]:
     everything = not chosen
-    where, parameters = _where(chosen, RESULT_FILTERS, "r.started_at")
+    where, parameters = where_clause(chosen, RESULT_FILTERS, "r.started_at")
     results = [dict(row._mapping) for row in connection.execute(text(f"""
         SELECT r.id, r.document_sha256, b.name AS board, sw.run_id AS sweep, r.sweep_id, r.snapshot_id,
                p.board_id, p.library_build_id, p.model_id, p.weights_sha256, p.dataset_id,
@@ -118,7 +122,7 @@ def _write_archive(connection: Connection, path: Path, chosen: dict[str, list[st
     # failures: those matching every filter a failure can be judged on; when a filter needs a result (variant,
     # width...), only in the sweeps of the exported results
     judged = {k: v for k, v in chosen.items() if k in FAILURE_FILTERS or k in TIME_FILTERS}
-    where, parameters = _where(judged, FAILURE_FILTERS, "pf.failed_at")
+    where, parameters = where_clause(judged, FAILURE_FILTERS, "pf.failed_at")
     if set(chosen) - set(judged):
         where += (" AND " if where else "WHERE ") + "pf.sweep_id = ANY(:result_sweeps)"
         parameters["result_sweeps"] = sorted({r["sweep_id"] for r in results if r["sweep_id"] is not None})

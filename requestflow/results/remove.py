@@ -33,8 +33,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from requestflow.errors import UserError
-from requestflow.results.archive_export import _filters as export_filters
-from requestflow.results.archive_export import _where as export_where
+from requestflow.results.archive_export import chosen_filters as export_filters
+from requestflow.results.archive_export import where_clause as export_where
 from requestflow.results.archive_format import FAILURE_FILTERS, RESULT_FILTERS
 from requestflow.results.load import refresh_scoreboard
 
