@@ -166,8 +166,22 @@ bench() {
     "$VENV/bin/python" "$ROOT/bench/bench_$name.py" "$@"
 }
 
+# ./dev.sh farm up arm64: the test farm's arm64 board (sshd in a network namespace, every command arm64 code under
+# qemu-user) started for you, its AIRFLOW_CONN_ARM64 / REQUESTFLOW_BOARDS lines printed; ./dev.sh farm down stops it
+farm() {
+    ensure_venv
+    if [ "$(id -u)" -eq 0 ]; then
+        bash "$ROOT/tests/farm-setup.sh"
+        apt_install qemu-user-static mmdebstrap
+    fi
+    cd "$ROOT"
+    "$VENV/bin/python" -m tests.farm_cli "$@"
+}
+
 case "${1:-}" in
     demo) shift; demo "$@" ;;
+    farm) shift; farm "$@" ;;
+    stack) shift; ensure_venv; cd "$ROOT"; exec "$VENV/bin/python" -m tests.stack_cli "$@" ;;  # docs/scale-out.md
     test) shift; run_tests "$@" ;;
     bench) shift; bench "$@" ;;
     shell) ensure_venv; exec bash --rcfile <(echo "source '$VENV/bin/activate'") ;;

@@ -40,7 +40,7 @@ def retry_delay_s() -> float:
 
 
 def configured_builds() -> dict[str, dict]:
-    """The ArmCL builds of ``config/armcl.json`` as written (name -> spec); ``operators.armcl.checked_builds``
+    """The ArmCL builds of ``config/armcl.json`` as written (name -> spec); ``operators.armcl_spec.checked_builds``
     checks each spec."""
     return json.loads((CONFIG / "armcl.json").read_text())["builds"]
 

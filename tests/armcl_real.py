@@ -12,7 +12,8 @@ ARMCL_CACHE = Path(os.environ.get("REQUESTFLOW_ARMCL_CACHE") or Path.home() / ".
 
 def real_build() -> tuple[Path, Path]:
     """(the build's folder, the source tarball it came from)."""
-    from operators.armcl import ArmclSpec, fetch_debian_source, options_for
+    from operators.armcl_sources import fetch_debian_source
+    from operators.armcl_spec import ArmclSpec, options_for
     from requestflow.board import armcl
     from requestflow.board.machine import platform_snapshot
 

@@ -397,7 +397,7 @@ class Farm:
     def __init__(self, n_boards: int, root_dir: Path | str, *, sshd: Path = SSHD, arm64: Sequence[int] = (),
                  arm64_rootfs: Path | None = None, shared: Sequence[Path] = ()) -> None:
         """``arm64``: the (1-based) boards that are arm64 boards, chrooted into ``arm64_rootfs``
-        (``operators.arm64.python_userland``); ``shared``: host folders they see at the same path besides the
+        (``operators.arm64_runner.python_userland``); ``shared``: host folders they see at the same path besides the
         farm's own (the x86 boards see the whole host)."""
         if arm64 and arm64_rootfs is None:
             raise ValueError("arm64 boards need arm64_rootfs")

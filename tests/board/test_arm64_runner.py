@@ -4,7 +4,7 @@ tflite accuracy and gives the x86 runner's predictions on the same images; its r
 detected with no setting at all (its Python is aarch64 code, /proc/cpuinfo the x86 host's), and its latencies
 are EMULATED.
 
-The userland and the wheels are the machine's (``operators.arm64``, ``$REQUESTFLOW_ARM64_CACHE``, default
+The userland and the wheels are the machine's (``operators.arm64_runner``, ``$REQUESTFLOW_ARM64_CACHE``, default
 ``~/.cache/requestflow/arm64``): cold about 10 s here, warm under a second. requestflow itself comes from this
 checkout (``PYTHONPATH``): provisioning a board from the wheelhouse is the farm board's business, not yet done.
 Needs root (mmdebstrap --mode=root)."""
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the arm64 userland ne
 
 @pytest.fixture(scope="module")
 def arm64():
-    from operators import arm64
+    from operators import arm64_runner as arm64
 
     absent = [tool for tool in ("mmdebstrap", "qemu-aarch64-static") if shutil.which(tool) is None]
     if absent:  # dev.sh test installs them: when root, their absence is a failure, not a skip

@@ -3,9 +3,10 @@
 the armcl backend under ``qemu-aarch64-static -L <arm64 userland>`` on this x86_64 machine, must give tf's top-1 on
 the same images and weights (0.25_224 .h5), NHWC and NCHW; every such result says it was emulated.
 
-The toolchain environment, the verified .debs, the build and the program are the machine's (``operators.arm64``,
-cached in ``$REQUESTFLOW_ARM64_CACHE``, default ``~/.cache/requestflow/arm64``, across runs and CI runs): cold about
-45 s here, warm a few seconds. The damage tests work on copies or in their own folders, never on the shared cache.
+The toolchain environment, the verified .debs, the build and the program are the machine's
+(``operators.arm64_toolchain``, ``operators.arm64_debian``, cached in ``$REQUESTFLOW_ARM64_CACHE``, default
+``~/.cache/requestflow/arm64``, across runs and CI runs): cold about 45 s here, warm a few seconds. The damage tests
+work on copies or in their own folders, never on the shared cache.
 Needs root (mmdebstrap --mode=root, chroot); ``./dev.sh test`` installs qemu-user-static and mmdebstrap."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import shutil
 import stat
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -42,10 +44,14 @@ def _missing(*tools: str) -> None:
 
 @pytest.fixture(scope="module")
 def arm64():
-    from operators import arm64
+    """The controller's arm64 modules (the toolchain environment; Debian's build and the cross compile), once
+    the tools they need are here."""
+    from operators import arm64_debian, arm64_toolchain
 
     _missing("mmdebstrap", "qemu-aarch64-static", "unshare", "dpkg-deb")
-    return arm64
+    return SimpleNamespace(toolchain=arm64_toolchain.toolchain, check_toolchain=arm64_toolchain.check_toolchain,
+                           fetch_debs=arm64_debian.fetch_debs, debian_binary_build=arm64_debian.debian_binary_build,
+                           check_build=arm64_debian.check_build, cross_compile=arm64_debian.cross_compile)
 
 
 @pytest.fixture(scope="module")
@@ -115,11 +121,15 @@ class TestDebiansBinaries:
         assert record["options"]["arch"] == "arm64-v8a" and record["options"]["neon"] == "1"
         assert record["options_from"].startswith("the build string embedded in libarm_compute.so")
         assert record["source"]["kind"] == "debian-binary"
-        assert {p["package"] for p in record["source"]["packages"]} == {"libarm-compute43", "libarm-compute-dev"}
+        assert {p["package"] for p in record["source"]["packages"]} == {
+            "libarm-compute43", "libarm-compute-dev", "libc6", "libstdc++6", "libgcc-s1"}
         assert all("signed InRelease" in p["verified_against"] for p in record["source"]["packages"])
         for name in record["libraries"]:
             assert elf_arch(build / "lib" / name) == "aarch64"
         assert (build / "include/arm_compute/graph.h").is_file()
+        assert set(record["runtime"]) == {"ld-linux-aarch64.so.1", "libc.so.6", "libm.so.6", "libstdc++.so.6",
+                                          "libgcc_s.so.1"}
+        assert all(elf_arch(build / "runtime" / name) == "aarch64" for name in record["runtime"])
 
     def test_a_damaged_deb_is_fetched_again_and_a_damaged_library_is_unpacked_again(self, arm64, tmp_path):
         lines = []
@@ -162,6 +172,69 @@ class TestTheProgram:
         with pytest.raises(UserError, match="is aarch64 code and this machine is x86_64: set \\$REQUESTFLOW_EMULATOR"):
             run(RunConfig(model="mobilenet-v1-0.25-128", backend="armcl", weights=["random"], repetitions=1,
                           warmup=0, progress=False, variant={"target": "NEON"}, armcl_build=str(build)))
+
+
+class TestTheShipmentToABoard:
+    """What a board whose userland is older than trixie (the farm board's bookworm: glibc 2.36) gets: the build
+    with trixie's runtime, and the program made for the build's place on the board, run through that runtime."""
+
+    @pytest.fixture(scope="class")
+    def bookworm(self):
+        from operators import arm64_runner
+
+        return arm64_runner.python_userland(ARM64_CACHE, log=lambda line: None)
+
+    @pytest.fixture(scope="class")
+    def shipped(self, chain, build, tmp_path_factory) -> tuple[Path, dict, Path]:
+        from operators.arm64_debian import board_shipment
+
+        at = tmp_path_factory.mktemp("board") / "armcl" / "builds" / build.name
+        tar, record = board_shipment(build, chain, str(at), tmp_path_factory.mktemp("shipments"),
+                                     log=lambda line: None)
+        at.mkdir(parents=True)
+        subprocess.run(["tar", "-xf", str(tar), "-C", str(at)], check=True)
+        return tar, record, at
+
+    def test_the_board_checks_every_file_it_unpacks(self, shipped):
+        _, record, at = shipped
+        check = subprocess.run(["sha256sum", "-c", "--quiet", "--strict", "SHA256SUMS"], cwd=at,
+                               capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert len((at / "SHA256SUMS").read_text().splitlines()) == record["files"]
+        assert json.loads((at / "build.json").read_text())["path"] == str(at)
+        program = Path(record["program"]["path"])
+        assert program.is_relative_to(at) and program.is_file()
+        assert armcl_program.compile_program(at)["reused"] is True  # the board compiles nothing
+
+    def test_its_program_runs_on_bookworms_userland_through_trixies_runtime(self, chain, program, shipped,
+                                                                           bookworm):
+        _, record, at = shipped
+        emulate = [shutil.which("qemu-aarch64-static"), "-L", str(bookworm.path)]
+        loaded = subprocess.run([*emulate, record["program"]["path"]], capture_output=True, text=True,
+                                env={"LD_TRACE_LOADED_OBJECTS": "1"}, timeout=120)
+        libraries = dict(line.split(" => ") for line in loaded.stdout.split("\n\t") if " => " in line)
+        assert {name.strip() for name in libraries} >= {"libarm_compute.so.43", "libstdc++.so.6", "libc.so.6"}
+        assert all(path.startswith(str(at)) for path in libraries.values()), loaded.stdout
+        result = subprocess.run([*emulate, record["program"]["path"], "--weights", "/nonexistent", "--layout",
+                                 "NWHC"], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+        assert result.returncode == 2 and result.stdout.startswith("ERROR --layout NHWC or NCHW")
+        # the program made for the toolchain's own userland does not load on bookworm's: why the runtime ships
+        plain = subprocess.run([*emulate, program["path"]], capture_output=True, text=True, timeout=120)
+        assert plain.returncode != 0 and "GLIBC" in plain.stderr, plain.stderr
+
+    def test_a_damaged_shipment_is_made_again_and_a_bad_place_refused(self, chain, build, shipped, tmp_path):
+        from operators.arm64_debian import board_shipment
+
+        tar, record, at = shipped
+        tar.write_bytes(tar.read_bytes()[:-1000])
+        lines: list[str] = []
+        again, remade = board_shipment(build, chain, str(at), tar.parent.parent, log=lines.append)
+        assert again == tar and any("the tar is damaged" in line for line in lines), lines
+        from requestflow.board.files import sha256_file
+
+        assert sha256_file(again) == remade["sha256"]
+        with pytest.raises(UserError, match="not a plain absolute path"):
+            board_shipment(build, chain, "armcl/builds/x", tmp_path)
 
 
 _TF: dict = {}

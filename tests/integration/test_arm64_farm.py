@@ -4,7 +4,7 @@ to qemu-aarch64-static, chrooted into bookworm's arm64 userland). Over SSH, as a
 says aarch64, ``python3.11`` is aarch64 code, SFTP works on the board's work dir, and requestflow's runner run on
 the board gives the x86 runner's tflite predictions with ``machine.emulated`` detected on the board itself.
 
-Here the runner's dependencies come from ``operators.arm64.runner_site`` and requestflow from this checkout,
+Here the runner's dependencies come from ``operators.arm64_runner.runner_site`` and requestflow from this checkout,
 shared with the board; ``tests/integration/test_arm64_provision.py`` provisions the same board through
 ``board_provision``
 (the aarch64 wheelhouse, ``pip --no-index`` on the board). Not yet: ``./dev.sh farm up arm64``. Needs root, the
@@ -30,7 +30,7 @@ IMAGES = 10
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory, models_dir):
     require_arm64_board()
-    from operators import arm64
+    from operators import arm64_runner as arm64
 
     userland = arm64.python_userland(ARM64_CACHE, log=lambda line: None)
     site = arm64.runner_site(ARM64_CACHE, log=lambda line: None)

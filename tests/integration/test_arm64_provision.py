@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from operators import wheel_target
-from operators.deploy import build_bundle
+from operators.bundle import build_bundle
 from tests.airflow_run import airflow_databases, run_dag
 from tests.farm import Farm, require_arm64_board
 
@@ -91,7 +91,7 @@ def bundle():
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory):
     require_arm64_board()
-    from operators import arm64
+    from operators import arm64_runner as arm64
 
     userland = arm64.python_userland(ARM64_CACHE, log=lambda line: None)
     with Farm(1, tmp_path_factory.mktemp("farm"), arm64=[1], arm64_rootfs=userland.path) as farm:

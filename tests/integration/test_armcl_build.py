@@ -1,4 +1,5 @@
-"""Building ArmCL (operators/armcl.py, requestflow/board/armcl.py, requestflow/results/builds.py).
+"""Building ArmCL (operators/armcl_sources.py, armcl_spec.py and armcl_build.py, requestflow/board/armcl.py,
+requestflow/results/builds.py).
 
 A spec's options are checked against an allowlist before anything runs and completed from the board's platform;
 Debian's source (trixie, 24.11) is fetched through a private apt configuration, checked and cached; the board-side
@@ -26,20 +27,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from operators import armcl
-from operators.armcl import (
-    ArmclBuildFailed,
-    ArmclBuildOperator,
-    ArmclSource,
-    ArmclSpec,
-    SourceError,
-    cache_key,
-    fetch_debian_source,
-    options_for,
-    parse_checksums,
-    parse_control,
-    tarball_from,
-)
+from operators import armcl_sources
+from operators.armcl_build import ArmclBuildFailed, ArmclBuildOperator
+from operators.armcl_sources import SourceError, fetch_debian_source, parse_checksums, parse_control, tarball_from
+from operators.armcl_spec import ArmclSource, ArmclSpec, cache_key, options_for
 from requestflow.board import armcl as board_armcl
 from requestflow.board.files import sha256_file
 from requestflow.errors import UserError
@@ -218,6 +209,18 @@ class TestSpec:
         with pytest.raises(UserError, match="ArmCL version 'latest'"):
             ArmclSpec("latest")
 
+    def test_debian_binary_takes_debians_options_and_a_suite_name(self):
+        spec = ArmclSpec(source={"kind": "debian-binary"})
+        assert spec.source == ArmclSource("debian-binary", suite="trixie")
+        assert spec.to_dict()["source"] == {"kind": "debian-binary", "suite": "trixie"}
+        assert ArmclSpec.from_value(spec.to_dict()) == spec
+        with pytest.raises(UserError, match="built with Debian's options .* not neon: drop them"):
+            ArmclSpec(source={"kind": "debian-binary"}, options={"neon": 1})
+        with pytest.raises(UserError, match="ArmCL source suite 'trixie; rm -rf /'"):
+            ArmclSource("debian-binary", suite="trixie; rm -rf /")
+        with pytest.raises(UserError, match="expected debian, debian-binary, tarball, git"):
+            ArmclSource("debian-bin")
+
     def test_the_operator_refuses_a_bad_spec_when_the_dag_is_parsed(self):
         with pytest.raises(UserError, match="ArmCL option neon: 'maybe'"):
             ArmclBuildOperator(task_id="armcl", board_conn_id="local", spec={"options": {"neon": "maybe"}})
@@ -318,7 +321,7 @@ class TestDebianSource:
         # the checksums the tarball was checked against: the signed index's entry of the source package (its .dsc's
         # fields), and the .dsc itself where the mirror serves it
         apt = folder.parent / "apt"
-        index = parse_control(armcl._PrivateApt(apt, (apt / "sources.list").read_text().strip()).run(
+        index = parse_control(armcl_sources.PrivateApt(apt, (apt / "sources.list").read_text().strip()).run(
             "apt-cache", "showsrc", "--only-source", "arm-compute-library"))
         stanza = next(s for s in index if s["Version"] == record["debian_version"])
         assert parse_checksums(stanza["Checksums-Sha256"])[record["file"]][0] == debian_source.sha256
@@ -334,7 +337,7 @@ class TestDebianSource:
         def offline(self, *command, cwd=None):
             raise AssertionError(f"apt ran for a cached source: {command}")
 
-        monkeypatch.setattr(armcl._PrivateApt, "run", offline)
+        monkeypatch.setattr(armcl_sources.PrivateApt, "run", offline)
         started = time.monotonic()
         assert fetch_debian_source("24.11") == debian_source
         TIMINGS["fetch debian source (cached)"] = time.monotonic() - started
@@ -348,7 +351,7 @@ class TestDebianSource:
             attempts.append(command)
             raise SourceError("offline")
 
-        monkeypatch.setattr(armcl._PrivateApt, "run", offline)
+        monkeypatch.setattr(armcl_sources.PrivateApt, "run", offline)
         try:
             debian_source.path.write_bytes(original[:-1] + b"X")
             with pytest.raises(SourceError, match="offline"):
@@ -396,23 +399,23 @@ class TestSourceChecks:
 
         good = b"the real tarball"
         sha = hashlib.sha256(good).hexdigest()
-        monkeypatch.setattr(armcl.shutil, "which", lambda name: "/usr/bin/" + name)
-        monkeypatch.setattr(armcl._PrivateApt, "run", FakeApt(good, sha, sha))
+        monkeypatch.setattr(armcl_sources.shutil, "which", lambda name: "/usr/bin/" + name)
+        monkeypatch.setattr(armcl_sources.PrivateApt, "run", FakeApt(good, sha, sha))
         source = fetch_debian_source("24.11", tmp_path / "a", log=lambda line: None)
         record = json.loads((source.path.parent / "source.json").read_text())
         assert record["verified_against"][0] == "arm-compute-library_24.11+dfsg-3.dsc"
         assert (source.sha256, source.path.read_bytes()) == (sha, good)
 
-        monkeypatch.setattr(armcl._PrivateApt, "run", FakeApt(b"a different tarball", sha, sha))
+        monkeypatch.setattr(armcl_sources.PrivateApt, "run", FakeApt(b"a different tarball", sha, sha))
         with pytest.raises(SourceError, match=rf"orig\.tar\.xz \(Checksums-Sha256 of arm-compute-library "
                                               rf"24\.11\+dfsg-3\): sha256 is [0-9a-f]{{64}}, expected {sha}"):
             fetch_debian_source("24.11", tmp_path / "b", log=lambda line: None)
-        monkeypatch.setattr(armcl._PrivateApt, "run", FakeApt(good, sha, "1" * 64))
+        monkeypatch.setattr(armcl_sources.PrivateApt, "run", FakeApt(good, sha, "1" * 64))
         with pytest.raises(SourceError, match=r"\.dsc lists arm-compute-library_24\.11\+dfsg\.orig\.tar\.xz with "
                                               r"sha256 1111"):
             fetch_debian_source("24.11", tmp_path / "c", log=lambda line: None)
         lines: list[str] = []
-        monkeypatch.setattr(armcl._PrivateApt, "run", FakeApt(good, sha, None))  # a mirror without the .dsc
+        monkeypatch.setattr(armcl_sources.PrivateApt, "run", FakeApt(good, sha, None))  # a mirror without the .dsc
         source = fetch_debian_source("24.11", tmp_path / "d", log=lines.append)
         assert source.sha256 == sha and any("checked against the signed index only" in line for line in lines)
         with pytest.raises(UserError, match=r"arm-compute-library 23\.08 is not in Debian trixie \(it has "
@@ -609,7 +612,8 @@ def farm_board(farm, board_work_root):
     Airflow Connection ``rfb1``."""
     from operators.board_hook import BoardHook
     from operators.board_settings import BoardSettings
-    from operators.deploy import build_bundle, deploy_runner
+    from operators.bundle import build_bundle
+    from operators.deploy import deploy_runner
 
     board = farm.boards[0]
     settings = BoardSettings(name=board.name, host=board.host, user="root", key_file=str(board.key_file),
@@ -729,6 +733,27 @@ class TestOperatorOnAFarmBoard:
 
 
 class TestOperatorOnTheLocalBoard:
+    def test_debian_binary_is_skipped_by_provisioning_and_fails_its_points_on_an_x86_64_board(self, results_url,
+                                                                                             monkeypatch, tmp_path):
+        """Debian's arm64 packages are for aarch64 boards: board_provision (no points) skips the build on this
+        x86_64 machine, a sweep whose points name it fails them, before anything is fetched."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        monkeypatch.setenv("REQUESTFLOW_STATE", str(tmp_path / "state"))
+        monkeypatch.setenv("REQUESTFLOW_CACHE", str(tmp_path / "nothing-fetched"))
+        spec = {"version": "24.11", "source": {"kind": "debian-binary", "suite": "trixie"}}
+        provisioning = ArmclBuildOperator(task_id="armcl", board_conn_id="local", spec=spec)
+        with pytest.raises(AirflowSkipException, match="made for aarch64 boards .*, not for a x86_64 board"):
+            provisioning.execute(context("armcl-debian-binary-provision"))
+        points = [dict(p, armcl_build="debian") for p in POINTS[:1]]
+        sweep = ArmclBuildOperator(task_id="armcl", board_conn_id="local", spec=spec, points=points,
+                                   build_name="debian")
+        with pytest.raises(ArmclBuildFailed, match="board local: ArmCL from Debian's binaries is made for aarch64"):
+            sweep.execute(context("armcl-debian-binary-sweep"))
+        failures = query(results_url, "SELECT error_type, message FROM point_failures")
+        assert len(failures) == 1 and "not for a x86_64 board" in failures[0]["message"]
+        assert not (tmp_path / "nothing-fetched").exists()
+
     def test_a_killed_build_leaves_no_process_and_no_half_build(self, sources, results_url, monkeypatch, tmp_path):
         need("scons")
         monkeypatch.setenv("REQUESTFLOW_STATE", str(tmp_path / "state"))
