@@ -235,7 +235,7 @@ def write_results(results: dict, out: Path) -> None:
             part = " (part of the row above)" if b["what"].startswith("  ") else ""
             lines.append(f"| {cell(b['what'].strip())}{part} | {b['seconds']:.2f} | "
                          f"{b['seconds'] / sweep['wall_s']:.1%} | {cell(b['note'])} |")
-        lines += ["", f"Outside the wall: `local_airflow.prepare` {sweep['prepare_s']:.1f} s (metadata migration of a "
+        lines += ["", f"Outside the wall: `airflow_home.prepare` {sweep['prepare_s']:.1f} s (metadata migration of a "
                       f"fresh database, pools); the Airflow process ran {sweep['command_wall_s']:.1f} s in all."]
 
     if store:

@@ -2,7 +2,7 @@
 """Sweep overhead: how much of a sweep's wall time is spent outside the board-side runner processes.
 
 A real performance sweep of every MobileNets-v1 config (16) on ``tflite`` and ``tf`` runs on the local board
-through requestflow's own path: ``operators.local_airflow`` makes a local Airflow ready (metadata database
+through requestflow's own path: ``operators.local.airflow_home`` makes a local Airflow ready (metadata database
 migrated, the board's pool) and runs the DAG ``mobilenets_sweep`` once with ``dag.test()`` in a subprocess, as
 ``requestflow sweep`` does. Everything is temporary: a results database and an Airflow metadata database on the
 test PostgreSQL server (``--server``, created and dropped like ``bench_store.py``) and a state folder
@@ -71,24 +71,24 @@ class BenchError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The Airflow subprocess (dag mode): operators.local_airflow's own run-dag, offline
+# The Airflow subprocess (dag mode): operators.local.dag_run's own run-dag, offline
 
 
 def child_main(argv: list[str]) -> int:
-    """``run-dag DAG_ID CONF OUTCOME`` of ``operators.local_airflow``, offline (configs without real weights run on
+    """``run-dag DAG_ID CONF OUTCOME`` of ``operators.local.dag_run``, offline (configs without real weights run on
     random ones)."""
     sys.path.insert(0, str(ROOT))
-    from operators import local_airflow
+    from operators.local import dag_run
 
     os.environ["REQUESTFLOW_OFFLINE"] = "1"  # configs without real weights here: random ones, no download tried
     profile = os.environ.get(PROFILE_ENV)
     if not profile:
-        return local_airflow._main(["run-dag", *argv])
+        return dag_run.main(["run-dag", *argv])
     import cProfile
 
     profiler = cProfile.Profile()
     try:
-        return profiler.runcall(local_airflow._main, ["run-dag", *argv])
+        return profiler.runcall(dag_run.main, ["run-dag", *argv])
     finally:
         profiler.dump_stats(profile)
 
@@ -215,7 +215,7 @@ class Sweep:
     stored: list[Stored]
     lines: list[Line] = field(default_factory=list)
     command_wall_s: float = 0.0  # the Airflow subprocess (or the whole `requestflow sweep` command)
-    prepare_s: float = 0.0  # local_airflow.prepare, dag mode only
+    prepare_s: float = 0.0  # airflow_home.prepare, dag mode only
 
 
 def task_attempts(metadata_url: str) -> tuple[str, str, list[Attempt]]:
@@ -402,18 +402,18 @@ def run_sweep(args, urls: dict[str, str], state: Path, data: Path, workdir: Path
         os.environ.update(env)  # prepare() reads REQUESTFLOW_STATE and friends from the environment
         try:
             sys.path.insert(0, str(ROOT))
-            from operators import local_airflow
+            from operators.local import airflow_home, dag_run
             from requestflow.results.database import upgrade
 
             start = time.perf_counter()
             upgrade(sqlalchemy(urls["results"]))  # as `requestflow sweep` does before Airflow starts
-            airflow_env = local_airflow.prepare(urls["airflow"], sqlalchemy(urls["results"]), [BOARD],
-                                                log=lambda line: print(f"  prepare: {line}", flush=True))
+            airflow_env = airflow_home.prepare(urls["airflow"], sqlalchemy(urls["results"]), [BOARD],
+                                               log=lambda line: print(f"  prepare: {line}", flush=True))
             prepare_s = time.perf_counter() - start
         finally:
             os.environ.clear()
             os.environ.update(saved)
-        env = {"AIRFLOW__LOGGING__NAMESPACE_LEVELS": local_airflow.QUIET_LOGGERS,
+        env = {"AIRFLOW__LOGGING__NAMESPACE_LEVELS": dag_run.QUIET_LOGGERS,
                "AIRFLOW__LOGGING__CALLSITE_PARAMETERS": "", **env, **airflow_env}
         if args.profile:
             env[PROFILE_ENV] = str(args.profile.resolve())
@@ -488,10 +488,10 @@ def report(args, sweep: Sweep, load_start: str, total_s: float) -> dict:
     before = (first_task - sweep.lines[0].at) if sweep.lines else None
     if args.real_weights_only:
         print(f"  outside the wall: {optional(before, '.1f')} s in `requestflow sweep` before the first task (the "
-              f"store's schema, local_airflow.prepare, DAG parsing, dag.test set-up); the command ran "
+              f"store's schema, airflow_home.prepare, DAG parsing, dag.test set-up); the command ran "
               f"{sweep.command_wall_s:.1f} s in all")
     else:
-        print(f"  outside the wall: local_airflow.prepare {sweep.prepare_s:.1f} s (metadata migration, pools) and, "
+        print(f"  outside the wall: airflow_home.prepare {sweep.prepare_s:.1f} s (metadata migration, pools) and, "
               f"in the Airflow process, {optional(before, '.1f')} s before the first task (imports, DAG parsing, "
               f"dag.test set-up); that process ran {sweep.command_wall_s:.1f} s in all")
 

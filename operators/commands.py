@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from operators.local import stopping
 from requestflow.cli import Command
 from requestflow.errors import UserError
 from requestflow.results.results_commands import DB_HELP, open_store
@@ -34,6 +35,7 @@ def names_option(values: list[str] | None, known, what: str) -> list[str] | None
     return names
 
 
+@stopping.signals_end_the_command  # SIGTERM before the run started: its subprocess stopped too
 def cmd_sweep(args, argv) -> int:
     from urllib.parse import quote
 
@@ -64,8 +66,8 @@ def cmd_sweep(args, argv) -> int:
                                  ("--image-limit", "image_limit", 1)):
         if conf[key] is not None and conf[key] < minimum:
             raise UserError(f"{option} must be at least {minimum}, got {conf[key]}")
-    from operators import local_airflow
     from operators.config import inventory
+    from operators.local import airflow_home, dag_run
 
     try:
         boards = inventory()
@@ -76,17 +78,17 @@ def cmd_sweep(args, argv) -> int:
                         f"{', '.join(boards)}")
     conf = {"boards": [args.board], **{k: v for k, v in conf.items() if v is not None}}  # only what was chosen
     if args.airflow_db:
-        local_airflow.airflow_url(args.airflow_db)  # PostgreSQL only, checked before anything starts
+        airflow_home.airflow_url(args.airflow_db)  # PostgreSQL only, checked before anything starts
 
     engine, results_url = open_store(args)
     try:
-        env = local_airflow.prepare(args.airflow_db, results_url, boards)
-        conflict = local_airflow.scheduler_conflict(env, args.dag)
+        env = airflow_home.prepare(args.airflow_db, results_url, boards)
+        conflict = dag_run.scheduler_conflict(env, args.dag)
         if conflict:
             raise UserError(conflict)
         print(f"requestflow: running {args.dag} through Airflow on board {args.board}: {json.dumps(conf)}",
               flush=True)
-        outcome = local_airflow.run_dag(env, conf, args.dag)
+        outcome = dag_run.run_dag(env, conf, args.dag)
     except RuntimeError as exc:  # airflow db migrate, pools import or the run itself failed: their own words
         print(f"requestflow: error: {exc}", file=sys.stderr)
         return 1
@@ -147,7 +149,7 @@ def cmd_replay(args, argv) -> int:
     engine, _ = open_store(args)
     try:
         point = stored(engine, args.point)
-        from operators.replay import run_on_board
+        from operators.replay_board import run_on_board
 
         print(f"requestflow: replaying result {point.result_id} (point {point.point_id[:16]}) on board {point.board}",
               flush=True)
@@ -168,17 +170,17 @@ def cmd_replay(args, argv) -> int:
 
 
 def cmd_airflow_env(args, argv) -> int:
-    from operators import local_airflow
+    from operators.local import airflow_home
 
     if args.airflow_db:
-        local_airflow.airflow_url(args.airflow_db)  # PostgreSQL only, checked before anything starts
+        airflow_home.airflow_url(args.airflow_db)  # PostgreSQL only, checked before anything starts
     _, results_url = open_store(args)
     try:
-        env = local_airflow.prepare(args.airflow_db, results_url)
+        env = airflow_home.prepare(args.airflow_db, results_url)
     except RuntimeError as exc:
         print(f"requestflow: error: {exc}", file=sys.stderr)
         return 1
-    print(local_airflow.exports(env))
+    print(airflow_home.exports(env))
     return 0
 
 

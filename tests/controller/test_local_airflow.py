@@ -1,4 +1,4 @@
-"""requestflow's local Airflow (operators/local_airflow.py) and ``requestflow sweep``: the environment it builds (a
+"""requestflow's local Airflow (operators/local/) and ``requestflow sweep``: the environment it builds (a
 home in the state folder, this checkout's DAGs, PostgreSQL metadata, never SQLite), and sweeps run end to end
 through Airflow on the local board, against the test PostgreSQL (a throwaway database for Airflow's metadata and
 one for the results, dropped afterwards; migrated once for the module)."""
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from operators import local_airflow
+from operators.local import airflow_home
 from requestflow.errors import UserError
 from requestflow.results.database import sqlalchemy_url
 from requestflow.results.query import read_only
@@ -30,7 +30,7 @@ MODEL = "mobilenet-v1-0.25-128"
 
 class TestTheEnvironment:
     def test_home_in_the_state_folder_this_checkouts_dags_and_postgresql_metadata(self, tmp_path):
-        env = local_airflow.environment("postgres://rf:secret@db.example:5433/airflow",
+        env = airflow_home.environment("postgres://rf:secret@db.example:5433/airflow",
                                         "postgresql+psycopg://rf@db.example/results", state=tmp_path)
         assert env["AIRFLOW_HOME"] == str(tmp_path / "airflow")
         assert env["REQUESTFLOW_STATE"] == str(tmp_path)
@@ -45,36 +45,36 @@ class TestTheEnvironment:
     @pytest.mark.parametrize("url", ["sqlite:////tmp/airflow.db", "sqlite://", "mysql://u@h/airflow"])
     def test_anything_but_postgresql_is_refused_for_the_metadata(self, url):
         with pytest.raises(UserError, match="PostgreSQL only"):
-            local_airflow.airflow_url(url)
+            airflow_home.airflow_url(url)
 
     def test_by_default_the_metadata_is_the_database_airflow_of_the_embedded_server(self, monkeypatch):
-        monkeypatch.delenv(local_airflow.METADATA_ENV, raising=False)
+        monkeypatch.delenv(airflow_home.METADATA_ENV, raising=False)
         monkeypatch.setattr("requestflow.results.embedded.embedded_url",
                             lambda: "postgresql://postgres:@/postgres?host=/state/postgres")
-        url, origin = local_airflow.metadata_url()
+        url, origin = airflow_home.metadata_url()
         assert url == "postgresql+psycopg2://postgres@/airflow?host=%2Fstate%2Fpostgres"
         assert "embedded" in origin
-        monkeypatch.setenv(local_airflow.METADATA_ENV, "postgresql://a@b/meta")
-        assert local_airflow.metadata_url() == ("postgresql+psycopg2://a@b/meta", local_airflow.METADATA_ENV)
-        assert local_airflow.metadata_url("postgresql://c@d/x")[0] == "postgresql+psycopg2://c@d/x"
+        monkeypatch.setenv(airflow_home.METADATA_ENV, "postgresql://a@b/meta")
+        assert airflow_home.metadata_url() == ("postgresql+psycopg2://a@b/meta", airflow_home.METADATA_ENV)
+        assert airflow_home.metadata_url("postgresql://c@d/x")[0] == "postgresql+psycopg2://c@d/x"
 
     def test_the_config_file_holds_the_same_settings_and_keeps_its_secrets(self, tmp_path):
-        env = local_airflow.environment("postgresql://postgres:@/airflow?host=/state/postgres", state=tmp_path)
-        path = local_airflow.write_config(env)
+        env = airflow_home.environment("postgresql://postgres:@/airflow?host=/state/postgres", state=tmp_path)
+        path = airflow_home.write_config(env)
         assert path == tmp_path / "airflow" / "airflow.cfg" and oct(path.stat().st_mode & 0o777) == "0o600"
         parsed = configparser.ConfigParser()  # Airflow's interpolation: the URL's %2F written as %%2F
         parsed.read(path)
         assert parsed.get("database", "sql_alchemy_conn") == env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
         assert parsed.get("core", "dags_folder") == str(ROOT / "dags")
         secrets = {k: parsed.get(s, k) for s, k in (("api_auth", "jwt_secret"), ("core", "fernet_key"))}
-        local_airflow.write_config(env)
+        airflow_home.write_config(env)
         parsed.read(path)
         assert {k: parsed.get(s, k) for s, k in (("api_auth", "jwt_secret"), ("core", "fernet_key"))} == secrets
         assert "sqlite" not in path.read_text()
 
     def test_the_exports_survive_a_shell(self, tmp_path):
-        env = local_airflow.environment("postgresql://u:p$x@h/airflow", state=tmp_path / "with space")
-        shell = subprocess.run(["bash", "-c", f'{local_airflow.exports(env)}\n'
+        env = airflow_home.environment("postgresql://u:p$x@h/airflow", state=tmp_path / "with space")
+        shell = subprocess.run(["bash", "-c", f'{airflow_home.exports(env)}\n'
                                               'printf "%s\\n" "$AIRFLOW_HOME" "$AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"'],
                                capture_output=True, text=True, check=True)
         assert shell.stdout.splitlines() == [env["AIRFLOW_HOME"], env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]]
@@ -143,7 +143,9 @@ class TestASweepThroughAirflow:
     def test_it_succeeds_and_prints_this_runs_scoreboard_row(self, sweep):
         assert sweep.returncode == 0, sweep.stdout[-4000:] + sweep.stderr[-4000:]
         assert "airflow db migrate" in sweep.stderr  # a fresh metadata database
-        assert re.search(rf"^local\s+{MODEL}\s+tflite\s+uint8\s+\d+\s+\d+\.\d+", sweep.stdout, re.M), sweep.stdout
+        # board, model, backend, variant (the readable label: XNNPACK), precision, threads, median in ms
+        assert re.search(rf"^local\s+{MODEL}\s+tflite\s+XNNPACK\s+uint8\s+\d+\s+\d+\.\d+", sweep.stdout, re.M), \
+            sweep.stdout
         assert "http://127.0.0.1:8080/dags/mobilenets_sweep/runs/" in sweep.stdout
 
     def test_the_row_is_in_the_results_store_under_the_airflow_run_id(self, sweep, databases):
@@ -214,7 +216,7 @@ class TestASweepThroughAirflow:
                              "--modes", "performance", "--weights", "random", "--repetitions", "2")
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert '"weights": "random"' in result.stdout  # the run's conf, as the command prints it
-        assert re.search(r"^local\s+mobilenet-v1-0\.5-128\s+tflite\s+fp32\s+\d+\s+\d+\.\d+", result.stdout,
+        assert re.search(r"^local\s+mobilenet-v1-0\.5-128\s+tflite\s+XNNPACK\s+fp32\s+\d+\s+\d+\.\d+", result.stdout,
                          re.M), result.stdout[-3000:]
 
     def test_a_failed_point_makes_the_command_fail_with_a_clear_line(self, sweep, databases):

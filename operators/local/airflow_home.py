@@ -1,15 +1,11 @@
-"""A local Airflow for requestflow: its environment, its metadata database, its pools, and one sweep run through it.
-
-Controller world, and imports no Airflow at module level: Airflow reads its configuration when first imported, so
-everything here builds an environment and runs Airflow in a subprocess with it (``airflow db migrate``,
-``airflow pools import``, and ``python -m operators.local_airflow run-dag``, which runs a DAG once with
-``dag.test()``: one process, the tasks one after the other, their logs on the terminal).
+"""The local Airflow's home: its environment, ``airflow.cfg``, its metadata database (created and migrated when
+needed) and one pool per board, made ready by ``prepare``.
 
 The local Airflow lives in requestflow's state folder (``<state>/airflow`` is its ``AIRFLOW_HOME``), reads the DAGs
 of this checkout, keeps its metadata in the database ``airflow`` of the embedded PostgreSQL (the results stay in
 their own database, ``postgres``, of the same server) or in the PostgreSQL given by ``--airflow-db URL`` /
 ``$REQUESTFLOW_AIRFLOW_DATABASE_URL``; never SQLite. ``requestflow airflow-env`` prints the same environment as
-``export`` lines, for ``airflow standalone`` and friends.
+``export`` lines (``exports``), for ``airflow standalone`` and friends.
 """
 
 from __future__ import annotations
@@ -25,19 +21,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from operators import stopping
-from operators.config import ROOT
+from operators.config import ROOT, inventory, pool_name
 from requestflow.errors import UserError
 
 METADATA_DATABASE = "airflow"
 METADATA_ENV = "REQUESTFLOW_AIRFLOW_DATABASE_URL"
 STAMP = ".requestflow-migrated"  # in AIRFLOW_HOME: what `airflow db migrate` last brought to head
 POOL_DESCRIPTION = "requestflow: one point at a time on board {board}"
-DEFAULT_DAG = "mobilenets_sweep"
-# A sweep run from the terminal shows its tasks' own lines; Airflow's bookkeeping only when something is wrong
-QUIET_LOGGERS = ("airflow.api_fastapi=warning airflow.dag_processing=warning airflow.serialization=warning "
-                 "airflow.models=warning airflow.task.operators.airflow=warning task=warning "
-                 "py.warnings=error")
 
 
 def airflow_home(state: Path | None = None) -> Path:
@@ -191,7 +181,7 @@ def write_config(env: dict[str, str]) -> Path:
     sections.setdefault("api_auth", {})["jwt_secret"] = kept("api_auth", "jwt_secret",
                                                              lambda: secrets.token_urlsafe(32))
     sections.setdefault("api", {})["secret_key"] = kept("api", "secret_key", lambda: secrets.token_urlsafe(16))
-    lines = ["# Written by requestflow (operators/local_airflow.py) on every `requestflow sweep` / `airflow-env`:",
+    lines = ["# Written by requestflow (operators/local/airflow_home.py) on every `requestflow sweep` / `airflow-env`:",
              "# the local Airflow's settings (also exported by `requestflow airflow-env`) and this home's secrets.",
              "# Airflow's defaults apply to everything else; AIRFLOW__SECTION__KEY variables override this file."]
     for section, options in sections.items():
@@ -242,7 +232,7 @@ def migrate_if_needed(env: dict[str, str], log: Callable[[str], None]) -> bool:
         return False
     log(f"airflow db migrate ({shown(url)}; the first time takes a minute or two)")
     started = time.monotonic()
-    _airflow(env, "db", "migrate", timeout=900)
+    airflow_cli(env, "db", "migrate", timeout=900)
     revision = _revision(url)
     stamp_file.parent.mkdir(parents=True, exist_ok=True)
     stamp_file.write_text(json.dumps({**want, "revision": revision}) + "\n")
@@ -254,8 +244,6 @@ def ensure_pools(env: dict[str, str], boards: list[str], log: Callable[[str], No
     """One pool of one slot per board (``board_<name>``), created when missing; the names created."""
     import psycopg
     from sqlalchemy.engine import make_url
-
-    from operators.config import pool_name
 
     url = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
@@ -273,14 +261,14 @@ def ensure_pools(env: dict[str, str], boards: list[str], log: Callable[[str], No
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
             json.dump(missing, handle)
         try:
-            _airflow(env, "pools", "import", handle.name)
+            airflow_cli(env, "pools", "import", handle.name)
         finally:
             os.unlink(handle.name)
         log(f"created pool(s) {', '.join(missing)} (1 slot each)")
     return list(missing)
 
 
-def _airflow(env: dict[str, str], *args: str, timeout: float = 300) -> str:
+def airflow_cli(env: dict[str, str], *args: str, timeout: float = 300) -> str:
     result = subprocess.run([airflow_binary(), *args], env={**os.environ, **env}, capture_output=True, text=True,
                             timeout=timeout, stdin=subprocess.DEVNULL, cwd=str(ROOT))
     if result.returncode != 0:
@@ -293,8 +281,6 @@ def prepare(metadata: str | None = None, results: str | None = None, boards: lis
             log: Callable[[str], None] | None = None) -> dict[str, str]:
     """Make the local Airflow ready: metadata database created and migrated (only when needed), one pool per
     board of the inventory. Returns its environment (see ``environment``)."""
-    from operators.config import inventory
-
     log = log or (lambda line: print(f"requestflow: {line}", file=sys.stderr, flush=True))
     url, origin = metadata_url(metadata)
     if ensure_database(url):
@@ -304,116 +290,3 @@ def prepare(metadata: str | None = None, results: str | None = None, boards: lis
     migrate_if_needed(env, log)
     ensure_pools(env, boards if boards is not None else inventory(), log)
     return env
-
-
-def scheduler_conflict(env: dict[str, str], dag_id: str) -> str | None:
-    """Why ``dag.test()`` must not run now, if it must not: a live scheduler on the same metadata database also
-    schedules the running runs of unpaused DAGs, test runs included, so the same points could run twice at once."""
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    dsn = make_url(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]).set(drivername="postgresql")
-    with psycopg.connect(dsn.render_as_string(hide_password=False), connect_timeout=15) as connection:
-        alive = connection.execute("SELECT count(*) FROM job WHERE job_type = 'SchedulerJob' AND state = 'running' "
-                                   "AND latest_heartbeat > now() - interval '60 seconds'").fetchone()[0]
-        row = connection.execute("SELECT is_paused FROM dag WHERE dag_id = %s", (dag_id,)).fetchone()
-    if alive and row is not None and not row[0]:
-        return (f"an Airflow scheduler is running on this metadata database and {dag_id} is unpaused: trigger the "
-                f"sweep from the UI (or `airflow dags trigger {dag_id} --conf ...`), or pause {dag_id}, or stop "
-                "the scheduler first")
-    return None
-
-
-def run_dag(env: dict[str, str], conf: dict, dag_id: str = DEFAULT_DAG) -> dict:
-    """Run ``dag_id`` once with ``conf`` through Airflow (``dag.test()`` in a subprocess with ``env``), its output
-    on this terminal. The outcome: ``{"run_id", "state", "failed": [...]}``; UserError when Airflow refused the
-    DAG or its conf (unknown DAG or param, a value the Params reject), or a scheduler would run it too."""
-    conflict = scheduler_conflict(env, dag_id)
-    if conflict:
-        raise UserError(conflict)
-    with tempfile.TemporaryDirectory(prefix="rf-run-") as tmp:
-        outcome_file = Path(tmp) / "outcome.json"
-        process = subprocess.Popen([sys.executable, "-m", "operators.local_airflow", "run-dag", dag_id,
-                                    json.dumps(conf), str(outcome_file)], cwd=str(ROOT),
-                                   env={"AIRFLOW__LOGGING__NAMESPACE_LEVELS": QUIET_LOGGERS,
-                                        "AIRFLOW__LOGGING__CALLSITE_PARAMETERS": "", **os.environ, **env},
-                                   stdin=subprocess.DEVNULL)
-        stopped_by = stopping.wait(process, _stop_file(outcome_file))  # SIGINT/SIGTERM stop the run (#22)
-        outcome = json.loads(outcome_file.read_text()) if outcome_file.is_file() else None
-    if stopped_by is not None:
-        stopping.end_as(stopped_by)
-    if outcome is None:
-        raise RuntimeError(f"the Airflow run of {dag_id} ended (exit {process.returncode}) without an outcome")
-    if outcome.get("refused"):
-        raise UserError(outcome["refused"])
-    return outcome
-
-
-def _stop_file(outcome_file: Path) -> Path:
-    """Beside the run's outcome file: written when the command asks the run to stop (``operators.stopping``)."""
-    return outcome_file.with_name("stop")
-
-
-# -- inside the Airflow process -----------------------------------------------------------------------------------
-
-def _run_dag_here(dag_id: str, conf: dict) -> dict:
-    """Runs in the subprocess, with the environment set before Airflow is imported."""
-    import copy
-    import logging
-
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # the results store's schema check, at every task
-
-    from airflow.dag_processing.dagbag import DagBag
-    from airflow.sdk.exceptions import ParamValidationError
-
-    bag = DagBag(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
-    if bag.import_errors:
-        path, error = next(iter(bag.import_errors.items()))
-        return {"refused": f"the DAGs do not import: {path}: {str(error).strip().splitlines()[-1]}"}
-    dag = bag.dags.get(dag_id)
-    if dag is None:
-        return {"refused": f"no DAG {dag_id!r} in {os.environ['AIRFLOW__CORE__DAGS_FOLDER']}; "
-                           f"known: {', '.join(sorted(bag.dags))}"}
-    unknown = sorted(set(conf) - set(dag.params.keys()))
-    if unknown:
-        return {"refused": f"DAG {dag_id} has no param {unknown[0]!r}; its params: {', '.join(dag.params.keys())}"}
-    params = copy.deepcopy(dag.params)
-    try:
-        for key, value in conf.items():
-            params[key] = value
-        params.validate()
-    except ParamValidationError as exc:
-        return {"refused": f"DAG {dag_id} refused its conf: {str(exc).strip().splitlines()[0]}"}
-    run = dag.test(run_conf=conf)
-    return {"run_id": run.run_id, "state": str(run.state), "failed": _failed_tasks(dag_id, run.run_id)}
-
-
-def _failed_tasks(dag_id: str, run_id: str) -> list[dict]:
-    """Task instances of the run that did not succeed. The run's own state is not enough: Airflow decides it from
-    the leaves alone (here the summary, which runs whatever happened, and the boards' clock teardowns)."""
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        tis = session.scalars(select(TaskInstance).where(TaskInstance.dag_id == dag_id,
-                                                         TaskInstance.run_id == run_id)).all()
-        return [{"task_id": ti.task_id, "map_index": ti.map_index, "label": ti.rendered_map_index,
-                 "state": str(ti.state)}
-                for ti in sorted(tis, key=lambda t: (t.task_id, t.map_index))
-                if str(ti.state) not in ("success", "skipped")]
-
-
-def _main(argv: list[str]) -> int:
-    if len(argv) != 4 or argv[0] != "run-dag":
-        print("usage: python -m operators.local_airflow run-dag DAG_ID CONF_JSON OUTCOME_FILE", file=sys.stderr)
-        return 2
-    dag_id, conf, outcome_file = argv[1], json.loads(argv[2]), Path(argv[3])
-    stopping.make_stoppable(_stop_file(outcome_file))
-    outcome = _run_dag_here(dag_id, conf)
-    outcome_file.write_text(json.dumps(outcome) + "\n")
-    return 0 if outcome.get("state") == "success" and not outcome.get("failed") else 1
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))

@@ -1,9 +1,13 @@
 """Stopping a local run (``requestflow sweep``) on SIGINT / SIGTERM: its running task killed, nothing left behind.
 
-Two processes: the command waits for ``python -m operators.local_airflow run-dag``, which runs the DAG with
+Two processes: the command waits for ``python -m operators.local.dag_run run-dag``, which runs the DAG with
 ``dag.test()``. Before, a SIGTERM to the command (``timeout``, a job scheduler) killed it alone: the run went on,
 orphaned, with its board job (issue #22). Now:
 
+- the command, from its start (``signals_end_the_command``): a SIGTERM before the run started (Airflow's database
+  being made or migrated) ends it with exit code 143 through an exception, so that the subprocess it waits for is
+  killed with it (``subprocess.run`` kills its child on any exception); a SIGINT does so already
+  (``KeyboardInterrupt``);
 - the command (``wait``): the first SIGINT/SIGTERM writes the stop file and sends SIGTERM to the run, then waits
   for it to end (``GRACE_S`` at most, a second signal at once: then SIGKILL); the command then ends as that signal
   asks, 130 (``KeyboardInterrupt``) or 143;
@@ -15,6 +19,7 @@ orphaned, with its board job (issue #22). Now:
 
 from __future__ import annotations
 
+import functools
 import signal
 import subprocess
 import sys
@@ -24,6 +29,27 @@ from pathlib import Path
 
 GRACE_S = 300.0  # the run's teardowns after a stop: restoring each board's clocks
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def signals_end_the_command(command):
+    """Decorates a command: while it runs, a SIGTERM raises ``SystemExit(143)`` in it (module docstring)."""
+
+    @functools.wraps(command)
+    def decorated(*args, **kwargs):
+        if threading.current_thread() is not threading.main_thread():  # no signal handlers there
+            return command(*args, **kwargs)
+
+        def on_sigterm(signum, frame) -> None:
+            print("requestflow: SIGTERM: stopped", file=sys.stderr, flush=True)
+            raise SystemExit(128 + signum)
+
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+        try:
+            return command(*args, **kwargs)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    return decorated
 
 
 def wait(process: subprocess.Popen, stop_file: Path, grace_s: float = GRACE_S) -> int | None:
