@@ -23,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
+PROGRESS = "progress.jsonl"  # the job's progress lines (the runner's $REQUESTFLOW_PROGRESS): see ``wait``
+_SEPARATOR = "@@requestflow-progress@@"
 
 
 class JobLost(RuntimeError):
@@ -54,14 +56,15 @@ def start(board, job_dir: str, command: str, env: dict[str, str] | None = None) 
     inner = (f"{exports}( {command} ) > stdout.log 2>&1 & echo $! > child_pid; wait $!; "
              "echo $? > exit_code.tmp && mv exit_code.tmp exit_code")
     script = (f"mkdir -p {shlex.quote(job_dir)} && cd {shlex.quote(job_dir)} && "
-              "rm -f exit_code stdout.log child_pid boot_id killed && "
+              f"rm -f exit_code stdout.log child_pid boot_id killed {PROGRESS} && "
               f"{{ cat {_boot_id_file(board)} > boot_id 2>/dev/null || rm -f boot_id; }} && "
               f"{{ setsid sh -c {shlex.quote(inner)} < /dev/null > /dev/null 2>&1 & echo $! > pid; }}")
     board.run(script)
 
 
 def wait(board, job_dir: str, on_output: Callable[[str], None], poll_s: float = 1.0,
-         timeout_s: float | None = None, deadline_s: float | None = None, heartbeat_s: float = 120.0) -> int:
+         timeout_s: float | None = None, deadline_s: float | None = None, heartbeat_s: float = 120.0,
+         on_progress: Callable[[dict], None] | None = None) -> int:
     """Tail the job's output until it ends; its exit code.
 
     Each poll is one command on the board that first waits, up to ``poll_s``, for the command's process to end
@@ -76,9 +79,14 @@ def wait(board, job_dir: str, on_output: Callable[[str], None], poll_s: float = 
     Without an exit code the same command says whether the job is still alive (``_STATUS``): ``JobLost`` when the
     board's boot id changed since ``start`` or no process of the job's group is left. ``timeout_s``: raise
     TimeoutError, the job left running (the caller decides). ``deadline_s``: past it, and with no output for
-    ``heartbeat_s``, the job's process group is killed and ``JobTimedOut`` says "timed out after N s"."""
-    offset, started = 0, time.monotonic()
-    heard = started
+    ``heartbeat_s``, the job's process group is killed and ``JobTimedOut`` says "timed out after N s".
+
+    The same poll reads the job's progress lines (``PROGRESS`` in its folder: the runner's ``Heartbeat``, written
+    under ``--quiet`` too): each is a heartbeat like an output line, goes to ``on_progress``, and one that says
+    how long the rest should take (``expect_s``) brings the deadline to now + twice that + ``heartbeat_s``, never
+    past ``deadline_s``: a runner that stops soon after its warm-up is caught long before its mode's cap."""
+    offset, progress_offset, started = 0, 0, time.monotonic()
+    heard, limit = started, deadline_s
     quoted = shlex.quote(job_dir)
     status_command = _STATUS.replace("BOOT_ID_FILE", _boot_id_file(board))
     ended = ("i=0; while [ ! -s child_pid ] && [ $i -lt 20 ]; do sleep 0.05; i=$((i+1)); done; "  # job just started
@@ -87,16 +95,29 @@ def wait(board, job_dir: str, on_output: Callable[[str], None], poll_s: float = 
     while True:
         polled = time.monotonic()
         result = board.run(f"cd {quoted} && {{ {{ [ -f exit_code ] || {{ {ended}; }}; }} >/dev/null 2>&1; "
-                           f"tail -c +{offset + 1} stdout.log 2>/dev/null; }}; echo; {status_command}")
-        lines = result.stdout.split("\n")
+                           f"tail -c +{offset + 1} stdout.log 2>/dev/null; }}; echo; echo {_SEPARATOR}; "
+                           f"tail -c +{progress_offset + 1} {PROGRESS} 2>/dev/null; echo; {status_command}")
+        output, _, rest = result.stdout.partition(f"\n{_SEPARATOR}\n")
+        lines = rest.split("\n")
         status = lines[-2].strip() if len(lines) >= 2 else "RUNNING"
-        output = "\n".join(lines[:-2])
+        progress = "\n".join(lines[:-2])
+        progress = progress[:progress.rfind("\n") + 1]  # whole lines only: the rest is read at the next poll
+        if output or progress:
+            heard = time.monotonic()
         if output:
             offset += len(output.encode())
-            heard = time.monotonic()
             for line in output.splitlines():
                 if line.strip():
                     on_output(line)
+        progress_offset += len(progress.encode())
+        for line in progress.splitlines():
+            report = _progress_line(line)
+            if report is None:
+                continue
+            if on_progress is not None:
+                on_progress(report)
+            if deadline_s is not None and isinstance(report.get("expect_s"), (int, float)):
+                limit = min(deadline_s, heard - started + 2 * report["expect_s"] + heartbeat_s)
         if status.startswith("LOST"):
             rest = board.run(f"tail -c +{offset + 1} {quoted}/stdout.log 2>/dev/null", warn=True).stdout
             for line in rest.splitlines():  # what the job printed after this poll's output was read
@@ -110,11 +131,20 @@ def wait(board, job_dir: str, on_output: Callable[[str], None], poll_s: float = 
         now = time.monotonic()
         if timeout_s is not None and now - started > timeout_s:
             raise TimeoutError(f"job in {job_dir} still running after {timeout_s:.0f} s")
-        if deadline_s is not None and now - started > deadline_s and now - heard > heartbeat_s:
+        if limit is not None and now - started > limit and now - heard > heartbeat_s:
             kill(board, job_dir)
-            raise JobTimedOut(f"timed out after {deadline_s:.0f} s (no output for {now - heard:.0f} s): "
+            raise JobTimedOut(f"timed out after {limit:.0f} s (no output for {now - heard:.0f} s): "
                               f"the job in {job_dir} was killed")
         time.sleep(max(0.0, poll_s - (time.monotonic() - polled)))  # when the board could not wait itself
+
+
+def _progress_line(line: str) -> dict | None:
+    """A progress line as the runner writes it (a JSON object), or None."""
+    try:
+        report = json.loads(line)
+    except ValueError:
+        return None
+    return report if isinstance(report, dict) else None
 
 
 # The last line of a poll: the exit code, RUNNING, "LOST REBOOTED <boot id>" (the board's boot id is not the one

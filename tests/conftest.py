@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.leftovers import pytest_sessionfinish, pytest_sessionstart  # noqa: F401 - the leftover-process check
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Airflow reads its configuration when first imported: give the test session its own home (never ~/airflow), the

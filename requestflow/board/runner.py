@@ -18,6 +18,7 @@ The result document (``result.schema.json``, ``SCHEMA_VERSION``) is what the res
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import os
 import time
@@ -34,6 +35,8 @@ from requestflow.errors import UserError
 
 SCHEMA_VERSION = 2  # 2: performance.latency, performance.profile, energy, cold_start
 SCHEMA_PATH = Path(__file__).with_name("result.schema.json")
+PROGRESS_ENV = "REQUESTFLOW_PROGRESS"  # the file progress lines go to, --quiet or not (``Heartbeat``)
+PROGRESS_EVERY_S = 1.0
 
 
 @dataclass
@@ -203,12 +206,39 @@ def top_k(scores: np.ndarray, k: int = 5) -> np.ndarray:
     return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
 
+class Heartbeat:
+    """Progress lines for whoever watches the runner (the controller's wait loop, issue #22), printed or not: one
+    JSON object a line, appended to the file ``$REQUESTFLOW_PROGRESS`` names (nothing without it), at most every
+    ``PROGRESS_EVERY_S``: ``stage``, ``done``, ``total`` and, once known, ``expect_s``: the seconds the rest of the
+    stage should take at the pace seen so far (before its first item: ``per_item_s``, e.g. the warm-up's)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path, self.last = path, 0.0
+
+    def stage(self, name: str, total: int, per_item_s: float | None = None) -> None:
+        self.name, self.total, self.per_item_s, self.started = name, total, per_item_s, time.monotonic()
+        self.beat(0, force=True)
+
+    def beat(self, done: int, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.path is None or (not force and now - self.last < PROGRESS_EVERY_S):
+            return
+        self.last = now
+        line = {"stage": self.name, "done": done, "total": self.total}
+        per_item = (now - self.started) / done if done else self.per_item_s
+        if per_item is not None:
+            line["expect_s"] = round(per_item * (self.total - done), 3)
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(line) + "\n")
+
+
 class Runner:
     def __init__(self, config: RunConfig):
         config.validate()
         self.config = config
         self.model = catalogue.get_model(config.model)
         self.timings: dict[str, float] = {}
+        self.heartbeat = Heartbeat(os.environ.get(PROGRESS_ENV) or None)
         self.meter = self.sampler = None
         self.first_inference_s = self.duration_s = None
 
@@ -275,6 +305,7 @@ class Runner:
             threads = config.threads or len(os.sched_getaffinity(0))
             backend = create_backend(config.backend, self.model, self.weights, config.batch_size, threads,
                                      config.variant, config.armcl_build)
+            self.heartbeat.stage("setup", 1)
             start = time.perf_counter()
             backend.load()
             loaded = True
@@ -386,11 +417,16 @@ class Runner:
             samples = self._measure(backend)
             timed_region = backend.timed_region
         else:
+            beat = self.heartbeat
             self._idle_baseline()
+            beat.stage("warmup", config.warmup)
+            start = time.perf_counter()
             if config.warmup:
                 self.first_inference_s = self._first_inference(backend)  # the first warm-up run, timed alone
             for _ in range(config.warmup - 1 if config.warmup else 0):
                 backend.invoke()
+            warm = (time.perf_counter() - start) / config.warmup if config.warmup else None
+            beat.stage("repetitions", config.repetitions, per_item_s=warm)
             samples = [0] * config.repetitions
             invoke, clock = backend.invoke, time.perf_counter_ns
             runs = progress(range(config.repetitions), description="repetitions", enabled=config.progress,
@@ -401,6 +437,7 @@ class Runner:
                 start = clock()
                 invoke()
                 samples[i] = clock() - start
+                beat.beat(i + 1)  # outside the timed region
             samples += self._until(invoke, clock, region)
             self.duration_s = (clock() - region) / 1e9
             self._mark("active_end")
@@ -424,6 +461,8 @@ class Runner:
             start = clock()
             invoke()
             append(clock() - start)
+            if len(more) % 64 == 0:
+                self.heartbeat.beat(self.config.repetitions + len(more))  # outside the timed region
         return more
 
     def _measure(self, backend) -> list[float]:
@@ -503,6 +542,7 @@ class Runner:
         predictions, top1, top5 = [], 0, 0
         buffer = np.zeros((batch, *pixels.shape[1:]), np.uint8)
         bar = progress(total=len(ok), description="classify", enabled=config.progress, unit="img", leave=False)
+        self.heartbeat.stage("classify", len(ok))
         for start in range(0, len(ok), batch):
             count = min(batch, len(ok) - start)
             buffer[:count] = pixels[start:start + count]
@@ -519,6 +559,7 @@ class Runner:
                 predictions.append({"file": dataset.files[index], "label": label,
                                     "top5": [[c, round(float(scores[row, c]), 6)] for c in classes]})
             bar.update(count)
+            self.heartbeat.beat(start + count)
         bar.close()
         n = len(predictions)
         accuracy = {"n": n, "top1": top1 / n, "top5": top5 / n, "correct_top1": top1, "correct_top5": top5,

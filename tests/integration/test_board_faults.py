@@ -1,11 +1,13 @@
 """Board faults that used to hang a sweep forever (issue #22), on a real sshd board: a point whose job supervisor is
 killed, a board that reboots mid-point, a runner that stops making progress. Each ends the point's attempt, with its
 finished document stored or a clear failure that a retry completes; none waits forever (every wait here has an
-outer limit of its own, and a test that reaches it fails)."""
+outer limit of its own, and a test that reaches it fails). A runner that keeps making progress is never cut short."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -63,9 +65,12 @@ def board(farm, tmp_path, monkeypatch):
 class Attempt:
     """One attempt of the point in a thread, as a worker runs it; ``outcome`` is its return value or error."""
 
-    def __init__(self, sweep: str, try_number: int = 1, point: dict | None = None, **options) -> None:
+    def __init__(self, sweep: str, try_number: int = 1, point: dict | None = None, logged: list | None = None,
+                 **options) -> None:
         self.operator = RunPointOperator(task_id="run", board_conn_id="rfb1", sweep_id=sweep,
                                          point={**POINT, **(point or {})}, **options)
+        if logged is not None:  # its log lines (info), instead of the log
+            self.operator.log.info = lambda message, *args: logged.append(message % args if args else message)
         self.outcome: dict = {}
         self.thread = threading.Thread(target=self._run, args=(try_number,))
         self.thread.start()
@@ -151,6 +156,42 @@ class TestABoardReboot:
         assert "the runner's job was lost (the board rebooted (boot id the-next-boot now))" in error, error
 
 
+class TestAfterAReboot:
+    def test_a_point_completed_before_the_reboot_is_stored_by_the_next_point_and_never_run_again(self, board):
+        from operators import board_jobs, point_steps
+        from operators.board_hook import board_for
+        from requestflow.board.catalogue import point_label
+
+        work, boot_id, engine = board
+        sweep = f"rebooted-{uuid.uuid4().hex[:6]}"
+        first, finished, after = ({**POINT, "repetitions": 5, "model": m} for m in (
+            "mobilenet-v1-0.25-128", "mobilenet-v1-0.25-160", "mobilenet-v1-0.25-192"))
+        value, error = Attempt(sweep, point=first).result()
+        assert error is None, error
+        # `finished`'s runner completed its document, then the board went down before its task could store it
+        hook = board_for("rfb1")
+        try:
+            folder = point_steps.job_dir(str(work), sweep, point_label(finished))
+            board_jobs.start(hook, folder, point_steps.runner_command(sys.executable, finished))
+            assert board_jobs.wait(hook, folder, lambda line: None, timeout_s=OUTER_LIMIT_S) == 0
+        finally:
+            hook.close()
+        started = (Path(folder) / "pid").read_text()
+        boot_id.write_text("the-next-boot\n")
+        logged: list[str] = []
+        value, error = Attempt(sweep, point=after, logged=logged).result()
+        assert error is None, error
+        assert any("rebooted since its last point" in line for line in logged), logged
+        assert any("2 point(s) of the sweep had completed before the reboot: 1 stored now, 1 stored already"
+                   in line for line in logged), logged
+        assert len(results(engine, sweep)) == 3
+        value, error = Attempt(sweep, try_number=2, point=finished).result()  # its task's retry
+        assert error is None, error
+        assert value["loaded"] is False  # stored already, by the point after the reboot
+        assert (Path(folder) / "pid").read_text() == started, "the point was measured again"
+        assert len(results(engine, sweep)) == 3
+
+
 class TestAStoppedRunner:
     def test_times_out_at_its_deadline_with_its_processes_gone(self, board):
         work, _, engine = board
@@ -165,3 +206,58 @@ class TestAStoppedRunner:
         assert commands_under(job) == []
         [failure] = failures(engine, sweep)
         assert "timed out after 10 s" in failure
+
+
+def slowed(work: Path, tmp_path: Path, seconds: float) -> None:
+    """The board's runner, every tflite ``invoke()`` ``seconds`` slower (a sitecustomize on its PYTHONPATH)."""
+    folder = tmp_path / "slowed"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(
+        "import time\nfrom requestflow.board.backends.tflite_backend import TFLiteBackend\n"
+        "invoke = TFLiteBackend.invoke\n\n\n"
+        f"def slowed(self):\n    time.sleep({seconds})\n    return invoke(self)\n\n\n"
+        "TFLiteBackend.invoke = slowed\n")
+    python = work / "runner" / "current" / "venv" / "bin" / "python"
+    python.write_text(f"#!/bin/sh\nPYTHONPATH={folder} exec {sys.executable} \"$@\"\n")
+
+
+class TestARunnerMakingProgress:
+    def test_a_long_accuracy_run_that_keeps_reporting_progress_outlives_its_deadline(self, board, data_dir,
+                                                                                          tmp_path):
+        work, _, engine = board
+        slowed(work, tmp_path, seconds=1.5)
+        (work / "data").symlink_to(data_dir)  # the board's data: the real weights and images
+        sweep = f"progress-{uuid.uuid4().hex[:6]}"
+        started = time.monotonic()
+        attempt = Attempt(sweep, point={"mode": "accuracy", "limit": 10, "weights": None}, setup_s=6,
+                          mode_caps_s={"accuracy": 2}, heartbeat_s=4)
+        value, error = attempt.result()
+        assert error is None, error
+        assert time.monotonic() - started > attempt.operator.deadline_s(), "the run did not outlive its deadline"
+        assert value["status"] == "ok" and value["loaded"] is True and value["top1"] > 0
+        (job,) = (work / "runs").iterdir()
+        progress = [json.loads(line) for line in (job / "progress.jsonl").read_text().splitlines()]
+        assert [line["stage"] for line in progress][:2] == ["setup", "classify"]
+        assert progress[-1]["done"] > 0 and progress[-1]["total"] == 10  # printed under --quiet
+
+    def test_a_runner_stopped_after_its_warm_up_times_out_at_the_deadline_its_warm_up_implies(self, board):
+        work, _, _ = board
+        sweep = f"paced-{uuid.uuid4().hex[:6]}"
+        attempt = Attempt(sweep, point={"repetitions": 5000, "warmup": 20}, setup_s=600, heartbeat_s=2)
+        job = runner_running(work)
+        deadline = time.monotonic() + 120
+        while '"repetitions"' not in _read(job / "progress.jsonl") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(int((job / "pid").read_text()), signal.SIGSTOP)
+        _, error = attempt.result()
+        match = re.search(r"timed out after (\d+) s", str(error))
+        assert match, error
+        assert int(match.group(1)) < attempt.operator.deadline_s() / 10  # far below set-up + the mode's cap
+        assert commands_under(job) == []
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from tests.controller.test_local_airflow import RF, ROOT, databases  # noqa: F401 - databases is a fixture
+from tests.leftovers import snapshot
 from tests.processes import commands_under
 
 MODEL = "mobilenet-v1-0.25-128"
@@ -17,19 +18,7 @@ MODEL = "mobilenet-v1-0.25-128"
 
 def in_session(sid: int, folder: Path | None = None) -> list[int]:
     """The live (not zombie) processes of session ``sid``, and those working under ``folder``."""
-    pids = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-            cwd = os.readlink(f"/proc/{pid}/cwd")
-        except OSError:
-            continue
-        if fields[0] != "Z" and (int(fields[3]) == sid or (folder and cwd.startswith(str(folder)))):
-            pids.append(int(pid))  # fields: state ppid pgrp session
-    return pids
+    return [p.pid for p in snapshot().values() if p.session == sid or (folder and p.cwd.startswith(str(folder)))]
 
 
 def test_a_sigterm_stops_the_run_and_leaves_nothing_running(databases):  # noqa: F811 - the fixture
@@ -67,3 +56,35 @@ def test_a_sigterm_stops_the_run_and_leaves_nothing_running(databases):  # noqa:
         if command.poll() is None:
             command.kill()
             command.wait()
+
+
+def test_timeout_20_on_a_long_point_leaves_no_process(databases):  # noqa: F811 - the fixture
+    """`timeout 20 requestflow sweep ...`: whatever the run was doing at 20 s, nothing of it is left afterwards."""
+    urls, state = databases
+    env = {**os.environ, "REQUESTFLOW_STATE": str(state), "REQUESTFLOW_RETRY_DELAY_S": "1"}
+    command = subprocess.Popen(
+        ["timeout", "20", RF, "sweep", "--models", MODEL, "--backends", "tflite", "--modes", "performance",
+         "--weights", "random", "--repetitions", "100000", "--warmup", "0", "--db", urls["results"],
+         "--airflow-db", urls["airflow"]],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=str(ROOT), start_new_session=True)
+    board = state / "board"
+    try:
+        output, _ = command.communicate(timeout=400)
+        assert command.returncode == 124, output[-4000:]  # timeout's own code: it had to stop the command
+        deadline = time.monotonic() + 10
+        while (in_session(command.pid, board) or mentioning(state)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert in_session(command.pid, board) == [], "a process of the command or its runner was left running"
+        assert mentioning(state) == [], "a process working for the run was left running"
+    finally:
+        for pid in in_session(command.pid, board) + mentioning(state):  # what a failed test left
+            os.kill(pid, signal.SIGKILL)
+        if command.poll() is None:
+            command.kill()
+            command.wait()
+
+
+def mentioning(folder: Path) -> list[int]:
+    """Live processes whose command line names ``folder`` (an Airflow process, a database server of the run)."""
+    return [p.pid for p in snapshot().values() if str(folder) in p.command and p.pid != os.getpid()]

@@ -100,7 +100,7 @@ def test_a_replay_of_a_stored_point_finds_no_significant_difference(store, perfo
     apart, with a 50% minimum effect: no drift of an ordinary machine moves the median of a run pinned to one CPU
     that far in seconds (a busy loop pinned to that very CPU moved it by under 1% where this was written); only
     taking the CPU away for most of every timed run does, as test_a_slowdown_is_detected does on purpose."""
-    from operators import replay as replay_operator
+    from operators import replay_board as replay_operator
     from requestflow.results.identity import identity
     from requestflow.results.stats import SAME, compare_samples
     from tests.generated_runs import with_samples
@@ -178,7 +178,7 @@ def test_bad_points_are_refused_with_a_clear_error(store, given, message, capsys
 
 
 def test_the_replayed_command_is_the_stored_one_with_its_own_output():
-    from operators.replay import replay_command
+    from operators.replay_board import replay_command
 
     recorded = ["requestflow", "run", "--quiet", "--offline", "--out", "/old/result.json", "--model", MODEL,
                 "--variant", '{"layout": "NCHW"}', "--identify"]

@@ -1,5 +1,5 @@
 """Replaying a stored point on its board (issue #8): the stored runner document's own command, run again through
-the board hook, detached on the board like a sweep's point (``board_jobs``), its new document fetched.
+the board hook, detached on the board like a sweep's point (``runner_job``), its new document fetched.
 
 The command is the one the document records (``command``: what the runner was asked), with only its output file
 changed; the runner reads the same data as then: a point that a sweep ran read its board's work dir
@@ -42,7 +42,7 @@ def replay_command(python: str, recorded: list[str], out: str) -> str:
 
 def run_on_board(board_name: str, document: dict, log=print, timeout_s: float | None = 6 * 3600) -> dict:
     """Rerun ``document``'s command on board ``board_name``; the new runner document."""
-    from operators import board_jobs
+    from operators import runner_job
     from operators.board_hook import board_for
     from operators.deploy import runner_location
 
@@ -51,28 +51,16 @@ def run_on_board(board_name: str, document: dict, log=print, timeout_s: float | 
         python, work_dir = runner_location(board)
         files = (document.get("context", {}).get("weights") or {}).get("files") or []
         # a sweep's point read its board's work dir: run it with the same environment
-        env = ({"REQUESTFLOW_CACHE": f"{work_dir}/cache", "REQUESTFLOW_DATA": f"{work_dir}/data",
-                "TF_CPP_MIN_LOG_LEVEL": "2"} if any(str(f).startswith(f"{work_dir}/") for f in files) else {})
+        env = runner_job.runner_env(work_dir) if any(str(f).startswith(f"{work_dir}/") for f in files) else {}
         job_dir = f"{work_dir}/replays/{time.strftime('%Y%m%dT%H%M%S')}-{time.monotonic_ns() % 10**6:06d}"
         command = replay_command(python, document.get("command") or [], "result.json")
         log(f"board {board_name}: {command} (in {job_dir})")
-        board_jobs.start(board, job_dir, command, env)
-        lines: list[str] = []
-
-        def show(line: str) -> None:
-            lines.append(line)
-            log(f"[{board_name}] {line}")
-
-        try:
-            code = board_jobs.wait(board, job_dir, show, timeout_s=timeout_s)
-        except BaseException:
-            board_jobs.kill(board, job_dir)
-            raise
-        if code == 2:
-            raise UserError(f"board {board_name} refused the replay: {lines[-1] if lines else 'exit 2'}")
-        replayed, missing = board_jobs.fetch_document(board, job_dir)
-        if replayed is None:
-            raise RuntimeError(board_jobs.no_document(board_name, code, missing, lines))
-        return replayed
+        outcome = runner_job.run(board, job_dir, command, env, log=log, timeout_s=timeout_s, kill_on_error=True)
+        if outcome.refused:
+            last = outcome.lines[-1] if outcome.lines else "exit 2"
+            raise UserError(f"board {board_name} refused the replay: {last}")
+        if outcome.document is None:
+            raise RuntimeError(outcome.failure())
+        return outcome.document
     finally:
         board.close()
