@@ -18,6 +18,7 @@ JSON document; ``sudo -n`` is used for clocks when the board's Connection says `
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shlex
 
@@ -25,6 +26,10 @@ from airflow.sdk import BaseOperator
 
 from operators.board_hook import board_for
 from requestflow.results.database import CONN_ID
+
+# every board task has a deadline (issue #22): Airflow's execution_timeout, unless the task is given its own
+PROVISION_TIMEOUT = dt.timedelta(hours=3)  # a bundle, the runner's installation (1 h at most), gc, the data
+CLOCKS_TIMEOUT = dt.timedelta(minutes=15)  # a few board commands of 120 s at most each
 
 
 def board_cli(board, args: list[str], *, sudo: bool = False, timeout: float | None = 120) -> dict:
@@ -63,6 +68,8 @@ class ProvisionBoardOperator(BaseOperator):
 
     def __init__(self, *, board_conn_id: str, points: list[dict] | None = None, results_conn_id: str = CONN_ID,
                  data_dir: str | None = None, **kwargs) -> None:
+        if kwargs.get("execution_timeout") is None:
+            kwargs["execution_timeout"] = PROVISION_TIMEOUT
         super().__init__(**kwargs)
         self.board_conn_id = board_conn_id
         self.points = points
@@ -138,6 +145,8 @@ class ClocksOperator(BaseOperator):
 
     def __init__(self, *, board_conn_id: str, action: str, holder: str = "{{ dag.dag_id }}/{{ run_id }}",
                  results_conn_id: str = CONN_ID, **kwargs) -> None:
+        if kwargs.get("execution_timeout") is None:
+            kwargs["execution_timeout"] = CLOCKS_TIMEOUT
         super().__init__(**kwargs)
         if action not in ("pin", "restore"):
             raise ValueError(f"ClocksOperator action must be pin or restore, got {action!r}")
