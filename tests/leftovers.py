@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+# Python's own helper processes of the session's process, which end with it (after this check)
+PYTHON_HELPERS = ("from multiprocessing.resource_tracker import", "from multiprocessing.forkserver import")
 GRACE_S = float(os.environ.get("REQUESTFLOW_LEFTOVER_GRACE_S", "15"))
 
 
@@ -72,7 +74,8 @@ def leftovers(baseline: dict[int, Process], session_pid: int, folders: list[str]
                    for f in folders)
 
     return [p for pid, p in sorted(now.items())
-            if pid != session_pid and (pid not in baseline or baseline[pid].started != p.started) and ours(p)]
+            if pid != session_pid and (pid not in baseline or baseline[pid].started != p.started)
+            and not any(helper in p.command for helper in PYTHON_HELPERS) and ours(p)]
 
 
 def describe(processes: list[Process]) -> str:
