@@ -23,6 +23,7 @@ from requestflow.results.archive_format import (
     FORMAT_VERSION,
     MANIFEST,
     RESULT_FILTERS,
+    RESULTS_FROM,
     TABLES,
     TIME_FILTERS,
     ExportReport,
@@ -110,12 +111,7 @@ def _write_archive(connection: Connection, path: Path, chosen: dict[str, list[st
         SELECT r.id, r.document_sha256, b.name AS board, sw.run_id AS sweep, r.sweep_id, r.snapshot_id,
                p.board_id, p.library_build_id, p.model_id, p.weights_sha256, p.dataset_id,
                r.document->'context'->'backend'->'build'->>'key' AS build_key
-        FROM results r
-        JOIN points p ON p.id = r.point_id
-        JOIN boards b ON b.id = p.board_id
-        JOIN models mo ON mo.id = p.model_id
-        JOIN datasets d ON d.id = p.dataset_id
-        LEFT JOIN sweeps sw ON sw.id = r.sweep_id
+        {RESULTS_FROM}
         {where}
         ORDER BY r.id"""), parameters)]
 

@@ -57,6 +57,13 @@ SHA256 = re.compile(r"^[0-9a-f]{64}$")
 RESULT_FILTERS = {"board": "b.name", "model": "p.model_id", "backend": "p.backend", "variant": "p.variant::text",
                   "width": "mo.width::text", "resolution": "mo.resolution::text", "precision": "p.precision",
                   "mode": "p.mode", "sweep": "sw.run_id", "images": "d.image_count::text"}
+# the FROM clause those selectors are written against (export and rm select results through it)
+RESULTS_FROM = """FROM results r
+JOIN points p ON p.id = r.point_id
+JOIN boards b ON b.id = p.board_id
+JOIN models mo ON mo.id = p.model_id
+JOIN datasets d ON d.id = p.dataset_id
+LEFT JOIN sweeps sw ON sw.id = r.sweep_id"""
 # the selectors a point failure can be judged on (what it records); the others need a result
 FAILURE_FILTERS = {"board": "b.name", "model": "pf.point->>'model'", "backend": "pf.point->>'backend'",
                    "mode": "pf.point->>'mode'", "sweep": "sw.run_id"}

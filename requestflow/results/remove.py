@@ -35,7 +35,7 @@ from sqlalchemy.engine import Engine
 from requestflow.errors import UserError
 from requestflow.results.archive_export import chosen_filters as export_filters
 from requestflow.results.archive_export import where_clause as export_where
-from requestflow.results.archive_format import FAILURE_FILTERS, RESULT_FILTERS
+from requestflow.results.archive_format import FAILURE_FILTERS, RESULT_FILTERS, RESULTS_FROM
 from requestflow.results.load import refresh_scoreboard
 
 TIME_FILTERS = ("since", "before")
@@ -107,12 +107,7 @@ def plan(engine: Engine, filters: Mapping[str, Iterable[str] | str | None]) -> P
         clauses, parameters = _where(chosen, RESULT_FILTERS, "r.started_at")
         rows = connection.execute(text(f"""
             SELECT r.id, b.name, b.read_only
-            FROM results r
-            JOIN points p ON p.id = r.point_id
-            JOIN boards b ON b.id = p.board_id
-            JOIN models mo ON mo.id = p.model_id
-            JOIN datasets d ON d.id = p.dataset_id
-            LEFT JOIN sweeps sw ON sw.id = r.sweep_id
+            {RESULTS_FROM}
             WHERE {' AND '.join(clauses)}
             ORDER BY r.id"""), parameters).all()
         result.result_ids = [i for i, _, read_only in rows if not read_only]
