@@ -32,6 +32,8 @@ OUTLIERS = 0.02  # the fraction of runs 1.5-3x slower
 # the history's 4 runs: each at its own level (runs of unchanged code differ a little: here their medians are at most
 # 2.6% from the pooled median, below the detector's 5% minimum effect)
 HISTORY_LEVELS = (1.00, 1.02, 0.98, 1.01)
+CALIBRATION_LEVEL = 0.1e-3  # s: the calibration workload's median sample on the generated machine at speed 1
+CALIBRATION_NOISE = 0.01
 
 
 def latencies(n: int, level: float, seed: int, noise: float = NOISE, outliers: float = OUTLIERS) -> list[float]:
@@ -68,6 +70,30 @@ def with_samples(document: dict, samples: list[float]) -> dict:
         environment = copied.get("environment") or {}
         p["quality"] = assess(p["samples"], environment.get("before"), environment.get("after"),
                               cpus=copied["context"].get("cpu_affinity"))
+    return copied
+
+
+def on_machine(document: dict, slowness: float, seed: int, drift: float = 0.0) -> dict:
+    """A copy of the performance document ``document`` whose calibration (``performance.calibration``) says it ran
+    on a machine ``slowness`` times as slow as the generated one at speed 1 (1.12: 12% slower; 0.88: 12% faster),
+    and ``drift`` more after the timed region than before it (0.1: the machine got 10% slower during the run): the
+    samples are left as they are, the quality verdict recomputed with the calibration."""
+    from requestflow.board.calibration import METHOD, SAMPLES, WARMUP, WORKLOAD
+
+    copied = copy.deepcopy(document)
+    p = copied["performance"]
+    level = CALIBRATION_LEVEL * slowness
+    sides = {"before": latencies(SAMPLES, level, seed, CALIBRATION_NOISE, outliers=0.0),
+             "after": latencies(SAMPLES, level * (1 + drift), seed + 1, CALIBRATION_NOISE, outliers=0.0)}
+    p["calibration"] = {"method": METHOD, "workload": WORKLOAD, "unit": "s", "per_sample": 20,
+                        **{side: {"samples": values, "median": float(np.median(values))}
+                           for side, values in sides.items()}}
+    p["calibration"]["drift"] = p["calibration"]["after"]["median"] / p["calibration"]["before"]["median"] - 1
+    p["calibration"]["cost_s"] = 20 * (sum(sides["before"]) + sum(sides["after"])) + 2 * WARMUP * level
+    if "quality" in p:
+        environment = copied.get("environment") or {}
+        p["quality"] = assess(p["samples"], environment.get("before"), environment.get("after"),
+                              cpus=copied["context"].get("cpu_affinity"), calibration=p["calibration"])
     return copied
 
 

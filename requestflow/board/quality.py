@@ -53,6 +53,11 @@ The checks and their limits (:class:`Limits`), chosen for what the scoreboard do
   min to max, covers the median with probability 1 - 2^(1-n) < 0.95): flagged as too few. The detail says about how
   many repetitions would do (the half-width shrinks as 1/sqrt(n)).
 
+- **calibration** (issue #19; only for a point whose runner timed ``requestflow.board.calibration``'s workload
+  before and after its timed region): the workload's median after against before. Flagged when they moved apart by
+  more than the point's own noise (its robust CV, at least **2%**) *and* the two sides' 95% median intervals are
+  disjoint: the machine's speed changed during the run (other load, clocks, heat), so its latency mixes two machines.
+
 - **emulated** (issue #15): a run under an emulator (``machine.emulated`` or the backend's ``emulated``: qemu-user
   running arm64 code on an x86 host) gets the verdict **EMULATED** whatever its samples look like, its first reason
   naming the emulator: its timings are the emulator's, not those of any CPU, and no check on them makes them a
@@ -71,9 +76,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-METHOD = "requestflow.board.quality 1"  # bumped whenever a check or a limit changes meaning
+METHOD = "requestflow.board.quality 2"  # bumped whenever a check or a limit changes meaning
 VALID, FLAGGED, EMULATED = "VALID", "FLAGGED", "EMULATED"
-CHECKS = ("variation", "bimodality", "trend", "clocks", "temperature", "repetitions")  # in the order they are given
+CHECKS = ("variation", "bimodality", "trend", "clocks", "temperature", "repetitions",
+          "calibration")  # in the order they are given; calibration only for a point that has one
 MAD_TO_SIGMA = 1.4826  # MAD x this estimates the standard deviation of normal data
 
 
@@ -91,6 +97,7 @@ class Limits:
     trend_min_samples: int = 10
     clock_change: float = 0.01
     temperature_rise_c: float = 5.0
+    calibration_floor: float = 0.02
     confidence: float = 0.95
     median_ci_half_width: float = 0.025
 
@@ -99,12 +106,14 @@ DEFAULT_LIMITS = Limits()
 
 
 def assess(samples_s: Sequence[float], environment_before: dict | None = None, environment_after: dict | None = None,
-           cpus: Sequence[int] | None = None, limits: Limits = DEFAULT_LIMITS, emulated: dict | None = None) -> dict:
+           cpus: Sequence[int] | None = None, limits: Limits = DEFAULT_LIMITS, emulated: dict | None = None,
+           calibration: dict | None = None) -> dict:
     """The verdict on one performance run: ``samples_s`` its raw latencies (seconds, in the order they were timed),
     ``environment_before``/``environment_after`` the runner's snapshots (``{"cur_khz": {cpu: kHz},
     "temperatures": {zone: °C}}``, see ``machine.snapshot_frequencies_and_temperatures``), ``cpus`` the CPUs the run
     used (their clocks are compared; None: all), ``emulated`` the run's emulation record (``machine.emulated``):
-    then the verdict is EMULATED. JSON-able: no NaN or infinity anywhere."""
+    then the verdict is EMULATED; ``calibration`` the run's ``performance.calibration`` (``board.calibration``;
+    its check is given only with one). JSON-able: no NaN or infinity anywhere."""
     samples = np.asarray([float(s) for s in samples_s], np.float64)
     if samples.ndim != 1 or samples.size == 0 or not np.all(np.isfinite(samples)):
         raise ValueError("assess needs at least one finite latency sample")
@@ -117,6 +126,8 @@ def assess(samples_s: Sequence[float], environment_before: dict | None = None, e
     }
     # the interval shrinks as 1/sqrt(n) for one regime; with two, more runs only estimate the mixture better
     checks["repetitions"] = repetitions(samples, limits, suggest=checks["bimodality"]["ok"])
+    if calibration:
+        checks["calibration"] = machine_change(calibration, checks["variation"]["value"], limits)
     reasons = [check["detail"] for check in checks.values() if not check["ok"]]
     out = {"verdict": FLAGGED if reasons else VALID, "reasons": reasons, "checks": checks, "method": METHOD,
            "limits": asdict(limits)}
@@ -295,6 +306,35 @@ def repetitions(samples: np.ndarray, limits: Limits = DEFAULT_LIMITS, suggest: b
                   + (f"; about {more} would do at this spread" if more else ""))
     return _check(_finite(half), limits.median_ci_half_width, ok, detail, n=n, confidence=limits.confidence,
                   ci_s=[low, high])
+
+
+def machine_change(calibration: dict, noise: float | None, limits: Limits = DEFAULT_LIMITS) -> dict:
+    """The calibration workload's median after the timed region against before it: flagged when they moved apart by
+    more than the point's own noise (its robust CV ``noise``, at least ``calibration_floor``) *and* their 95%
+    median confidence intervals are disjoint (the move is not the calibration's own noise)."""
+    before = np.asarray(calibration["before"]["samples"], np.float64)
+    after = np.asarray(calibration["after"]["samples"], np.float64)
+    old, new = float(np.median(before)), float(np.median(after))
+    if not (old > 0 and new > 0):
+        return _check(None, limits.calibration_floor, True, "unknown: the calibration's median is not positive")
+    drift = new / old - 1.0
+    limit = max(limits.calibration_floor, noise or 0.0)
+    intervals = [_median_ci(side, limits.confidence) for side in (before, after)]
+    apart = None not in intervals and (intervals[0][1] < intervals[1][0] or intervals[1][1] < intervals[0][0])
+    ok = not (abs(drift) > limit and apart)
+    where = f"{_ms(old)} before, {_ms(new)} after ({drift:+.1%}; limit ±{limit:.1%}, the point's own noise)"
+    detail = (f"the machine's speed held during the run: calibration {where}" if ok else
+              f"the machine changed during the run: the calibration workload took {where}: other load, clocks "
+              "or heat moved during the timed region")
+    return _check(_finite(drift), limit, ok, detail, before_s=old, after_s=new)
+
+
+def _median_ci(samples: np.ndarray, confidence: float) -> tuple[float, float] | None:
+    rank = median_ci_rank(samples.size, confidence)
+    if rank is None:
+        return None
+    order = np.sort(samples)
+    return float(order[rank - 1]), float(order[samples.size - rank])
 
 
 def median_ci_rank(n: int, confidence: float = 0.95) -> int | None:

@@ -343,7 +343,8 @@ class Runner:
             document["performance"]["quality"] = assess(
                 document["performance"]["samples"], before, document["environment"]["after"],
                 cpus=document["context"]["cpu_affinity"],
-                emulated=document["machine"].get("emulated") or document["context"]["backend"].get("emulated"))
+                emulated=document["machine"].get("emulated") or document["context"]["backend"].get("emulated"),
+                calibration=document["performance"].get("calibration"))
             self._latency(document)
         self.timings["total_s"] = time.perf_counter() - total_start
         document["finished_at"] = _now()
@@ -409,8 +410,11 @@ class Runner:
         return prepared.pixels, prepared.ok, prepared.failed
 
     def _performance(self, backend, pixels: np.ndarray) -> dict:
+        from requestflow.board.calibration import Calibration
+
         config = self.config
         backend.set_input(np.ascontiguousarray(pixels[: config.batch_size]))
+        self.calibration = Calibration()
         timed_region = "backend invoke() of one batch, input already set"
         self.first_inference_s = None
         if hasattr(backend, "measure"):  # a backend that times itself (armcl: inside its native program)
@@ -431,6 +435,8 @@ class Runner:
             invoke, clock = backend.invoke, time.perf_counter_ns
             runs = progress(range(config.repetitions), description="repetitions", enabled=config.progress,
                             leave=False, mininterval=0.5)  # made before the timed region: tqdm's import is not in it
+            like = self._cpu_of_one_run(backend) if config.warmup else None  # one more warm-up run
+            self.calibration.time("before", like)  # the machine's speed just before and after the timed region
             self._mark("active_start")
             region = clock()
             for i in runs:
@@ -441,6 +447,7 @@ class Runner:
             samples += self._until(invoke, clock, region)
             self.duration_s = (clock() - region) / 1e9
             self._mark("active_end")
+            self.calibration.time("after")
             if self.first_inference_s is None:  # no warm-up: the first timed run was the first inference
                 self.first_inference_s = samples[0] / 1e9
         stats = statistics([s / 1e9 for s in samples], config.batch_size)
@@ -448,6 +455,9 @@ class Runner:
                       "timed_region": timed_region,
                       "input": "synthetic" if self.dataset is None else "dataset"})
         stats.update(self._run_settings())
+        calibration = self.calibration.document()
+        if calibration is not None:
+            stats["calibration"] = calibration
         return stats
 
     # -- duration-bound runs, cold start, power: requestflow.board.latency_stats and requestflow.board.power -----------
@@ -473,12 +483,14 @@ class Runner:
             self.sampler.error = ("the armcl backend times itself inside its native program: its timed region "
                                   "cannot be marked for the power meter")
         start = time.perf_counter()
+        self.calibration.time("before")
         samples = [s * 1e9 for s in backend.measure(config.warmup, config.repetitions)]
         self.duration_s = sum(samples) / 1e9
         if self.duration_s < config.min_duration_s and samples:
             more = math.ceil((config.min_duration_s - self.duration_s) / (self.duration_s / len(samples)))
             samples += [s * 1e9 for s in backend.measure(0, more)]
             self.duration_s = sum(samples) / 1e9
+        self.calibration.time("after")
         self.timings["measure_s"] = time.perf_counter() - start
         return samples
 
@@ -493,6 +505,12 @@ class Runner:
         start = time.perf_counter()
         backend.invoke()
         return time.perf_counter() - start
+
+    def _cpu_of_one_run(self, backend) -> float:
+        """One more warm-up run: the CPU seconds this thread spent in it (the calibration's samples take as much)."""
+        start = time.thread_time()
+        backend.invoke()
+        return time.thread_time() - start
 
     def _idle_baseline(self) -> None:
         """With a power meter: start sampling, and read the board idle (backend loaded, nothing running)."""

@@ -12,7 +12,10 @@ samples, by :func:`requestflow.results.stats.compare_samples`: a two-sided Mann-
 of unchanged code differ by more than their samples suggest: the effect needed is raised to the baseline's own
 run-to-run spread (the largest distance of one baseline run's median from the pooled median) when that is larger.
 A slower result is a regression; a faster one is recorded only with ``report_faster`` (a sudden speed-up can mean
-a benchmark that stopped doing its work).
+a benchmark that stopped doing its work). Where the new result and every baseline result carry a calibration
+(``performance.calibration``: the machine's own speed) and the machine moved significantly, the change is judged
+on the calibrated samples (``requestflow.results.calibrated``): ``Change.judged`` says which, ``Change.note`` says
+how far the machine moved, and the stored ratio and p-value are the judged comparison's (the medians stay raw).
 
 **Accuracy** (accuracy points): top-1 and top-5 of the new result against the latest baseline result, exactly
 (inference is deterministic: any change, up or down, is recorded).
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from dataclasses import dataclass
 
 from sqlalchemy import select, text
@@ -29,7 +33,8 @@ from sqlalchemy.engine import Connection
 
 from requestflow.errors import UserError
 from requestflow.results import models as m
-from requestflow.results.stats import SLOWER, compare_samples, run_to_run_spread
+from requestflow.results.calibrated import Run, judge
+from requestflow.results.stats import SLOWER
 
 METRICS = ("latency", "top1", "top5")
 DEFAULT_WINDOW = 5
@@ -57,13 +62,32 @@ class Settings:
 
 
 def variant_text(text_value: str | None) -> str:
-    """A backend variant (JSON text) as ``key=value, ...``; empty for the default variant."""
+    """A backend variant (JSON text) as the scoreboard labels it (its column ``variant_label``,
+    ``sql/views/scoreboard.v5.sql``: what ``requestflow scoreboard`` and the page show): armcl's
+    ``CL/NHWC/DEFAULT/NONE[/methods:<hash>]``, tf's ``graph`` or ``XLA``, tflite's delegate (``XNNPACK`` from ``default
+    (XNNPACK)``); empty for the empty variant (the scoreboard's ``default``). A variant the scoreboard has no label
+    for is ``key=value, ...``, as the page shows its JSON then."""
     try:
         variant = json.loads(text_value or "{}")
     except ValueError:
         return text_value or ""
     if not isinstance(variant, dict):
         return str(variant)
+
+    def text_of(value) -> str:  # PostgreSQL's ->> of a JSON value
+        return value if isinstance(value, str) else json.dumps(value)
+
+    if "target" in variant:  # concat_ws skips what is missing
+        methods = variant.get("conv_methods_sha256")
+        parts = [variant.get(key) for key in ("target", "layout", "conv_method", "tuner")]
+        return "/".join([text_of(v) for v in parts if v is not None]
+                        + ([f"methods:{text_of(methods)[:8]}"] if methods is not None else []))
+    if "jit_compile" in variant:
+        return "XLA" if variant["jit_compile"] in (True, "true") else "graph"
+    if "delegate" in variant and variant["delegate"] is not None:
+        delegate = text_of(variant["delegate"])
+        inside = re.search(r"\(([^)]*)\)", delegate)
+        return inside.group(1) if inside else delegate
     return ", ".join(f"{k}={json.dumps(v) if isinstance(v, bool | None) else v}" for k, v in sorted(variant.items()))
 
 
@@ -97,6 +121,8 @@ class Change(Compared):
     change: str | None
     baseline: list[int]
     threshold: float | None
+    judged: str = "raw"  # latency: "calibrated" when judged on calibrated samples (the machine moved)
+    note: str | None = None  # latency: raw, machine and calibrated ratios in words (calibrated.Judged.summary)
 
 
 def find_sweep(connection: Connection, sweep: str) -> int:
@@ -140,6 +166,10 @@ LIMIT :window
 """)
 
 
+CALIBRATION_SQL = text("SELECT id, document->'performance'->'calibration' FROM results WHERE id = ANY(:ids) "
+                       "AND document->'performance' ? 'calibration'")
+
+
 def history(connection: Connection, result: StoredResult, metric: str, window: int) -> list[int]:
     """The baseline: ids of the latest ``window`` earlier results of the point (see the module's doc), latest first.
     An acknowledgement of this very result does not move its own baseline (detecting it again finds the same,
@@ -171,12 +201,15 @@ def compare(connection: Connection, result: StoredResult, metric: str, settings:
             runs[result_id].append(seconds)
         new = list(connection.execute(select(m.Sample.seconds).where(m.Sample.result_id == result.id)
                                       .order_by(m.Sample.i)).scalars())
-        threshold = max(settings.min_effect, run_to_run_spread(list(runs.values())))
-        verdict = compare_samples([s for run in runs.values() for s in run], new, settings.alpha, threshold)
+        calibrations = dict(connection.execute(CALIBRATION_SQL, {"ids": [*baseline, result.id]}).all())
+        judged = judge([Run(runs[i], calibrations.get(i)) for i in baseline], Run(new, calibrations.get(result.id)),
+                       settings.alpha, settings.min_effect)
+        verdict, raw = judged.comparison, judged.raw
         wanted = verdict.verdict == SLOWER or (verdict.changed and settings.report_faster)
-        return Change(old_value=verdict.median_old, new_value=verdict.median_new, ratio=verdict.ratio,
+        return Change(old_value=raw.median_old, new_value=raw.median_new, ratio=verdict.ratio,
                       p_value=verdict.p_value, n_old=verdict.n_old, n_new=verdict.n_new,
-                      change=verdict.verdict if wanted else None, baseline=baseline, threshold=threshold)
+                      change=verdict.verdict if wanted else None, baseline=baseline, threshold=judged.threshold,
+                      judged=judged.judged, note=judged.summary() if judged.machine is not None else None)
     column = getattr(m.Accuracy, metric)
     old, n_old = connection.execute(select(column, m.Accuracy.n).where(m.Accuracy.result_id == baseline[0])).one()
     new, n_new = connection.execute(select(column, m.Accuracy.n).where(m.Accuracy.result_id == result.id)).one()

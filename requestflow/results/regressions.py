@@ -98,6 +98,7 @@ class DetectionReport:
     no_history: list[str] = field(default_factory=list)  # "point: metric" without an earlier result to compare
     stored: int = 0  # regressions stored by this detection
     findings: list[Finding] = field(default_factory=list)  # every regression of its results, stored now or before
+    calibrated: list[str] = field(default_factory=list)  # "point: latency ... calibrated: ...": judged calibrated
 
     @property
     def unacknowledged(self) -> list[Finding]:
@@ -109,6 +110,10 @@ class DetectionReport:
                 f"unchanged, {len(self.no_history)} without history; {len(self.findings)} regression(s) "
                 f"({self.stored} new), {len(open_)} unacknowledged")
         lines = [head] + [f"  {'' if f.acknowledged else 'OPEN '}{f.describe()}" for f in self.findings]
+        if self.calibrated:
+            lines.append(f"{len(self.calibrated)} latency comparison(s) judged on calibrated samples (the machine's "
+                         "own speed moved):")
+            lines += [f"  {note}" for note in self.calibrated]
         if open_:
             lines.append("acknowledge a known step change with: requestflow regressions ack ID --reason TEXT")
         return "\n".join(lines)
@@ -116,6 +121,7 @@ class DetectionReport:
     def as_dict(self) -> dict:
         return {"sweep": self.sweep, "settings": self.settings.__dict__, "checked": self.checked,
                 "unchanged": self.unchanged, "no_history": self.no_history, "stored": self.stored,
+                "calibrated": self.calibrated,
                 "findings": [f.as_dict() for f in self.findings]}
 
 
@@ -137,6 +143,8 @@ def detect(engine: Engine, sweep: str, window: int = DEFAULT_WINDOW, alpha: floa
                     report.no_history.append(f"{result.label}: {metric}")
                     continue
                 report.checked += 1
+                if change.judged == "calibrated":
+                    report.calibrated.append(f"{result.label}: {change.note}")
                 if change.change is None:
                     report.unchanged += 1
                     continue

@@ -8,6 +8,8 @@ included (``document_rebuild.rebuild``). The controller reruns the document's ow
 - the point's identity (``identity.identity``): a replay that ran something else (another library version, other
   weights) is said to be so, field by field, and its figures are shown but not judged;
 - performance: the raw samples of both runs, by ``stats.compare_samples`` (Mann-Whitney U with a minimum effect);
+  with a calibration on both sides (``requestflow.board.calibration``), judged calibrated where the machine's own
+  speed moved significantly (``requestflow.results.calibrated``): the verdict says which;
 - accuracy: top-1 and top-5 compared exactly, and every image's top-5 classes.
 """
 
@@ -42,7 +44,8 @@ class ReplayReport:
     old: dict
     new: dict
     identity_changes: list[str] = field(default_factory=list)
-    performance: object | None = None  # stats.Comparison
+    performance: object | None = None  # stats.Comparison: the one judged (calibrated or raw)
+    calibration: object | None = None  # calibrated.Judged: raw, machine and calibrated comparisons
     accuracy: dict | None = None
     failed: str | None = None
 
@@ -62,7 +65,9 @@ class ReplayReport:
         if self.identity_changes:
             return "not comparable: the replay ran another point (" + "; ".join(self.identity_changes) + ")"
         parts = []
-        if self.performance is not None:
+        if self.calibration is not None and self.calibration.machine is not None:
+            parts.append(self.calibration.summary())
+        elif self.performance is not None:
             parts.append(f"latency {self.performance.verdict}")
         if self.accuracy is not None:
             parts.append("accuracy and predictions identical" if self.accuracy["identical"] else
@@ -114,8 +119,6 @@ def stored(engine: Engine, given: str) -> StoredPoint:
 
 
 def compare(point: StoredPoint, new: dict, alpha: float = 0.01, min_effect: float = 0.05) -> ReplayReport:
-    from requestflow.results.stats import compare_samples
-
     old = point.document
     report = ReplayReport(board=point.board, point_id=point.point_id, old=old, new=new)
     if new.get("status") != "ok":
@@ -126,8 +129,10 @@ def compare(point: StoredPoint, new: dict, alpha: float = 0.01, min_effect: floa
     report.identity_changes = [f"{key}: {_short(before.get(key))} -> {_short(after.get(key))}"
                                for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)]
     if "performance" in old and "performance" in new:
-        report.performance = compare_samples(old["performance"]["samples"], new["performance"]["samples"],
-                                             alpha=alpha, min_effect=min_effect)
+        from requestflow.results.calibrated import judge, of
+
+        report.calibration = judge([of(old)], of(new), alpha=alpha, min_effect=min_effect)
+        report.performance = report.calibration.comparison
     if "accuracy" in old and "accuracy" in new:
         theirs = {p["file"]: [c for c, _ in p["top5"]] for p in old.get("predictions", [])}
         ours = {p["file"]: [c for c, _ in p["top5"]] for p in new.get("predictions", [])}
@@ -164,7 +169,12 @@ def render(report: ReplayReport) -> str:
     lines = [f"replay of point {report.point_id[:16]} on board {report.board}",
              table(["", "stored", "replay"], rows, "table")]
     if report.performance is not None:
-        lines.append(f"latency: {report.performance.describe()} (alpha {report.performance.alpha}, minimum effect "
+        judged = report.calibration
+        if judged is not None and judged.machine is not None:
+            lines += [f"latency raw: {judged.raw.describe()}", f"calibration: {judged.machine.describe()}",
+                      f"latency calibrated: {judged.calibrated.describe()}"]
+        lines.append(f"latency{' (judged ' + judged.judged + ')' if judged is not None else ''}: "
+                     f"{report.performance.describe()} (alpha {report.performance.alpha}, minimum effect "
                      f"{report.performance.min_effect:.0%})")
     if report.accuracy is not None and not report.accuracy["identical"]:
         lines.append(f"images whose top-5 changed: {report.accuracy['changed_images']}"

@@ -307,13 +307,13 @@ class TestARealRun:
     def test_its_document_is_valid_and_carries_the_verdict_on_its_own_samples(self, real):
         validate_document(real)
         verdict = real["performance"]["quality"]
-        assert list(verdict["checks"]) == CHECKS and verdict["verdict"] in (VALID, FLAGGED)
+        assert list(verdict["checks"]) == [*CHECKS, "calibration"] and verdict["verdict"] in (VALID, FLAGGED)
         assert (verdict["verdict"] == FLAGGED) == bool(verdict["reasons"])
         assert verdict["reasons"] == [c["detail"] for c in verdict["checks"].values() if not c["ok"]]
         environment = real["environment"]
         # recomputed from the document alone, the verdict is the same: it is the verdict of these samples
         assert assess(real["performance"]["samples"], environment["before"], environment["after"],
-                      cpus=real["context"]["cpu_affinity"]) == verdict
+                      cpus=real["context"]["cpu_affinity"], calibration=real["performance"]["calibration"]) == verdict
         assert verdict["checks"]["repetitions"]["n"] == 60
         for name, key in (("clocks", "cur_khz"), ("temperature", "temperatures")):
             readable = any(isinstance(v, int | float) for v in environment["before"][key].values())
@@ -431,6 +431,6 @@ class TestThePage:
             real = client.get(f"/scoreboard/point/{ids['real']}").text
             old = client.get(f"/scoreboard/point/{ids['old']}").text
         assert f'<section id="quality" class="quality {verdict.lower()}">' in real
-        assert re.findall(r'<tr data-check="(\w+)"', real) == CHECKS  # in the runner's order, whatever jsonb keeps
+        assert re.findall(r'<tr data-check="(\w+)"', real) == [*CHECKS, "calibration"]  # the runner's order
         assert '<section id="quality" class="quality none">' in old
         assert "measured before the runner gave verdicts" in old

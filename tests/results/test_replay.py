@@ -111,7 +111,12 @@ def test_a_replay_of_a_stored_point_finds_no_significant_difference(store, perfo
     def stored_samples_re_fed(board_name, stored, **kwargs):
         new = run_on_board(board_name, stored, **kwargs)
         replayed.append(new)
-        return with_samples(new, stored["performance"]["samples"]) if new.get("status") == "ok" else new
+        if new.get("status") != "ok":
+            return new
+        re_fed = with_samples(new, stored["performance"]["samples"])
+        if "calibration" in stored["performance"]:  # and the machine's speed they were timed at (issue #19)
+            re_fed["performance"]["calibration"] = stored["performance"]["calibration"]
+        return re_fed
 
     monkeypatch.setattr(replay_operator, "run_on_board", stored_samples_re_fed)
     code = main(["replay", point[:12], "--db", store])
@@ -131,8 +136,24 @@ def test_a_replay_of_a_stored_point_finds_no_significant_difference(store, perfo
     assert real.verdict == SAME, real.describe()
 
 
-def test_a_slowdown_is_detected(store, performance_point, capsys):
-    point, _ = performance_point
+def test_a_slowdown_is_detected(store, performance_point, capsys, monkeypatch):
+    """The replay runs beside a process that takes most of its CPU: a slower machine, which the replay's calibration
+    (issue #19) sees and discounts (tests/results/test_calibrated.py). To judge the slowdown itself, as a replay of
+    a point stored before calibrations existed is judged, the replayed document reaches the comparison without its
+    calibration: raw samples against raw samples."""
+    from requestflow.results import replay
+    from requestflow.results.calibrated import judge, of
+
+    point, document = performance_point
+    compare, replayed = replay.compare, []
+
+    def without_calibration(stored, new, **kwargs):
+        replayed.append(new)
+        if new.get("status") == "ok":
+            new = {**new, "performance": {k: v for k, v in new["performance"].items() if k != "calibration"}}
+        return compare(stored, new, **kwargs)
+
+    monkeypatch.setattr(replay, "compare", without_calibration)
     hog = multiprocessing.get_context("spawn").Process(target=_interfere, args=(CPU,), daemon=True)
     hog.start()
     try:
@@ -145,6 +166,8 @@ def test_a_slowdown_is_detected(store, performance_point, capsys):
     assert interfered, f"the interfering process ended early (exit code {hog.exitcode})"
     assert code == 1, output
     assert "DIFFERENT: latency slower" in output
+    judged = judge([of(document)], of(replayed[0]))  # with its calibration: the machine was slower
+    assert judged.raw.verdict == "slower" and judged.judged == "calibrated", judged.summary()
     # the replay was stored as a result of the same point, in a sweep of its own
     from sqlalchemy import create_engine
 
