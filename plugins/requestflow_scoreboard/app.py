@@ -76,11 +76,12 @@ def _templates():
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    from requestflow.results.plot import mark_id
     from requestflow_scoreboard import present
 
     env.filters.update(cell=present.cell, metric_value=present.metric_value, header=present.header,
                        ordered_checks=present.ordered_checks)
-    env.globals.update(quote=quote)
+    env.globals.update(quote=quote, mark_id=mark_id)
     return env
 
 
@@ -97,12 +98,23 @@ def _airflow_home(request: Request) -> str:
     return request.scope.get("root_path", "").removesuffix(URL_PREFIX) + "/"
 
 
+def point_link(selection, row: dict) -> str:
+    """A scoreboard row's point page (relative to the scoreboard), keeping the view's URL for the way back. With
+    dataset sizes ticked, a point may show once per image set: its link puts the row's own size first, which the
+    point page shows (``scoreboard_data.read_point``)."""
+    chosen, count = selection.filters.get("images") or (), row.get("image_count")
+    if not chosen or count is None:
+        return f"point/{row['point_id']}?{selection.query()}"
+    images = (str(count), *(v for v in chosen if v != str(count)))
+    return f"point/{row['point_id']}?{selection.query(filters={**selection.filters, 'images': images})}"
+
+
 def create_app() -> FastAPI:
     from requestflow.errors import UserError
     from requestflow.results import diff as diff_data
     from requestflow.results import reference as reference_data
     from requestflow.results import scoreboard_data as data
-    from requestflow.results.plot import METRICS, inline_svg
+    from requestflow.results.plot import METRICS, inline_svg, mark_id
     from requestflow.results.regressions import open_regressions
 
     # no /docs, /redoc or /openapi.json: nothing is served that the login middleware has not seen first
@@ -164,10 +176,11 @@ def create_app() -> FastAPI:
         chosen = selection(request)
         query = chosen.query()
         options = read(data.options)
-        rows, drawing = read(data.draw, chosen, "svg", lambda row: f"point/{row['point_id']}?{query}")
+        rows, drawing = read(data.draw, chosen, "svg", lambda row: point_link(chosen, row))
         references = read(reference_data.reference_boards, {row["board"] for row in rows})
         regressions = read(open_regressions, rows)  # unacknowledged, of the selected points
         return page("scoreboard.html", selection=chosen, query=query, options=options, rows=rows,
+                    point_link=lambda row: point_link(chosen, row),
                     variant_labels=read(data.variant_labels),
                     references=references, regressions=regressions,
                     drawing=drawing, svg=inline_svg(drawing.data), filters=data.FILTERS,
@@ -187,7 +200,8 @@ def create_app() -> FastAPI:
         rows, drawing = read(data.draw, chosen, "svg")
         return JSONResponse({"selection": {"x": chosen.x, "y": chosen.y, "log_x": chosen.log_x,
                                            "log_y": chosen.log_y, "filters": chosen.filters},
-                             "rows": rows, "frontier": sorted(drawing.frontier), "drawn": drawing.drawn},
+                             "rows": [{**row, "mark": mark_id(row)} for row in rows],  # a point on an image set
+                             "frontier": sorted(drawing.frontier), "drawn": drawing.drawn},  # marks
                             headers=NO_STORE)
 
     def point_or_404(point_id: str, images: list[str] | None = None) -> dict:

@@ -10,9 +10,11 @@ from (median latency, top-1) to any pair of metrics, each with its own better di
 frontier when no other point of that board is at least as good on both metrics and strictly better on one; points
 equal on both are all kept; random-weight points and points missing either figure take no part.
 
-Server-side matplotlib (no JavaScript library): the SVG carries, for every point, a group ``<g id="point-<point id>"
-class="point" data-point-id=... data-x=... data-y=... data-frontier="true|false">`` with a ``<title>`` tooltip
-(and a link when the caller gives one), so a page can link, and a test can check, each point.
+Server-side matplotlib (no JavaScript library): the SVG carries, for every mark, a group ``<g id="point-<mark>"
+class="point" data-point-id=... data-mark=... data-images=... data-x=... data-y=... data-frontier="true|false">``
+with a ``<title>`` tooltip (and a link when the caller gives one), so a page can link, and a test can check, each
+mark. A mark is one scoreboard row (:func:`mark_id`): a point measured on several image sets, all of them shown
+(dataset sizes ticked), is one mark per image set, each with its own figures and its own place on its frontier.
 """
 
 from __future__ import annotations
@@ -80,9 +82,26 @@ def _goodness(m: Metric, value: float) -> float:
     return value if m.better == "lower" else -value
 
 
+def mark_id(row: dict) -> str:
+    """What tells a scoreboard row apart from the others: its point id, and its image set when it has one (the
+    scoreboard's key since version 5 is (point_id, image_set): a performance point shows once per image set its
+    configuration's accuracy was measured on)."""
+    image_set = row.get("image_set")
+    return f"{row['point_id']}-{image_set}" if image_set else row["point_id"]
+
+
 def frontier(rows: Iterable[dict], x: str, y: str) -> set[str]:
-    """The ``point_id``s on the Pareto frontier of metrics ``x`` and ``y``, per board and, when an axis is an
-    accuracy, per image set (:func:`frontier_group`; the view's rule, any axes).
+    """The ``point_id``s with a row on the Pareto frontier of metrics ``x`` and ``y`` (:func:`frontier_marks`). Only
+    for rows with one row per point (like the ``pareto_frontier`` view's): a point shown on two image sets can be on
+    one image set's frontier and not on the other's, which only :func:`frontier_marks` can say."""
+    rows = list(rows)
+    marks = frontier_marks(rows, x, y)
+    return {row["point_id"] for row in rows if mark_id(row) in marks}
+
+
+def frontier_marks(rows: Iterable[dict], x: str, y: str) -> set[str]:
+    """The rows (:func:`mark_id`) on the Pareto frontier of metrics ``x`` and ``y``, per board and, when an axis is
+    an accuracy, per image set (:func:`frontier_group`; the view's rule, any axes).
 
     Sorted by (x, y) with lower better on both, the rows in earlier peer groups (equal on both) are exactly those
     better on x, or as good on x and better on y: a row is on the frontier when none of them is at least as good on
@@ -94,7 +113,7 @@ def frontier(rows: Iterable[dict], x: str, y: str) -> set[str]:
                 or row.get("quality") == "EMULATED":  # qemu's timings: never on a frontier (pareto_frontier v5)
             continue
         by_board.setdefault(frontier_group(row, mx, my), []).append(
-            (_goodness(mx, float(row[mx.column])), _goodness(my, float(row[my.column])), row["point_id"]))
+            (_goodness(mx, float(row[mx.column])), _goodness(my, float(row[my.column])), mark_id(row)))
     out: set[str] = set()
     for candidates in by_board.values():
         candidates.sort(key=lambda c: (c[0], c[1]))
@@ -148,8 +167,8 @@ def width_marker(width) -> str:
 class Drawing:
     data: bytes
     fmt: str
-    frontier: set[str]  # point ids on the frontier
-    drawn: list[str] = field(default_factory=list)  # point ids drawn (both figures present)
+    frontier: set[str]  # marks (mark_id: a point on one image set) on the frontier
+    drawn: list[str] = field(default_factory=list)  # marks drawn (both figures present)
     missing: int = 0  # rows without one of the two figures (not drawn)
 
 
@@ -170,7 +189,7 @@ def scatter(rows: list[dict], x: str, y: str, fmt: str = "svg", *, title: str | 
     if fmt not in ("svg", "png"):
         raise UserError(f"a plot is written as svg or png, not {fmt!r}")
     mx, my = metric(x), metric(y)
-    on_frontier = frontier(rows, mx.column, my.column)
+    on_frontier = frontier_marks(rows, mx.column, my.column)
     drawable = [r for r in rows if r.get(mx.column) is not None and r.get(my.column) is not None]
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -188,24 +207,24 @@ def scatter(rows: list[dict], x: str, y: str, fmt: str = "svg", *, title: str | 
                 ax.plot([px], [py], linestyle="none", marker=width_marker(row.get("width")), markersize=size,
                         markerfacecolor="none" if row.get("random_weights") else colour, markeredgecolor=colour,
                         markeredgewidth=1.2 if row.get("random_weights") else 0.6, alpha=0.9,
-                        gid=f"point-{row['point_id']}", zorder=3)
+                        gid=f"point-{mark_id(row)}", zorder=3)
                 for axis, m in (("x", mx), ("y", my)):
                     bar = _bar(m, row)
                     if bar is None:
                         continue
                     lo, hi = bar[0] * m.scale, bar[1] * m.scale
                     xs, ys = ([lo, hi], [py, py]) if axis == "x" else ([px, px], [lo, hi])
-                    ax.plot(xs, ys, color=colour, linewidth=1.0, alpha=0.6, gid=f"bar-{axis}-{row['point_id']}",
+                    ax.plot(xs, ys, color=colour, linewidth=1.0, alpha=0.6, gid=f"bar-{axis}-{mark_id(row)}",
                             zorder=2)
-                if row["point_id"] in on_frontier:
+                if mark_id(row) in on_frontier:
                     ax.plot([px], [py], linestyle="none", marker="+", markersize=size, color="black",
-                            markeredgewidth=1.2, gid=f"frontier-mark-{row['point_id']}", zorder=4)
-            groups = sorted({frontier_group(r, mx, my) for r in drawable if r["point_id"] in on_frontier},
+                            markeredgewidth=1.2, gid=f"frontier-mark-{mark_id(row)}", zorder=4)
+            groups = sorted({frontier_group(r, mx, my) for r in drawable if mark_id(r) in on_frontier},
                             key=lambda g: (g[0], g[1] or ""))
             images = {frontier_group(r, mx, my): r.get("image_count") for r in drawable}
             for i, group in enumerate(groups):
                 points = sorted(((float(r[mx.column]), float(r[my.column])) for r in drawable
-                                 if frontier_group(r, mx, my) == group and r["point_id"] in on_frontier),
+                                 if frontier_group(r, mx, my) == group and mark_id(r) in on_frontier),
                                 key=lambda p: (_goodness(mx, p[0]), _goodness(my, p[1])))
                 named = [group[0]] * (len({g[0] for g in groups}) > 1) + (
                     [f"{images[group]} images"] if len({g[1] for g in groups}) > 1 and images[group] else [])
@@ -245,8 +264,8 @@ def scatter(rows: list[dict], x: str, y: str, fmt: str = "svg", *, title: str | 
             fig.savefig(out, format=fmt, dpi=110, metadata={"Date": None} if fmt == "svg" else None)
     data = out.getvalue()
     if fmt == "svg":
-        data = _annotate_svg(data, {r["point_id"]: r for r in drawable}, mx, my, on_frontier, point_href)
-    return Drawing(data=data, fmt=fmt, frontier=on_frontier, drawn=[r["point_id"] for r in drawable],
+        data = _annotate_svg(data, {mark_id(r): r for r in drawable}, mx, my, on_frontier, point_href)
+    return Drawing(data=data, fmt=fmt, frontier=on_frontier, drawn=[mark_id(r) for r in drawable],
                    missing=len(rows) - len(drawable))
 
 
@@ -262,20 +281,24 @@ def _annotate_svg(data: bytes, rows: dict[str, dict], mx: Metric, my: Metric, on
         gid = group.get("id", "")
         if not gid.startswith("point-"):
             continue
-        row = rows[gid.removeprefix("point-")]
+        mark = gid.removeprefix("point-")
+        row = rows[mark]
         x, y = float(row[mx.column]), float(row[my.column])
-        group.set("class", "point frontier" if row["point_id"] in on_frontier else "point")
+        group.set("class", "point frontier" if mark in on_frontier else "point")
         group.set("data-point-id", row["point_id"])
+        group.set("data-mark", mark)
+        if row.get("image_count") is not None:
+            group.set("data-images", str(row["image_count"]))
         group.set("data-board", str(row["board"]))
         group.set("data-backend", str(row["backend"]))
         group.set("data-model", str(row["model"]))
         group.set("data-x", repr(x))
         group.set("data-y", repr(y))
-        group.set("data-frontier", "true" if row["point_id"] in on_frontier else "false")
+        group.set("data-frontier", "true" if mark in on_frontier else "false")
         title = ET.Element(f"{{{SVG_NS}}}title")
         title.text = (f"{_label(row)}\n{mx.label}: {_number(x * mx.scale)} {mx.unit}\n"
                       f"{my.label}: {_number(y * my.scale)} {my.unit}"
-                      f"{chr(10) + 'on the Pareto frontier' if row['point_id'] in on_frontier else ''}")
+                      f"{chr(10) + 'on the Pareto frontier' if mark in on_frontier else ''}")
         group.insert(0, title)
         if point_href is not None:
             parent = parents[group]

@@ -397,7 +397,10 @@ def cmd_regressions(args, argv) -> int:
     from requestflow.results.query import render
 
     engine, _ = open_store(args, "reader")
-    print(render(*regressions.list_regressions(engine, args.sweep, include_acknowledged=args.all), args.format))
+    columns, rows = regressions.list_regressions(engine, args.sweep, include_acknowledged=args.all)
+    at = columns.index("variant")  # its label, as the scoreboard and the page show it (the view keeps the JSON)
+    print(render(columns, [(*row[:at], regressions.variant_text(row[at]), *row[at + 1:]) for row in rows],
+                 args.format))
     return 0
 
 
@@ -436,6 +439,7 @@ def cmd_rm(args, argv) -> int:
 
 def cmd_plot(args, argv) -> int:
     from requestflow.board.files import atomic_write_bytes
+    from requestflow.results.plot import mark_id
     from requestflow.results.scoreboard_data import FILTERS, Selection, draw
 
     out = Path(args.out)
@@ -455,9 +459,10 @@ def cmd_plot(args, argv) -> int:
           + (f", {drawing.missing} without both figures left out" if drawing.missing else "")
           + f"; {len(drawing.frontier)} on the Pareto frontier:")
     for row in rows:
-        if row["point_id"] in drawing.frontier:
+        if mark_id(row) in drawing.frontier:  # a point shown on two image sets is two rows, each on its own frontier
+            images = f"  {row['image_count']} images" if "images" in selection.filters and row["image_count"] else ""
             print(f"  {row['board']}  {row['model']}  {row['backend']}  {row['precision']}  "
-                  f"{selection.x}={row[selection.x]:.6g}  {selection.y}={row[selection.y]:.6g}")
+                  f"{selection.x}={row[selection.x]:.6g}  {selection.y}={row[selection.y]:.6g}{images}")
     return 0
 
 

@@ -182,11 +182,13 @@ def read_point(engine: Engine, point_id: str, images: Iterable[str] = ()) -> dic
     """One scoreboard row with its provenance: ``row``, ``board`` (its figures), ``results`` (the performance and
     accuracy results behind it: document fields, platform, sweep, dataset, weights, library build, ``command`` as a
     shell line), ``samples`` (raw seconds of the performance result). None when no such point. A point measured on
-    several image sets: the row of one of ``images`` (dataset sizes) when there is one, else of its largest."""
+    several image sets: the row of the first of ``images`` (dataset sizes) it has, else of its largest (the page's
+    link from a row of a view with several sizes ticked puts the row's own first)."""
     if not POINT_ID.match(point_id or ""):
         return None
     columns, rows = read_only(engine, f"SELECT {', '.join(COLUMNS)} FROM scoreboard WHERE point_id = %(p)s "
-                                      "ORDER BY image_count::text = ANY(%(images)s) DESC, largest_image_set DESC",
+                                      "ORDER BY array_position(%(images)s::text[], image_count::text) NULLS LAST, "
+                                      "largest_image_set DESC",
                               {"p": point_id, "images": [str(i) for i in images]})
     if not rows:
         return None

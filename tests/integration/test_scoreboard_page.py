@@ -7,6 +7,9 @@ in a throwaway PostgreSQL database) with this checkout's plugins folder, on a se
   Airflow's login form, open the page from Airflow's navigation, check that the points drawn on the frontier are
   exactly those of a frontier computed by hand, change a selector and see the plot, the table and the URL follow,
   open a point's page (command line, histogram), and save screenshots in ``test-artifacts/``.
+- A point measured on two image sets (a quick 20-image check after the 500-image figures), both dataset sizes
+  ticked: one mark and one table row per image set, each with its own top-1, its own place on its image set's
+  frontier, its own highlight and its own link.
 """
 
 from __future__ import annotations
@@ -21,14 +24,16 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine
 
 from requestflow.results.database import sqlalchemy_url, upgrade
+from requestflow.results.load import load_documents
 from tests.airflow_services import AirflowServices
-from tests.scoreboard_seed import SEEDS, command, frontier_by_hand, seed_store
+from tests.scoreboard_seed import SEEDS, Seed, command, documents, frontier_by_hand, seed_store, templates
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("REQUESTFLOW_CHROMIUM", "/usr/bin/chromium")
@@ -108,11 +113,33 @@ def _claims(token: str) -> dict:
     return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
 
 
+# a quick check on 20 images of three hikey960 points after their 500-image figures: the default view still shows
+# each on 500 images; with both sizes ticked each point is two rows, on two frontiers (20 images: tflite 0.25-128,
+# fastest, and tf 0.25-128, more accurate, which is beaten on 500; tflite 1.0-224, on 500's frontier, is beaten on 20)
+QUICK_CHECK = {("mobilenet-v1-0.25-128", "tflite"): 0.30, ("mobilenet-v1-0.25-128", "tf"): 0.50,
+               ("mobilenet-v1-1.0-224", "tflite"): 0.45}
+QUICK_SEEDS = tuple(replace(s, top1=QUICK_CHECK[s.model, s.backend], images=20) for s in SEEDS
+                    if s.board == "hikey960" and (s.model, s.backend) in QUICK_CHECK)
+BOTH_SIZES = "board=hikey960&images=500&images=20"
+
+
+def both_sizes_by_hand(ids: dict[tuple, str]) -> tuple[list[Seed], set[tuple[str, int]]]:
+    """The hikey960 rows shown with 500 and 20 images ticked (as seeds), and the (point id, images) on a frontier,
+    computed by hand per image set."""
+    shown = [s for s in SEEDS if s.board == "hikey960" and s.images == 500 and s.top1 is not None]
+    shown += list(QUICK_SEEDS)
+    on = {(pid, n) for n in (500, 20) for pid in frontier_by_hand([s for s in shown if s.images == n], ids)}
+    return shown, on
+
+
 @pytest.fixture(scope="module")
 def airflow(tmp_path_factory, models_dir):
     with ApiServer(tmp_path_factory.mktemp("airflow-home")) as server:
         engine = create_engine(server.results_url)
         server.point_ids = seed_store(engine, models_dir)
+        assert len(QUICK_SEEDS) == len(QUICK_CHECK)
+        load_documents(engine, [pair for seed in QUICK_SEEDS for pair in documents(seed, *templates(models_dir))],
+                       board="hikey960", sweep="manual__2026-11-29T10:00:00+00:00", dag_id="mobilenets_sweep")
         engine.dispose()
         yield server
 
@@ -241,7 +268,19 @@ class TestTheEndpoints:
     def test_the_json_frontier_is_the_frontier_computed_by_hand(self, airflow):
         status, _, body = airflow.get(f"{PAGE}data.json", token=airflow.token("viewer"))
         assert status == 200
-        assert set(json.loads(body)["frontier"]) == frontier_by_hand(SEEDS, airflow.point_ids)
+        data = json.loads(body)
+        on = {row["point_id"] for row in data["rows"] if row["mark"] in data["frontier"]}
+        assert len(on) == len(data["frontier"]) and on == frontier_by_hand(SEEDS, airflow.point_ids)
+
+    def test_with_two_dataset_sizes_ticked_each_row_of_a_point_is_on_its_own_image_sets_frontier(self, airflow):
+        status, _, body = airflow.get(f"{PAGE}data.json?{BOTH_SIZES}", token=airflow.token("viewer"))
+        assert status == 200
+        data = json.loads(body)
+        shown, by_hand = both_sizes_by_hand(airflow.point_ids)
+        assert sorted((r["point_id"], r["image_count"]) for r in data["rows"]) == sorted(
+            (airflow.point_ids[s.key()], s.images) for s in shown)
+        assert len({r["mark"] for r in data["rows"]}) == len(data["rows"])
+        assert {(r["point_id"], r["image_count"]) for r in data["rows"] if r["mark"] in data["frontier"]} == by_hand
 
     def test_a_bad_metric_is_a_clear_400_and_an_unknown_point_a_404(self, airflow):
         token = airflow.token("viewer")
@@ -321,6 +360,17 @@ def table_ids(page, selector: str = "#points tbody tr") -> list[str]:
     return page.eval_on_selector_all(selector, "rows => rows.map(r => r.dataset.pointId)")
 
 
+def log_in(page, server: ApiServer, path: str) -> None:
+    """Open ``path``: Airflow's login form, as the viewer, comes back to it."""
+    page.goto(f"{server.base}{path}")
+    page.wait_for_url("**/auth/login**")
+    page.fill("input[name=username]", "viewer")
+    page.fill("input[name=password]", server.passwords["viewer"])
+    page.click("button[type=submit]")
+    page.wait_for_url(f"**{PAGE}*")
+    page.wait_for_selector("#plot svg g.point")
+
+
 class TestInABrowser:
     def test_log_in_read_the_frontier_change_a_selector_open_a_point(self, airflow, browser):
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -330,13 +380,7 @@ class TestInABrowser:
         ids = airflow.point_ids
 
         # 1. anonymous: the page sends the browser to Airflow's login form, which comes back to the page
-        page.goto(f"{airflow.base}{PAGE}")
-        page.wait_for_url("**/auth/login**")
-        page.fill("input[name=username]", "viewer")
-        page.fill("input[name=password]", airflow.passwords["viewer"])
-        page.click("button[type=submit]")
-        page.wait_for_url(f"**{PAGE}")
-        page.wait_for_selector("#plot svg g.point")
+        log_in(page, airflow, PAGE)
 
         # 2. every seeded point is in the table; the drawn ones in the plot; the frontier is the one by hand
         by_hand = frontier_by_hand(SEEDS, ids)
@@ -408,3 +452,45 @@ class TestInABrowser:
         context.close()
         if os.environ.get("REQUESTFLOW_UPDATE_DOCS_SCREENSHOT"):
             shutil.copy(ARTIFACTS / "scoreboard.png", ROOT / "docs" / "scoreboard.png")
+
+    def test_a_point_on_two_image_sets_is_two_marks_each_with_its_figures_frontier_highlight_and_link(self, airflow,
+                                                                                                     browser):
+        context = browser.new_context(viewport={"width": 1500, "height": 1000})
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        ids = airflow.point_ids
+        log_in(page, airflow, f"{PAGE}?{BOTH_SIZES}")
+        shown, by_hand = both_sizes_by_hand(ids)
+
+        # every row of the view and every mark of the plot: its point, its own top-1, its own image set's frontier
+        def expected(rows: list[Seed]) -> list[tuple]:
+            return sorted((ids[s.key()], s.top1, (ids[s.key()], s.images) in by_hand) for s in rows)
+
+        marks = page.eval_on_selector_all("#plot svg g.point", "gs => gs.map(g => [g.dataset.pointId, g.dataset.y, "
+                                                               "g.dataset.frontier === 'true'])")
+        assert sorted((p, float(y), on) for p, y, on in marks) == expected([s for s in shown if s.median_s is not None])
+        table = page.eval_on_selector_all("#points tbody tr", "rs => rs.map(r => [r.dataset.pointId, "
+                                                              "r.querySelector('td[data-column=top1]').dataset.value, "
+                                                              "r.classList.contains('frontier')])")
+        assert sorted((p, float(top1), on) for p, top1, on in table) == expected(shown)
+        assert page.inner_text("#count-frontier") == str(len(by_hand))
+        tf = ids[next(s for s in QUICK_SEEDS if s.backend == "tf").key()]  # on 20 images' frontier, not on 500's
+        assert (tf, 20) in by_hand and (tf, 500) not in by_hand
+
+        # hovering the row of tf on 20 images lights up its mark on 20 images, not the one on 500
+        row = page.locator(f"#points tbody tr[data-point-id='{tf}']:has(td[data-column=top1][data-value='0.5'])")
+        row.hover()
+        lit = page.eval_on_selector_all("#plot g.point.highlight",
+                                        "gs => gs.map(g => [g.dataset.pointId, g.dataset.y])")
+        assert lit == [[tf, "0.5"]]
+        page.screenshot(path=str(ARTIFACTS / "scoreboard-two-image-sets.png"), full_page=True)
+
+        # its mark opens the point's page on 20 images, and the way back keeps both sizes ticked
+        page.click(f"#plot a.point-link:has(g[data-point-id='{tf}'][data-y='0.5'])")
+        page.wait_for_url(f"**/point/{tf}**")
+        assert page.inner_text("#figures td[data-column=image_count]") == "20"
+        page.click("#back")
+        page.wait_for_selector("#plot svg g.point")
+        assert page.is_checked("#filter-images input[value='20']") and page.is_checked(
+            "#filter-images input[value='500']")
+        context.close()

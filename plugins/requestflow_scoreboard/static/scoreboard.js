@@ -51,11 +51,12 @@
     });
   });
 
-  function point(id) {
-    return document.querySelector('#plot g.point[data-point-id="' + id + '"]');
+  // a row and its mark share data-mark: a point shown on two image sets is two rows and two marks
+  function point(mark) {
+    return document.querySelector('#plot g.point[data-mark="' + mark + '"]');
   }
   Array.prototype.forEach.call(document.querySelectorAll("#points tbody tr"), function (row) {
-    var id = row.getAttribute("data-point-id");
+    var id = row.getAttribute("data-mark");
     row.addEventListener("mouseenter", function () {
       var g = point(id);
       if (g) { g.classList.add("highlight"); }
