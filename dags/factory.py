@@ -10,7 +10,9 @@ for ``board_provision`` alike.
 A sweep (``sweep_dag``), per board: ``plan`` (the board's points; skipped when the board is not chosen or on a dry
 run) >> ``provision`` (runner, platform, data) >> ``armcl_<build>`` (one per build of ``config/armcl.json``: built
 or reused on the board, with requestflow's MobileNet program compiled against it; skipped when no armcl point names
-it) >> ``pin_clocks`` (a setup task) >> ``run`` (mapped: one task per point, named "<model> <backend> <mode>" in the
+it) >> ``builds_done`` (waits for the builds however they end: a failed build has stored its points as failed with
+its error, their run tasks skip themselves, and the board's other points run; skipped when no build failed) >>
+``pin_clocks`` (a setup task) >> ``run`` (mapped: one task per point, named "<model> <backend> <mode>" in the
 UI) >> ``restore_clocks`` (its teardown: Airflow runs it even when points fail or the run is marked failed). armcl
 points are one per variant (the form's ArmCL targets x layouts x conv methods x tuners). ``summary`` accounts for
 every planned point (stored ok, stored failed, stored without a result, skipped because already stored) and
@@ -90,17 +92,26 @@ def sweep_dag(dag_id: str, schedule, overrides: dict | None, doc: str, tags: lis
                     return sweep_tasks.plan_task(board, context)
 
                 points = plan_points()
-                # the ArmCL builds the board's armcl points name (each skips itself when none does); the clocks
-                # are pinned once they are all done or skipped
+                # the ArmCL builds the board's armcl points name (each skips itself when none does), then the gate
+                # that waits for them however they end (one backend's failed build does not block the others'
+                # points); the clocks are pinned once provisioning succeeded and the gate is done or skipped
                 steps = board_tasks(board, points=points, pin_trigger_rule="none_failed_min_one_success")
+                build_tasks = {name: build.task_id for name, build in steps.builds.items()}
+
+                @task(task_id="builds_done", trigger_rule="all_done")
+                def builds_done(board: str = board, build_tasks: dict = build_tasks, **context) -> list[str]:
+                    return sweep_tasks.builds_done(board, build_tasks, context)
+
+                gate = builds_done()
                 runs = RunPointOperator.partial(
                     task_id="run", board_conn_id=board, pool=pool_name(board), queue=site_queue(board),
                     resume="{{ params.resume }}", cooldown_c="{{ params.cooldown_c or '' }}",
-                    armcl_build_tasks={name: build.task_id for name, build in steps.builds.items()},
+                    armcl_build_tasks=build_tasks,
                     map_index_template=RUN_NAME,
                 ).expand(point=points)
                 steps.pin >> runs >> steps.restore
-                steps.provision >> list(steps.builds.values()) >> steps.pin
+                steps.provision >> list(steps.builds.values()) >> gate >> steps.pin
+                points >> gate
                 ends += [runs, steps.restore]
 
         # summary stores what never ran and always updates the results Asset (regression_check follows it, also

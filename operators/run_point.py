@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from operators import board_jobs, board_reboot, point_steps, runner_job
 from operators.board_hook import board_for
@@ -78,6 +78,7 @@ class RunPointOperator(BaseOperator):
     def execute(self, context) -> dict:
         from operators.results_hook import fail_points_on_last_attempt, user_errors_are_final
 
+        self._skip_without_its_build(context)
         try:
             with user_errors_are_final():
                 return self._execute(context)
@@ -143,6 +144,15 @@ class RunPointOperator(BaseOperator):
             self.log.info("board %s: %s: the runner had finished its document: it is the result", outcome.board,
                           label)
         return outcome.document
+
+    def _skip_without_its_build(self, context) -> None:
+        """A point whose ArmCL build failed does not run: the build's task stored it failed, with the build's error
+        (the board's other points run: ``sweep_tasks.builds_done``)."""
+        name = self.point.get("armcl_build")
+        if name and name in self.armcl_build_tasks and not (
+                context["ti"].xcom_pull(task_ids=self.armcl_build_tasks[name]) or {}).get("path"):
+            raise AirflowSkipException(f"the ArmCL build {name} of board {self.board_conn_id} failed: the point is "
+                                       "stored failed with the build's error (see the build's task)")
 
     def _armcl_build(self, context) -> str | None:
         """The board's folder of the ArmCL build the point names: what its build task returned (XCom)."""

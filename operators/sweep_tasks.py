@@ -1,6 +1,7 @@
 """The sweep's task bodies (``dags/factory.py`` wires them): the plan task (the board's points, each one's data
-resolved on the controller), ``summary`` (every planned point accounted for, the sweep's scoreboard printed) and
-``verdict`` (the run fails when a point did not succeed or the params were refused)."""
+resolved on the controller), ``builds_done`` (the gate after a board's ArmCL builds), ``summary`` (every planned
+point accounted for, the sweep's scoreboard printed) and ``verdict`` (the run fails when a point did not succeed or
+the params were refused)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,30 @@ def prepare_points(board: str, points: list[dict], context) -> list[dict]:
     if not prepared.points:
         raise AirflowFailException(f"board {board}: every point was refused: {prepared.refused[0][1]}")
     return prepared.points
+
+
+def builds_done(board: str, build_tasks: dict[str, str], context) -> list[str]:
+    """The gate between a board's ArmCL builds and its points (``dags/factory.py``): it waits for every build to end
+    however it ends, so that one backend's failure does not block the others. A build that failed stored the points
+    that need it as failed, with its error (``ArmclBuildOperator``), and their run tasks skip themselves; every other
+    point runs. Skipped when no point of the board needs a build that failed (the usual case, nothing to say);
+    else it names the failed builds and their points (and returns the builds' names)."""
+    ti = context["ti"]
+    points = ti.xcom_pull(task_ids=f"board_{board}.plan") or []
+    if not points:
+        raise AirflowSkipException(f"board {board} has no point in this sweep")
+    needed = sorted({p["armcl_build"] for p in points if p.get("armcl_build")})
+    failed = [name for name in needed if name in build_tasks
+              and not (ti.xcom_pull(task_ids=build_tasks[name]) or {}).get("path")]
+    if not failed:
+        raise AirflowSkipException(f"board {board}: every ArmCL build its points need is ready"
+                                   if needed else f"board {board}: no point needs an ArmCL build")
+    for name in failed:
+        stranded = [point_label(p) for p in points if p.get("armcl_build") == name]
+        print(f"board {board}: the ArmCL build {name} failed (its task's log says why): its {len(stranded)} "
+              "point(s) are stored failed with its error and do not run:" + "".join(f"\n  {s}" for s in stranded))
+    print(f"board {board}: the {sum(1 for p in points if p.get('armcl_build') not in failed)} other point(s) run")
+    return failed
 
 
 def verdict(counts: dict) -> None:

@@ -1,0 +1,63 @@
+"""One backend's failure does not block the others (issue #17): a sweep whose ArmCL build fails on a board still runs
+that board's tf points; the armcl points that needed the build are stored failed with the build's error, never
+``NotRun``. The wiring (``dags/factory.py``: the ``builds_done`` gate between the builds and the clocks) is checked
+in the DAG, and a real sweep runs through ``dag.test()`` on the local board with a build whose source is missing
+(``$REQUESTFLOW_ARMCL_CONFIG``: a test's config/armcl.json)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from requestflow.results.query import read_only
+from tests.airflow_run import airflow_databases, run_dag
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = "armcl_missing_source"
+MISSING = "/nonexistent/requestflow-test/arm-compute-library-24.11.tar.xz"
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory) -> Path:
+    """A config/armcl.json with one build, whose source tarball does not exist."""
+    path = tmp_path_factory.mktemp("config") / "armcl.json"
+    path.write_text(json.dumps({"builds": {BUILD: {
+        "version": "24.11", "source": {"kind": "tarball", "location": MISSING, "sha256": "0" * 64},
+        "options": {"opencl": 1, "data_type_support": "fp32"}}}}))
+    return path
+
+
+def test_the_clocks_and_points_wait_for_the_gate_not_for_the_builds(builds, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("REQUESTFLOW_ARMCL_CONFIG", str(builds))
+    dag = DagBag(str(ROOT / "dags")).dags["mobilenets_sweep"]
+    gate, pin = dag.get_task("board_local.builds_done"), dag.get_task("board_local.pin_clocks")
+    assert gate.trigger_rule == "all_done" and gate.upstream_task_ids == {f"board_local.armcl_{BUILD}",
+                                                                         "board_local.plan"}
+    assert pin.upstream_task_ids == {"board_local.provision", "board_local.builds_done"}
+    assert "board_local.run" in pin.downstream_task_ids
+
+
+def test_a_failed_armcl_build_stores_its_points_failed_with_its_error_and_the_tf_point_runs(builds, tmp_path):
+    with airflow_databases(tmp_path / "airflow-home", boards=("local",)) as (env, store):
+        env = {**env, "REQUESTFLOW_ARMCL_CONFIG": str(builds)}
+        run = run_dag(env, {"boards": ["local"], "models": ["mobilenet-v1-0.25-128"], "backends": ["armcl", "tf"],
+                            "modes": ["performance"], "repetitions": 3, "warmup": 1, "armcl_build": BUILD},
+                      expect="failed")  # the verdict: the armcl point did not succeed
+        output = run["output"]
+        _, rows = read_only(store, "SELECT backend, variant_label, latency_median_s FROM scoreboard "
+                                   "WHERE sweep = %(s)s", {"s": run["run_id"]})
+        assert [(backend, label) for backend, label, _ in rows] == [("tf", "graph")], output[-6000:]
+        assert rows[0][2] > 0
+        _, failures = read_only(store, "SELECT f.point->>'backend', f.error_type, f.message FROM point_failures f "
+                                       "JOIN sweeps s ON s.id = f.sweep_id WHERE s.run_id = %(s)s",
+                                {"s": run["run_id"]})
+        assert len(failures) == 1, failures  # stored once, by the build: not again by its run task, never NotRun
+        backend, error_type, message = failures[0]
+        assert (backend, error_type) == ("armcl", "ArmclBuildFailed")
+        assert f"source tarball {MISSING} not found" in message
+        assert f"the ArmCL build {BUILD} failed" in output and "the 1 other point(s) run" in output
+        assert "1 ok, 0 already stored, 0 failed, 1 without a result" in output
