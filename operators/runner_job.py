@@ -25,10 +25,12 @@ heartbeat_s=120, timeout_s=None, poll_s=1.0, kill_on_error=False) -> Outcome``
     ``failure()``, the error of an outcome without a document, naming the board, the exit code or the loss, and the
     last output lines.
 
-Each output line goes to ``log`` as ``[<board>] <line>``. Errors: ``board_jobs.JobTimedOut`` past the deadline
-(the job killed), ``TimeoutError`` past ``timeout_s`` (the job left running unless ``kill_on_error``), and
-whatever the connection raises; ``kill_on_error`` kills the job on any of them (a caller with no ``on_kill`` of
-its own, as the replay).
+Each output line goes to ``log`` as ``[<board>] <line>``, each progress line as ``[<board>] progress: ...``. A
+connection lost while waiting is opened again (``RECONNECTS`` times) and the job followed on. Errors:
+``board_jobs.JobTimedOut`` past the deadline (the job killed), ``TimeoutError`` past ``timeout_s`` (the job left
+running unless ``kill_on_error``), a connection lost for good, and whatever else the board raises;
+``kill_on_error`` kills the job on any of them but the lost connection (a caller with no ``on_kill`` of its own,
+as the replay).
 """
 
 from __future__ import annotations
@@ -88,8 +90,6 @@ def follow(board, job_dir: str, *, log: Log = print, document: str = "result.jso
     """Wait for the job in ``job_dir`` and fetch its document (module docstring). A connection lost while waiting
     is opened again (``RECONNECTS`` times), and the job followed on: a board that rebooted meanwhile is then seen
     as such (its boot id), its job lost."""
-    from operators.board_hook import BoardConnectionLost
-
     name = board.settings.name
     lines: list[str] = []
     printed = [0, 0]  # lines shown; lines to skip (shown before a reconnect: the wait reads the log from its start)
@@ -116,11 +116,15 @@ def follow(board, job_dir: str, *, log: Log = print, document: str = "result.jso
         except board_jobs.JobLost as lost:
             log(f"board {name}: {lost}")
             return _lost(board, job_dir, document, lost.reason, lines)
-        except BoardConnectionLost as exc:
-            if reconnects == RECONNECTS:
+        except Exception as exc:
+            lost = _connection_lost(exc)
+            if not lost or reconnects == RECONNECTS:
+                if kill_on_error and not lost:  # (a board that cannot be reached cannot be told to kill)
+                    board_jobs.kill(board, job_dir)
                 raise
             reconnects += 1
-            log(f"board {name}: {exc}: connecting again to follow the job")
+            log(f"board {name}: {exc or type(exc).__name__}: connecting again to follow the job")
+            board.close()
             printed[1] = printed[0]
         except BaseException:
             if kill_on_error:
@@ -128,6 +132,17 @@ def follow(board, job_dir: str, *, log: Log = print, document: str = "result.jso
             raise
     fetched, why = board_jobs.fetch_document(board, job_dir, document)
     return Outcome(name, job_dir, code, fetched, why, lines)
+
+
+def _connection_lost(exc: Exception) -> bool:
+    """Whether ``exc`` says the connection to the board was lost (not the job's own time limit)."""
+    import paramiko
+
+    from operators.board_hook import BoardConnectionLost
+
+    if isinstance(exc, TimeoutError):
+        return False
+    return isinstance(exc, (BoardConnectionLost, EOFError, OSError, paramiko.SSHException))
 
 
 def _lost(board, job_dir: str, name: str, reason: str, lines: list[str]) -> Outcome:
