@@ -378,7 +378,7 @@ class TestTheStore:
                                     {"s": SWEEP})
         assert printed == lines and len(lines) == len(flagged_rows) >= 1
         line = next(line for line in lines if line.startswith("LATENCY FLAGGED: flaky "))
-        assert f"{MODEL} tflite uint8, 1 thread(s): median" in line and "bimodal latency" in line
+        assert f"{MODEL} tflite XNNPACK uint8, 1 thread(s): median" in line and "bimodal latency" in line
         assert print_flagged_latencies(engine, "another sweep") == []
 
     def test_migration_0008_goes_down_and_up_without_losing_a_row(self, documents):
