@@ -27,6 +27,12 @@ passphrase when a key is given, else a login password). Extras:
 ``gc_keep_runners``        runners kept on the board, the current one included (default 2; ``operators.board_gc``)
 ``gc_keep_days``           days a finished job's folder is kept (default 30)
 ``price_usd``, ``price_date``, ``service_life_years``, ``peak_power_w``: the scoreboard's cost and energy figures
+``power_meter``            the board's power meter for performance points (``requestflow run --power-meter``):
+                           ``hwmon[:ROOT]``, ``rapl[:ROOT]``, ``command:CMD`` (a program on the board printing
+                           timestamped watts), ``auto`` or ``none``; checked for its form (``power.check_spec``),
+                           hwmon/rapl/auto without a ROOT read below ``sysfs_root``. A command comes from here only,
+                           never from a trigger form
+``power_rate_hz``          the meter's sampling rate (default: the runner's, 200 Hz)
 ``site``                   where the board is (default ``default``): every task that touches it goes to the Celery
                            queue of that name, served by a worker near the board (``site_queue``; a name: letters,
                            digits, ``._-``; docs/scale-out.md). Ignored by the LocalExecutor
@@ -45,7 +51,7 @@ SECRET_FIELDS = ("password", "private_key")
 EXTRAS = {
     "key_file": str, "private_key": str, "host_key": str, "known_hosts": str, "no_host_key_check": bool,
     "python": str, "work_dir": str, "sudo": bool, "sysfs_root": str, "boot_id_file": str,
-    "armcl_cache": str, "emulator": str, "site": str,
+    "armcl_cache": str, "emulator": str, "site": str, "power_meter": str, "power_rate_hz": float,
     "connect_timeout": float, "gc_keep_runners": int, "gc_keep_days": float,
     "price_usd": float, "price_date": str, "service_life_years": float, "peak_power_w": float,
 }
@@ -65,7 +71,7 @@ def _coerce(name: str, value, kind):
             number = float(value)
         except (TypeError, ValueError):
             raise UserError(f"extra {name!r} must be a number, got {value!r}") from None
-        if number < 0 or (name in ("service_life_years", "connect_timeout") and number == 0):
+        if number < 0 or (name in ("service_life_years", "connect_timeout", "power_rate_hz") and number == 0):
             raise UserError(f"extra {name!r} must be positive, got {value!r}")
         return number
     if kind is int:
@@ -108,6 +114,8 @@ class BoardSettings:
     service_life_years: float = 3.0
     peak_power_w: float | None = None
     site: str = "default"
+    power_meter: str | None = None  # a checked --power-meter spec (power.check_spec)
+    power_rate_hz: float | None = None
 
     @classmethod
     def from_connection(cls, conn_id: str, conn) -> BoardSettings:
@@ -129,6 +137,8 @@ class BoardSettings:
                             f"digits, ._+-), got {values['emulator']!r}")
         if "site" in values:
             values["site"] = checked_site(conn_id, values["site"])
+        if "power_meter" in values:
+            values["power_meter"] = checked_power_meter(conn_id, values["power_meter"], values.get("sysfs_root", "/"))
         if "price_date" in values:
             try:
                 dt.date.fromisoformat(values["price_date"])
@@ -170,6 +180,16 @@ def checked_site(conn_id: str, site) -> str:
         raise UserError(f"board connection {conn_id!r}: site must be a name such as lab-a (letters, digits, ._-), "
                         f"got {site!r}")
     return site
+
+
+def checked_power_meter(conn_id: str, spec: str, sysfs_root: str) -> str:
+    """A board's power meter spec as the runner takes it, or UserError naming the board."""
+    from requestflow.board.power import check_spec
+
+    try:
+        return check_spec(spec, sysfs_root)
+    except UserError as exc:
+        raise UserError(f"board connection {conn_id!r}: {exc}") from None
 
 
 def site_queue(board: str) -> str:

@@ -47,7 +47,7 @@ def cmd_sweep(args, argv) -> int:
         catalogue.get_model(model)  # an unknown id: the nearest ones suggested
     conf = {"models": models, "backends": names_option(args.backends, catalogue.BACKENDS, "backend"),
             "modes": names_option(args.modes, catalogue.MODES, "mode"), "repetitions": args.repetitions,
-            "warmup": args.warmup, "image_limit": args.image_limit, "weights": args.weights}
+            "warmup": args.warmup, "image_limit": args.image_limit, "weights": args.weights, "profile": args.profile}
     if args.weights == "random" and conf["modes"] != ["performance"]:  # else the DAG's plan refuses it, later
         raise UserError("--weights random measures performance only (accuracy needs real weights): add --modes "
                         "performance")
@@ -191,6 +191,10 @@ def _sweep_arguments(parser) -> None:
     parser.add_argument("--modes", nargs="+", metavar="MODE", help="performance, accuracy (default: the DAG's)")
     parser.add_argument("--repetitions", type=int, help="timed runs of each performance point (default: the DAG's)")
     parser.add_argument("--warmup", type=int, help="untimed runs before them (default: the DAG's)")
+    parser.add_argument("--profile", choices=("quick", "valid"),
+                        help="performance points: quick (the repetitions and warm-up as given, the DAG's default) or "
+                             "valid (at least 64 timed runs, 3 warm-up, 60 s of timed region; recorded in each "
+                             "result)")
     parser.add_argument("--image-limit", type=int, help="images of each accuracy point (default: the DAG's)")
     parser.add_argument("--weights", choices=("registry", "random"),
                         help="registry: real weights (the data folder's, else downloaded; a performance point "

@@ -22,14 +22,16 @@ SETUP_S = 600.0
 HEARTBEAT_S = 120.0
 
 POINT_FIELDS = ("model", "backend", "mode", "precision", "release", "repetitions", "warmup", "batch_size",
-                "threads", "cpus", "cluster", "limit", "variant")
+                "threads", "cpus", "cluster", "limit", "variant", "profile")
 
 Log = Callable[[str], None]
 
 
-def runner_command(python: str, point: dict, out: str | None = "result.json", armcl_build: str | None = None) -> str:
+def runner_command(python: str, point: dict, out: str | None = "result.json", armcl_build: str | None = None,
+                   power_meter: str | None = None, power_rate_hz: float | None = None) -> str:
     """The board-side command line of a point (``out=None``: ``--identify``, print its context); values quoted.
-    ``armcl_build``: the folder, on the board, of the ArmCL build the point's ``armcl_build`` names."""
+    ``armcl_build``: the folder, on the board, of the ArmCL build the point's ``armcl_build`` names;
+    ``power_meter`` / ``power_rate_hz``: the board's meter (its Connection's extras), for performance points."""
     unknown = set(point) - set(POINT_FIELDS) - {"board", "armcl_build", "weights"}
     if unknown:
         raise ValueError(f"unknown point field {sorted(unknown)[0]!r}")
@@ -45,6 +47,10 @@ def runner_command(python: str, point: dict, out: str | None = "result.json", ar
         args += ["--armcl-build", armcl_build]
     if point.get("weights"):  # "random": the sweep's weights = random (operators.sweep.plan)
         args += ["--weights", str(point["weights"])]
+    if out and power_meter and power_meter != "none" and point.get("mode", "performance") == "performance":
+        args += ["--power-meter", power_meter]
+        if power_rate_hz:
+            args += ["--power-rate-hz", f"{power_rate_hz:g}"]
     return " ".join(shlex.quote(a) for a in args)
 
 

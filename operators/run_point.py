@@ -118,7 +118,9 @@ class RunPointOperator(BaseOperator):
                         return {"board": name, "point": label, "status": "already stored", "result_id": stored}
                 if self.cooldown_c not in (None, ""):
                     point_steps.cool_down(board, float(self.cooldown_c), self.cooldown_timeout_s, log)
-                command = runner_command(python, self.point, armcl_build=armcl_build)
+                command = runner_command(python, self.point, armcl_build=armcl_build,
+                                         power_meter=board.settings.power_meter,
+                                         power_rate_hz=board.settings.power_rate_hz)
                 log(f"board {name}: {command} (in {folder})")
                 self._job_dir = folder
                 document = self._document(runner_job.run(board, folder, command, env, **waits), label)

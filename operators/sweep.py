@@ -22,6 +22,7 @@ from requestflow.board.catalogue import (
     TF_COMPILERS,
     point_label,
 )
+from requestflow.board.latency_stats import PROFILES
 
 MODEL_IDS = [c.id for c in CONFIGS]
 # the sweep's weights: the registry's real weights (each point needs them in the controller's data folder), or
@@ -35,9 +36,9 @@ def defaults(overrides: dict | None, builds: list[str], boards: list[str]) -> di
     """The form's default values, with ``overrides`` (the nightly config's params); boards the inventory lacks are
     dropped (a schedule needs valid defaults)."""
     d = {"boards": ["local"], "models": MODEL_IDS, "backends": ["tflite"], "modes": ["performance", "accuracy"],
-         "precision": None, "release": None, "weights": "registry", "repetitions": 20, "warmup": 3, "batch_size": 1,
-         "threads": None, "cpus": None, "cluster": "all", "image_limit": 500, "cooldown_c": None, "resume": False,
-         "dry_run": False, "armcl_build": builds[0] if builds else None,
+         "precision": None, "release": None, "weights": "registry", "repetitions": 20, "warmup": 3, "profile": "quick",
+         "batch_size": 1, "threads": None, "cpus": None, "cluster": "all", "image_limit": 500, "cooldown_c": None,
+         "resume": False, "dry_run": False, "armcl_build": builds[0] if builds else None,
          **{f"armcl_{key}s": [choices[0]] for key, choices in ARMCL_VARIANT.items()},
          "tf_compilers": [TF_COMPILERS[0]]}
     d.update(overrides or {})
@@ -73,6 +74,10 @@ def form(overrides: dict | None, builds: list[str], boards: list[str] | None = N
         "repetitions": {"default": d["repetitions"], "type": "integer", "minimum": 1, "maximum": 100000,
                         "title": "Repetitions"},
         "warmup": {"default": d["warmup"], "type": "integer", "minimum": 0, "maximum": 10000, "title": "Warm-up runs"},
+        "profile": {"default": d["profile"], "type": "string", "enum": list(PROFILES), "title": "Profile",
+                    "description": "performance points: quick runs the repetitions and warm-up above as given; valid "
+                    "(MLPerf SingleStream) at least 64 timed runs, 3 warm-up and 60 s of timed region, raising the "
+                    "values above to those minima; recorded in each result (performance.profile)"},
         "batch_size": {"default": d["batch_size"], "type": "integer", "minimum": 1, "maximum": 256,
                        "title": "Batch size"},
         "threads": {"default": d["threads"], "type": ["null", "integer"], "minimum": 1, "maximum": 256,
@@ -130,13 +135,28 @@ def plan(board: str, p: dict) -> list[dict]:
                      "variant": variant, "armcl_build": p["armcl_build"] if backend == "armcl" else None,
                      "weights": "random" if random else None}
             if mode == "performance":
-                point.update(repetitions=p["repetitions"], warmup=p["warmup"])
+                point.update({"repetitions": p["repetitions"], "warmup": p["warmup"], **profiled(p)})
             else:
                 point["limit"] = p["image_limit"]
             points.append({k: v for k, v in point.items() if v is not None})
     if random:
         _refuse_accuracy_on_random_weights(points)
     return points
+
+
+def profiled(p: dict) -> dict:
+    """A performance point's ``profile`` and, for valid, its repetitions and warm-up raised to the profile's minima
+    (the runner would record a profile whose minima it was not given as custom); none without a profile."""
+    name = p.get("profile")
+    if name is None:
+        return {}
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; known: {', '.join(PROFILES)}")
+    if name == "quick":  # today's defaults: the form's values as given (the runner records custom below them)
+        return {"profile": name}
+    minima = PROFILES[name]
+    return {"profile": name, "repetitions": max(p["repetitions"], minima["min_repetitions"]),
+            "warmup": max(p["warmup"], minima["warmup"])}
 
 
 def _refuse_accuracy_on_random_weights(points: list[dict]) -> None:

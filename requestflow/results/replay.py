@@ -3,7 +3,7 @@
 ``stored(engine, given)`` finds the point (a ``points.point_id`` or a unique prefix of it: its latest successful
 result; or ``result:N``) and rebuilds that result's runner document exactly, raw samples and per-image predictions
 included (``document_rebuild.rebuild``). The controller reruns the document's own command on the point's board
-(``operators.replay``); ``compare(old, new)`` then says whether anything changed:
+(``operators.replay_board``); ``compare(old, new)`` then says whether anything changed:
 
 - the point's identity (``identity.identity``): a replay that ran something else (another library version, other
   weights) is said to be so, field by field, and its figures are shown but not judged;
