@@ -274,7 +274,7 @@ class TestSweeps:
         rows = [dict(zip(columns, row, strict=True)) for row in rows]
         assert [(r["backend"], r["variant_label"]) for r in rows] == [
             ("armcl", "CL/NCHW/DEFAULT/NONE"), ("armcl", "CL/NCHW/GEMM/NONE"), ("armcl", "CL/NHWC/DEFAULT/NONE"),
-            ("armcl", "CL/NHWC/GEMM/NONE"), ("tf", "")]
+            ("armcl", "CL/NHWC/GEMM/NONE"), ("tf", "graph")]  # tf: its compiler variant (#17)
         tf = rows[-1]
         assert tf["accuracy_check"] == "reference" and tf["image_count"] == 30
         for row in rows[:-1]:

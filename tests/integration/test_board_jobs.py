@@ -226,6 +226,7 @@ class TestRunPointOperatorOnKill:
         import threading
 
         from operators.run_point import RunPointOperator
+        from requestflow.results import embedded
 
         monkeypatch.setenv("REQUESTFLOW_STATE", str(tmp_path))
         operator = RunPointOperator(task_id="run", board_conn_id="local", sweep_id="kill-test",
@@ -239,16 +240,22 @@ class TestRunPointOperatorOnKill:
             except Exception as exc:  # noqa: BLE001 - the killed run's error is asserted below
                 outcome["error"] = exc
 
-        thread = threading.Thread(target=execute)
-        thread.start()
-        marker = str(tmp_path / "board" / "runs")
-        deadline = time.monotonic() + 60
-        while not any("requestflow.cli" in line for line in commands_under(marker)) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert any("requestflow.cli" in line for line in commands_under(marker)), "the runner never started"
-        operator.on_kill()
-        thread.join(timeout=30)
-        assert not thread.is_alive()
-        error = str(outcome.get("error"))
-        assert "without a result" in error and "result.json: No such file or directory" in error, error
-        assert commands_under(marker) == []
+        try:
+            thread = threading.Thread(target=execute)
+            thread.start()
+            marker = str(tmp_path / "board" / "runs")
+            deadline = time.monotonic() + 60
+            def started() -> bool:
+                return any("requestflow.cli" in line for line in commands_under(marker))
+
+            while not started() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert started(), "the runner never started"
+            operator.on_kill()
+            thread.join(timeout=30)
+            assert not thread.is_alive()
+            error = str(outcome.get("error"))
+            assert "without a result" in error and "result.json: No such file or directory" in error, error
+            assert commands_under(marker) == []
+        finally:  # the resume check opened the results store: with none configured, the embedded one in this
+            embedded.stop()  # test's state folder, which would outlive the test (the session's leftover check)
