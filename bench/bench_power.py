@@ -75,7 +75,8 @@ def in_process(weights: Path, tree: Path, args) -> tuple[list[float], list[float
 
     from requestflow.board import catalogue, resolve
     from requestflow.board.backends import create_backend
-    from requestflow.board.power import HwmonMeter, Sampler
+    from requestflow.board.power import Sampler
+    from requestflow.board.power_meters import HwmonMeter
 
     model = catalogue.get_model(MODEL)
     backend = create_backend("tflite", model, resolve.from_paths([str(weights)], model), 1,

@@ -212,7 +212,7 @@ def _energy(energy: dict | None) -> str:
 
 
 def cmd_power_meters(args, argv) -> int:
-    from requestflow.board.power import detect, no_meter_line
+    from requestflow.board.power_meters import detect, no_meter_line
 
     found = detect(args.root)
     if args.format == "json":

@@ -271,8 +271,8 @@ def platform_snapshot(root: str | os.PathLike = "/", with_opencl: bool = True) -
     info["board"] = known_board(info["board_model"], read_value(root / "proc/cpuinfo"))
     info["gpus"] = gpu_devfreq(root)
     info["compilers"] = compilers()
-    from requestflow.board.power import detect
-    info["power_meters"] = detect(root)  # for requestflow run --power-meter (requestflow.board.power)
+    from requestflow.board.power_meters import detect
+    info["power_meters"] = detect(root)  # for requestflow run --power-meter (requestflow.board.power_meters)
     return info
 
 

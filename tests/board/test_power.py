@@ -16,7 +16,8 @@ import pytest
 
 from requestflow.board import power
 from requestflow.board.machine import platform_snapshot
-from requestflow.board.power import CommandMeter, HwmonMeter, RaplMeter, Sampler, energy_summary, parse_meter
+from requestflow.board.power import Sampler, energy_summary, parse_meter
+from requestflow.board.power_meters import CommandMeter, HwmonMeter, RaplMeter, detect
 from requestflow.errors import UserError
 from tests.fake_power import Profile, ina231_rails, ina3221, rapl, write
 
@@ -205,8 +206,8 @@ class TestMetersAreChosenAndDetected:
         jetson = platform_snapshot(tmp_path / "jetson", with_opencl=False)["power_meters"]
         assert [m["kind"] for m in jetson] == ["hwmon"] and jetson[0]["spec"] == f"hwmon:{tmp_path / 'jetson'}"
         assert "VDD_IN" in jetson[0]["description"]
-        assert [m["spec"] for m in power.detect(tmp_path / "vm")] == [f"rapl:{tmp_path / 'vm'}"]
-        assert power.detect(tmp_path / "plain") == []
+        assert [m["spec"] for m in detect(tmp_path / "vm")] == [f"rapl:{tmp_path / 'vm'}"]
+        assert detect(tmp_path / "plain") == []
         assert isinstance(parse_meter(f"auto:{tmp_path / 'vm'}"), RaplMeter)
         assert parse_meter(f"auto:{tmp_path / 'plain'}") is None
         assert isinstance(parse_meter(f"auto:{tmp_path / 'jetson'}"), HwmonMeter)
@@ -245,7 +246,7 @@ class TestMetersAreChosenAndDetected:
 def test_the_trace_is_bounded_and_keeps_the_mean(tmp_path):
     times = np.linspace(0, 10, 5000)
     watts = 2 + np.sin(times)
-    trace = power._trace(times, watts)
+    trace = power.bounded_trace(times, watts)
     assert len(trace["t_s"]) == len(trace["w"]) == power.TRACE_POINTS and trace["of"] == 5000
     assert np.mean(trace["w"]) == pytest.approx(np.mean(watts), rel=1e-3)
     assert Path(power.__file__).name == "power.py"
