@@ -5,7 +5,7 @@ confidence intervals, MLPerf LoadGen's early-stopping percentile estimate, and t
 below it is Binomial(n, q); the interval between the order statistics x_(l) and x_(u) (1-based) covers the quantile
 with probability P(l <= B <= u - 1). :func:`quantile_ci_ranks` takes the largest l with P(B <= l - 1) <= alpha/2 and
 the smallest u with P(B >= u) <= alpha/2 (alpha = 1 - confidence): for the median that is the interval the quality
-verdict already uses (``quality.median_ci_rank``, checked equal in the tests). A side that no rank can bound at
+verdict already uses (``rank_stats.median_ci_rank``, checked equal in the tests). A side that no rank can bound at
 that confidence (too few samples: the p99 of 20 runs has no upper bound) is null, never guessed.
 
 **Early stopping** (MLPerf LoadGen ``early_stopping.cc`` / ``results.cc``, SingleStream): LoadGen reports as the

@@ -76,6 +76,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from requestflow.board.rank_stats import median_ci, smallest_n_for_ci, spearman
+
 METHOD = "requestflow.board.quality 2"  # bumped whenever a check or a limit changes meaning
 VALID, FLAGGED, EMULATED = "VALID", "FLAGGED", "EMULATED"
 CHECKS = ("variation", "bimodality", "trend", "clocks", "temperature", "repetitions",
@@ -232,18 +234,6 @@ def trend(samples: np.ndarray, limits: Limits = DEFAULT_LIMITS) -> dict:
                   alpha=limits.trend_alpha)
 
 
-def spearman(x: np.ndarray, y: np.ndarray) -> tuple[float | None, float | None]:
-    """Spearman's rank correlation (average ranks for ties) and its two-sided p-value by the normal approximation
-    z = rho sqrt(n - 1). (None, None) when either side is constant."""
-    rx, ry = _ranks(x), _ranks(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denominator = math.sqrt(float(np.sum(rx ** 2)) * float(np.sum(ry ** 2)))
-    if denominator == 0:
-        return None, None
-    rho = max(-1.0, min(1.0, float(np.sum(rx * ry)) / denominator))
-    return rho, math.erfc(abs(rho) * math.sqrt(x.size - 1) / math.sqrt(2))
-
-
 def clocks(before: dict | None, after: dict | None, cpus: Sequence[int] | None = None,
            limits: Limits = DEFAULT_LIMITS) -> dict:
     wanted = {str(c) for c in cpus} if cpus else None
@@ -284,14 +274,13 @@ def temperature(before: dict | None, after: dict | None, limits: Limits = DEFAUL
 
 def repetitions(samples: np.ndarray, limits: Limits = DEFAULT_LIMITS, suggest: bool = True) -> dict:
     n = samples.size
-    rank = median_ci_rank(n, limits.confidence)
-    needed = smallest_n_for_ci(limits.confidence)
-    if rank is None:
+    interval = median_ci(samples, limits.confidence)
+    if interval is None:
         return _check(None, limits.median_ci_half_width, False,
                       f"too few repetitions: {n} sample(s) cannot give a {limits.confidence:.0%} confidence interval "
-                      f"of the median (at least {needed} needed)", n=n, confidence=limits.confidence)
-    order = np.sort(samples)
-    low, high = float(order[rank - 1]), float(order[n - rank])
+                      f"of the median (at least {smallest_n_for_ci(limits.confidence)} needed)", n=n,
+                      confidence=limits.confidence)
+    low, high = interval
     median = float(np.median(samples))
     half = (high - low) / 2 / median if median > 0 else math.inf
     ok = half <= limits.median_ci_half_width
@@ -319,7 +308,7 @@ def machine_change(calibration: dict, noise: float | None, limits: Limits = DEFA
         return _check(None, limits.calibration_floor, True, "unknown: the calibration's median is not positive")
     drift = new / old - 1.0
     limit = max(limits.calibration_floor, noise or 0.0)
-    intervals = [_median_ci(side, limits.confidence) for side in (before, after)]
+    intervals = [median_ci(side, limits.confidence) for side in (before, after)]
     apart = None not in intervals and (intervals[0][1] < intervals[1][0] or intervals[1][1] < intervals[0][0])
     ok = not (abs(drift) > limit and apart)
     where = f"{_ms(old)} before, {_ms(new)} after ({drift:+.1%}; limit ±{limit:.1%}, the point's own noise)"
@@ -327,41 +316,6 @@ def machine_change(calibration: dict, noise: float | None, limits: Limits = DEFA
               f"the machine changed during the run: the calibration workload took {where}: other load, clocks "
               "or heat moved during the timed region")
     return _check(_finite(drift), limit, ok, detail, before_s=old, after_s=new)
-
-
-def _median_ci(samples: np.ndarray, confidence: float) -> tuple[float, float] | None:
-    rank = median_ci_rank(samples.size, confidence)
-    if rank is None:
-        return None
-    order = np.sort(samples)
-    return float(order[rank - 1]), float(order[samples.size - rank])
-
-
-def median_ci_rank(n: int, confidence: float = 0.95) -> int | None:
-    """The largest rank r (1-based) such that [x_(r), x_(n+1-r)] covers the median with probability at least
-    ``confidence`` for any continuous distribution: P(r <= B <= n - r) >= confidence, B ~ Binomial(n, 1/2). None
-    when even [min, max] does not."""
-    if n < 1:
-        return None
-    ks = np.arange(n + 1)
-    log_pmf = np.array([math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) for k in ks]) - n * math.log(2)
-    cdf = np.cumsum(np.exp(log_pmf))  # cdf[k] = P(B <= k)
-    tail = (1 - confidence) / 2
-    best = None
-    for r in range(1, n // 2 + 1):  # coverage 1 - 2 P(B <= r - 1) falls as r grows
-        if cdf[r - 1] <= tail + 1e-12:
-            best = r
-        else:
-            break
-    return best
-
-
-def smallest_n_for_ci(confidence: float = 0.95) -> int:
-    """The fewest samples whose [min, max] covers the median with probability ``confidence`` (6 for 95%)."""
-    n = 1
-    while 2.0 ** (1 - n) > 1 - confidence:
-        n += 1
-    return n
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
@@ -383,18 +337,6 @@ def _positive(value) -> bool:
 
 def _cpu_order(cpu: str):
     return (0, int(cpu), cpu) if cpu.isdigit() else (1, 0, cpu)
-
-
-def _ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks 1..n, ties sharing their average rank."""
-    order = np.argsort(values, kind="mergesort")
-    sorted_values = values[order]
-    ranks = np.empty(values.size, np.float64)
-    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
-    ends = np.r_[starts[1:], values.size]
-    for start, end in zip(starts, ends, strict=True):
-        ranks[order[start:end]] = (start + end + 1) / 2  # the mean of ranks start+1 .. end
-    return ranks
 
 
 def _ms(seconds: float) -> str:

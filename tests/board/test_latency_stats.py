@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from requestflow.board import latency_stats as ls
-from requestflow.board.quality import median_ci_rank
+from requestflow.board.rank_stats import median_ci_rank
 from requestflow.errors import UserError
 
 

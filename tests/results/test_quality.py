@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from sqlalchemy import create_engine
 
-from requestflow.board import quality
+from requestflow.board import quality, rank_stats
 from requestflow.board.quality import FLAGGED, VALID, assess
 from requestflow.board.runner import pin_process, statistics
 from requestflow.board.schema import validate_document
@@ -159,10 +159,10 @@ class TestTrend:
         assert check["ok"] and check["value"] is None and check["detail"].startswith("unknown")
 
     def test_spearman_on_a_textbook_example_and_ties(self):
-        rho, p = quality.spearman(np.arange(1.0, 11.0), np.array([2, 1, 4, 3, 6, 5, 8, 7, 10, 9], float))
+        rho, p = rank_stats.spearman(np.arange(1.0, 11.0), np.array([2, 1, 4, 3, 6, 5, 8, 7, 10, 9], float))
         assert rho == pytest.approx(1 - 6 * 10 / (10 * 99)) and p < 0.01
-        assert quality._ranks(np.array([3.0, 1.0, 3.0, 2.0])).tolist() == [3.5, 1.0, 3.5, 2.0]
-        assert quality.spearman(np.arange(5.0), np.ones(5)) == (None, None)
+        assert rank_stats.ranks(np.array([3.0, 1.0, 3.0, 2.0])).tolist() == [3.5, 1.0, 3.5, 2.0]
+        assert rank_stats.spearman(np.arange(5.0), np.ones(5)) == (None, None)
 
 
 class TestEnvironment:
@@ -208,8 +208,8 @@ class TestRepetitions:
 
     def test_the_interval_ranks_are_the_textbook_ones(self):
         # 95% intervals of the median: n=6 [x1, x6], n=20 [x6, x15], n=100 [x40, x61]
-        assert [quality.median_ci_rank(n) for n in (1, 5, 6, 20, 100)] == [None, None, 1, 6, 40]
-        assert quality.smallest_n_for_ci(0.95) == 6 and quality.smallest_n_for_ci(0.99) == 8
+        assert [rank_stats.median_ci_rank(n) for n in (1, 5, 6, 20, 100)] == [None, None, 1, 6, 40]
+        assert rank_stats.smallest_n_for_ci(0.95) == 6 and rank_stats.smallest_n_for_ci(0.99) == 8
 
     def test_the_interval_covers_the_true_median_at_least_95_percent_of_the_time(self):
         rng = np.random.default_rng(8)
