@@ -15,221 +15,39 @@ The result document (``result.schema.json``, ``SCHEMA_VERSION``) is what the res
 ``UserError`` before anything runs; a failure while running gives a document with ``status: failed`` and ``error``.
 """
 
+
 from __future__ import annotations
 
-import datetime as dt
-import json
 import math
 import os
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 import requestflow
 from requestflow.board import catalogue
-from requestflow.board.files import progress, shared_data_dir
+from requestflow.board.files import progress
+from requestflow.board.run_config import RunConfig, default_images, parse_cpus, pin_process
+from requestflow.board.run_record import (
+    PROGRESS_ENV,
+    Heartbeat,
+    classify,
+    cold_start,
+    isolation,
+    now,
+    process_age_s,
+    statistics,
+    top_k,
+)
 from requestflow.errors import UserError
+
+__all__ = ["SCHEMA_PATH", "SCHEMA_VERSION", "PROGRESS_ENV", "Heartbeat", "RunConfig", "Runner", "parse_cpus",
+           "pin_process", "process_age_s", "run", "statistics", "top_k"]
 
 SCHEMA_VERSION = 2  # 2: performance.latency, performance.profile, energy, cold_start
 SCHEMA_PATH = Path(__file__).with_name("result.schema.json")
-PROGRESS_ENV = "REQUESTFLOW_PROGRESS"  # the file progress lines go to, --quiet or not (``Heartbeat``)
-PROGRESS_EVERY_S = 1.0
-
-
-@dataclass
-class RunConfig:
-    model: str
-    backend: str
-    mode: str = "performance"
-    weights: list[str] | None = None
-    precision: str | None = None
-    release: str | None = None
-    images: str | None = None
-    val_txt: str | None = None
-    synset_words: str | None = None
-    limit: int | None = None
-    repetitions: int = 20
-    warmup: int = 3
-    batch_size: int = 1
-    threads: int | None = None
-    cpus: list[int] | None = None
-    variant: dict | str | None = None  # the backend's variant (armcl: target, layout, conv_method...; tf: compiler)
-    armcl_build: str | None = None  # the ArmCL build folder (armcl; default: armcl_program.find_build())
-    allow_download: bool = True
-    progress: bool = True
-    command: list[str] = field(default_factory=list)
-    min_duration_s: float = 0.0  # timed runs go on until the timed region lasted this long (and repetitions ran)
-    profile: str | None = None  # quick or valid (latency_stats.PROFILES): recorded, with the settings it got
-    power_meter: str | None = None  # hwmon[:ROOT], rapl[:ROOT], command:CMD, auto, none (requestflow.board.power)
-    power_rate_hz: float = 200.0
-    idle_s: float = 1.0  # the idle baseline before the warm-up, with a power meter
-
-    def validate(self) -> None:
-        catalogue.get_model(self.model)
-        _choice("backend", self.backend, catalogue.BACKENDS)
-        _choice("mode", self.mode, catalogue.MODES)
-        from requestflow.board.backends import parse_variant
-        self.variant = parse_variant(self.backend, self.variant)  # armcl's and tf's; refused for the others
-        if self.armcl_build and self.backend != "armcl":
-            raise UserError(f"--armcl-build is for the armcl backend, not {self.backend}")
-        if self.precision is not None:
-            _choice("precision", self.precision, catalogue.PRECISIONS)
-            if self.backend in catalogue.FLOAT_BACKENDS and self.precision != "fp32":
-                raise UserError(f"the {self.backend} backend runs fp32; to run dequantized {self.precision} weights, "
-                                "give their .tflite with --weights (or --release 2018_08_02_quant) without "
-                                "--precision")
-        for name, minimum in (("repetitions", 1), ("warmup", 0), ("batch_size", 1), ("limit", 1), ("threads", 1)):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < minimum):
-                raise UserError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {value}")
-        _check_measurement_settings(self)
-        if self.cpus is not None:
-            allowed = os.sched_getaffinity(0)
-            unknown = sorted(set(self.cpus) - allowed)
-            if not self.cpus or unknown:
-                raise UserError(f"--cpus {','.join(map(str, self.cpus))}: CPU {unknown[0] if unknown else '?'} is "
-                                f"not available here (available: {','.join(map(str, sorted(allowed)))})")
-
-
-def _check_measurement_settings(config: RunConfig) -> None:
-    from requestflow.board.latency_stats import PROFILES
-
-    for name, value, minimum in (("min_duration_s", config.min_duration_s, 0.0),
-                                 ("power_rate_hz", config.power_rate_hz, 1e-3), ("idle_s", config.idle_s, 0.0)):
-        if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
-                or value < minimum):
-            raise UserError(f"--{name.replace('_', '-')} must be a number >= {minimum:g}, got {value}")
-    if config.profile is not None and config.profile not in PROFILES:
-        raise UserError(f"unknown profile {config.profile!r}; known: {', '.join(PROFILES)}")
-    if config.power_meter not in (None, "none") and config.mode != "performance":
-        raise UserError("--power-meter measures performance runs; accuracy runs are not timed")
-
-
-def _choice(name: str, value: str, allowed) -> None:
-    if value not in allowed:
-        raise UserError(f"unknown {name} {value!r}; known: {', '.join(allowed)}")
-
-
-MAX_CPUS = 8192  # Linux's largest CONFIG_NR_CPUS on the boards' architectures
-
-
-def parse_cpus(text: str) -> list[int]:
-    """``0-3,6`` -> [0, 1, 2, 3, 6]."""
-    out: list[int] = []
-    try:
-        for part in text.split(","):
-            if "-" in part:
-                low, high = part.split("-")
-                if int(high) >= MAX_CPUS:  # before the range is made: 0-99999999999 would fill the memory
-                    raise UserError(f"--cpus {text!r}: CPU {int(high)} is not available here (no board has more than "
-                                    f"{MAX_CPUS} CPUs)")
-                out.extend(range(int(low), int(high) + 1))
-            else:
-                out.append(int(part))
-    except ValueError:
-        raise UserError(f"--cpus {text!r}: expected a list like 0-3,6") from None
-    return sorted(set(out))
-
-
-def pin_process(cpus: list[int]) -> None:
-    """Pin every thread of this process to ``cpus`` (``sched_setaffinity(0)`` alone pins only the calling thread;
-    threads started later inherit the mask)."""
-    for task in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setaffinity(int(task), cpus)
-        except (ProcessLookupError, PermissionError):  # a thread that ended meanwhile
-            pass
-    os.sched_setaffinity(0, cpus)
-
-
-def default_images() -> tuple[str | None, str | None]:
-    data = shared_data_dir()
-    if data and (data / "imagenet/val").is_dir():
-        return str(data / "imagenet/val"), str(data / "imagenet/val.txt")
-    return None, None
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
-
-
-def statistics(samples_s: list[float], batch_size: int) -> dict:
-    array = np.asarray(samples_s, np.float64)
-    median = float(np.median(array))
-    return {
-        "unit": "s",
-        "samples": [float(s) for s in samples_s],
-        "n": int(array.size),
-        "min": float(array.min()),
-        "median": median,
-        "mean": float(array.mean()),
-        "p90": float(np.percentile(array, 90)),
-        "p99": float(np.percentile(array, 99)),
-        "max": float(array.max()),
-        "stdev": float(array.std(ddof=1)) if array.size > 1 else 0.0,
-        "throughput_ips": batch_size / median if median > 0 else None,
-    }
-
-
-_backend_loads = 0  # in this process: only the first is a cold start from the process's own start
-
-
-def cold_start(timings: dict) -> dict:
-    """``cold_start`` of the document, at the moment the backend is ready: the seconds since this process started
-    (interpreter, imports, weights, graph build / kernel compilation / tuning: everything before the first
-    inference), known only for the process's first backend; the first inference's latency is added after it ran."""
-    global _backend_loads
-    _backend_loads += 1
-    first = _backend_loads == 1
-    return {"process_start_to_ready_s": process_age_s() if first else None, "first_in_process": first,
-            "weights_load_s": timings.get("weights_load_s"), "backend_load_s": timings.get("setup_s"),
-            "first_inference_s": None, "first_over_median": None}
-
-
-def process_age_s() -> float | None:
-    """Seconds since this process started (Linux: /proc/self/stat's start time against /proc/uptime; 10 ms steps)."""
-    try:
-        with open("/proc/self/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-        with open("/proc/uptime") as handle:
-            uptime = float(handle.read().split()[0])
-        return round(max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")), 3)
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def top_k(scores: np.ndarray, k: int = 5) -> np.ndarray:
-    """Indices of the k highest scores per row, highest first; ties broken by the lower class index."""
-    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
-
-
-class Heartbeat:
-    """Progress lines for whoever watches the runner (the controller's wait loop, issue #22), printed or not: one
-    JSON object a line, appended to the file ``$REQUESTFLOW_PROGRESS`` names (nothing without it), at most every
-    ``PROGRESS_EVERY_S``: ``stage``, ``done``, ``total`` and, once known, ``expect_s``: the seconds the rest of the
-    stage should take at the pace seen so far (before its first item: ``per_item_s``, e.g. the warm-up's)."""
-
-    def __init__(self, path: str | None) -> None:
-        self.path, self.last = path, 0.0
-
-    def stage(self, name: str, total: int, per_item_s: float | None = None) -> None:
-        self.name, self.total, self.per_item_s, self.started = name, total, per_item_s, time.monotonic()
-        self.beat(0, force=True)
-
-    def beat(self, done: int, force: bool = False) -> None:
-        now = time.monotonic()
-        if self.path is None or (not force and now - self.last < PROGRESS_EVERY_S):
-            return
-        self.last = now
-        line = {"stage": self.name, "done": done, "total": self.total}
-        per_item = (now - self.started) / done if done else self.per_item_s
-        if per_item is not None:
-            line["expect_s"] = round(per_item * (self.total - done), 3)
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(line) + "\n")
 
 
 class Runner:
@@ -282,7 +100,7 @@ class Runner:
     def run(self) -> dict:
         """The result document. ``prepare()`` first; exceptions after it become a failed document."""
         config = self.config
-        started = _now()
+        started = now()
         total_start = time.perf_counter()
         if config.cpus:
             pin_process(config.cpus)
@@ -297,6 +115,7 @@ class Runner:
             "context": self._context(backend_info=None, precision=config.precision),
             "machine": machine_info(),
             "timings": self.timings,
+            "isolation": isolation(),
         }
         before = snapshot_frequencies_and_temperatures()
         backend, loaded = None, False
@@ -347,7 +166,7 @@ class Runner:
                 calibration=document["performance"].get("calibration"))
             self._latency(document)
         self.timings["total_s"] = time.perf_counter() - total_start
-        document["finished_at"] = _now()
+        document["finished_at"] = now()
         return document
 
     def identify(self) -> dict:
@@ -554,40 +373,12 @@ class Runner:
             first = self.first_inference_s
             cold["first_inference_s"] = first
             cold["first_over_median"] = first / performance["median"] if first and performance["median"] > 0 else None
-
     def _accuracy(self, backend, pixels: np.ndarray, ok: list[int], failed: list[dict]):
-        config, dataset, batch = self.config, self.dataset, self.config.batch_size
-        predictions, top1, top5 = [], 0, 0
-        buffer = np.zeros((batch, *pixels.shape[1:]), np.uint8)
-        bar = progress(total=len(ok), description="classify", enabled=config.progress, unit="img", leave=False)
-        self.heartbeat.stage("classify", len(ok))
-        for start in range(0, len(ok), batch):
-            count = min(batch, len(ok) - start)
-            buffer[:count] = pixels[start:start + count]
-            backend.set_input(buffer)
-            backend.invoke()
-            scores = backend.scores()[:count]
-            best = top_k(scores)
-            for row in range(count):
-                index = ok[start + row]
-                label = dataset.labels[index]
-                classes = [int(c) for c in best[row]]
-                top1 += classes[0] == label
-                top5 += label in classes
-                predictions.append({"file": dataset.files[index], "label": label,
-                                    "top5": [[c, round(float(scores[row, c]), 6)] for c in classes]})
-            bar.update(count)
-            self.heartbeat.beat(start + count)
-        bar.close()
-        n = len(predictions)
-        accuracy = {"n": n, "top1": top1 / n, "top5": top5 / n, "correct_top1": top1, "correct_top5": top5,
-                    "selected": len(dataset.files), "failed_count": len(failed), "failed_images": failed,
-                    "label_offset": "model class k+1 = ImageNet class k" if backend.classes == 1001 else "none"}
-        return accuracy, predictions
+        return classify(backend, pixels, ok, failed, self.dataset, self.config.batch_size, self.heartbeat,
+                        self.config.progress)
 
 
 def run(config: RunConfig) -> dict:
     runner = Runner(config)
     runner.prepare()
     return runner.run()
-
