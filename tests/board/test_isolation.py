@@ -114,4 +114,4 @@ def test_without_the_checkout_the_cli_offers_only_the_librarys_commands(tmp_path
     assert board.returncode == 2 and "invalid choice: 'sweep'" in board.stderr
     checkout = subprocess.run([sys.executable, "-c", "from requestflow.cli import added_commands; "
                                "print(sorted(added_commands()))"], capture_output=True, text=True, cwd=root)
-    assert checkout.stdout.strip() == "['airflow-env', 'board-gc', 'replay', 'sweep']"
+    assert checkout.stdout.strip() == "['airflow-env', 'board-gc', 'queued', 'replay', 'sweep']"

@@ -126,3 +126,24 @@ def test_the_services_and_pools_are_the_native_stacks(services):
     loop = next(line for line in script.splitlines() if "pools set" in line)
     words = shlex.split(loop.split(" do ", 1)[1])
     assert words[:4] == ["airflow", "pools", "set", pool_name("$${board}")] and words[4] == "1"
+
+
+def test_the_image_installs_the_controller_at_the_pins_the_native_stack_runs():
+    """The Dockerfile installs the controller extra (the celery provider is in it) under the x86_64 constraints, on
+    the base image of the pinned Airflow; those pins are the versions this machine's venv (the tested stack) runs."""
+    import tomllib
+    from importlib.metadata import version
+
+    dockerfile = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    base = next(line.split()[1] for line in dockerfile.splitlines() if line.startswith("FROM "))
+    install = shlex.split(next(line for line in dockerfile.splitlines() if line.startswith("RUN pip install ")))
+    constraints = ROOT / "requirements" / "constraints-x86_64.txt"
+    assert install[install.index("-c") + 1] == f"/opt/requestflow/requirements/{constraints.name}"
+    assert "controller" in re.fullmatch(r".*\[(.*)\]", install[-1]).group(1).split(",")
+    controller = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["controller"]
+    assert "apache-airflow-providers-celery" in controller
+    pins = dict(line.split("==", 1) for line in constraints.read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    assert base == f"apache/airflow:{pins['apache-airflow']}-python3.11"
+    for package in ("apache-airflow", "apache-airflow-providers-celery", "celery", "kombu", "redis"):
+        assert pins[package] == version(package), package
