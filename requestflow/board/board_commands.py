@@ -187,7 +187,6 @@ def _energy(energy: dict | None) -> str:
             f"{energy['active_w']:.2f} W running, p90 {energy['active_p90_w']:.2f} W)")
 
 
-
 def cmd_classify(args, argv) -> int:
     import numpy as np
 

@@ -58,7 +58,6 @@ def cmd_power_meters(args, argv) -> int:
     return 0
 
 
-
 def folder_argument(text: str) -> str:
     if not os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"{text} is not a folder")
@@ -108,7 +107,6 @@ def cmd_cooldown(args, argv) -> int:
     from requestflow.board.clocks import cool_down
 
     return print_json_report(lambda: cool_down(args.root, args.below, args.timeout))
-
 
 
 COMMANDS = {"power-meters": cmd_power_meters, "platform": cmd_platform, "clocks": cmd_clocks, "cooldown": cmd_cooldown}

@@ -72,8 +72,6 @@ def _read_number(path: Path) -> float:
     return value
 
 
-
-
 @dataclass
 class Channel:
     label: str
@@ -260,8 +258,6 @@ class CommandMeter:
                 self.process.kill()
                 self.process.wait()
         self.reader.join(timeout=2)
-
-
 
 
 def detect(root: str | os.PathLike = "/") -> list[dict]:

@@ -22,7 +22,6 @@ def spearman(x: np.ndarray, y: np.ndarray) -> tuple[float | None, float | None]:
     return rho, math.erfc(abs(rho) * math.sqrt(x.size - 1) / math.sqrt(2))
 
 
-
 def ranks(values: np.ndarray) -> np.ndarray:
     """Ranks 1..n, ties sharing their average rank."""
     order = np.argsort(values, kind="mergesort")
@@ -33,7 +32,6 @@ def ranks(values: np.ndarray) -> np.ndarray:
     for start, end in zip(starts, ends, strict=True):
         ranks[order[start:end]] = (start + end + 1) / 2  # the mean of ranks start+1 .. end
     return ranks
-
 
 
 def median_ci(samples: np.ndarray, confidence: float = 0.95) -> tuple[float, float] | None:
