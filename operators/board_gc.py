@@ -6,8 +6,9 @@ An edge board has a small disk (a HiKey960's 32 GB eMMC), and every deploy of a 
 ``requestflow board-gc NAME`` does the same by hand (``--dry-run`` lists what would go).
 
 What goes (``W`` = the board's work dir; layout in ``operators.deploy``):
-- ``W/runner/<digest>/``: every runner but ``current`` and the ``keep_runners - 1`` most recently deployed others
-  (a rollback target); a deploy that never finished (no ``.deployed``) once it is a day old.
+- ``W/runner/<digest>/``: every runner but ``current``, those of the runtime specs (``runtime-<digest>`` links,
+  ``operators.runtime_spec``) and the ``keep_runners - 1`` most recently deployed others (a rollback target);
+  a deploy that never finished (no ``.deployed``) once it is a day old.
 - ``W/runs/*``, ``W/replays/*``, ``W/armcl/jobs/*``: job folders whose job ended (``exit_code``) more than
   ``keep_days`` ago. Their documents are in the results store; a running job has no ``exit_code`` and stays.
 - ``W/blobs/<sha256>``: blobs with a single link (no runner wheelhouse, no data file links them) that are more
@@ -59,9 +60,12 @@ def script(work_dir: str, keep_runners: int, keep_days: float, dry_run: bool) ->
         f"cd {shell_path(work_dir)} 2>/dev/null || exit 0",
         f'gone() {{ kib=$(du -sk -- "$2" 2>/dev/null | cut -f1); echo "$1 ${{kib:-0}} $2"; {remove}; }}',
         # runners: newest deploy first; current and the keep_runners - 1 newest others stay
+        # (and every runner a link names: current, each runtime spec's runtime-<digest>)
         "current=$(readlink runner/current 2>/dev/null); kept=1",
+        "linked=' '; for l in runner/*; do [ -L \"$l\" ] && linked=\"$linked$(readlink \"$l\") \"; done",
         "for mark in $(ls -1t runner/*/.deployed 2>/dev/null); do",
         '  d=${mark%/.deployed}; { [ -L "$d" ] || [ "${d#runner/}" = "$current" ]; } && continue',
+        '  case "$linked" in *" ${d#runner/} "*) continue;; esac',
         f'  if [ $kept -lt {keep_runners} ]; then kept=$((kept+1)); else gone runner "$d"; fi',
         "done",
         "for d in runner/*/; do d=${d%/}",

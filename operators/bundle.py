@@ -45,6 +45,8 @@ class Bundle:
     project_wheel: str  # file name of requestflow's own wheel
     version: str  # requestflow's version in it
     sha256: dict[str, str] = field(repr=False)  # wheel file name -> sha256
+    runtime: str | None = None  # a runtime spec (operators.runtime_spec): installed and recorded in the venv
+    link: str = "current"  # the board's W/runner/<link> -> <digest> once deployed
 
     @classmethod
     def load(cls, path: Path) -> Bundle:

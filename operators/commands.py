@@ -35,6 +35,24 @@ def names_option(values: list[str] | None, known, what: str) -> list[str] | None
     return names
 
 
+def runtime_specs(args, backends: list[str] | None) -> dict[str, list[str]]:
+    """The form's runtime fields from --litert-specs / --tf-specs (space- or comma-separated), each spec checked
+    (``operators.runtime_spec``), their backend among --backends."""
+    from operators.runtime_spec import parse_all
+    from operators.sweep import RUNTIME_FIELDS
+
+    conf = {}
+    for field, (backend, _title, _example) in RUNTIME_FIELDS.items():
+        option = f"--{field.replace('_', '-')}"
+        values = names_option(getattr(args, field), None, f"{option} runtime spec")
+        if values is None:
+            continue
+        if backends is not None and backend not in backends:  # (without --backends the DAG's plan decides)
+            raise UserError(f"{option} chooses the runtimes of {backend} points: add {backend} to --backends")
+        conf[field] = [spec.text for spec in parse_all(values, backend)]
+    return conf
+
+
 @stopping.signals_end_the_command  # SIGTERM before the run started: its subprocess stopped too
 def cmd_sweep(args, argv) -> int:
     from urllib.parse import quote
@@ -62,6 +80,7 @@ def cmd_sweep(args, argv) -> int:
                                         catalogue.TF_COMPILERS, "TensorFlow compiler")
     if conf["tf_compilers"] and "tf" not in (conf["backends"] or []):
         raise UserError("--tf-compilers chooses tf variants: add tf to --backends")
+    conf.update(runtime_specs(args, conf["backends"]))
     for option, key, minimum in (("--repetitions", "repetitions", 1), ("--warmup", "warmup", 0),
                                  ("--image-limit", "image_limit", 1)):
         if conf[key] is not None and conf[key] < minimum:
@@ -209,6 +228,11 @@ def _sweep_arguments(parser) -> None:
                             help=f"armcl points: one per value ({', '.join(choices)}; default {choices[0]})")
     parser.add_argument("--tf-compilers", nargs="+", metavar="COMPILER",
                         help="tf points: one per compiler (graph, xla: jit_compile; default graph)")
+    parser.add_argument("--litert-specs", nargs="+", metavar="SPEC",
+                        help="tflite points: one per LiteRT runtime, each a runner venv of its own on the board "
+                             "(e.g. ai-edge-litert==1.4.0 ai-edge-litert==2.3.0; default: the board's runner)")
+    parser.add_argument("--tf-specs", nargs="+", metavar="SPEC",
+                        help="tf points: one per TensorFlow runtime (tensorflow-cpu==X, tensorflow==X on aarch64)")
     parser.add_argument("--board", default="local", help="a board of the inventory (default: local, this machine)")
     parser.add_argument("--dag", default="mobilenets_sweep", help="the DAG to run (default: mobilenets_sweep)")
     parser.add_argument("--db", help=DB_HELP)

@@ -61,20 +61,22 @@ def deploy_runner(board, bundle: Bundle | None, log: Log = print, timeout_s: flo
     is written into the venv (``requestflow.board.emulation.MARKER``; removed when unset), also when reused.
 
     The LocalBoard (this machine, the embedded default) gets no venv: its runner is this installation, so the
-    answer is ``sys.executable``.
+    answer is ``sys.executable``. A bundle with a runtime spec (``operators.runtime_spec``) is installed on any
+    board, the local one too: the spec with the runner, written into the venv (``requestflow.board.runtime``), and
+    the runner linked as ``W/runner/<bundle.link>`` instead of ``current``.
     """
     from operators import board_jobs
     from operators.board_hook import LocalBoard
 
-    if isinstance(board, LocalBoard):
+    if isinstance(board, LocalBoard) and (bundle is None or not bundle.runtime):
         log(f"board {board.settings.name}: this machine; the runner is this installation ({sys.executable})")
         return sys.executable
-    settings, digest = board.settings, bundle.digest
+    settings, digest, link = board.settings, bundle.digest, bundle.link
     started = time.monotonic()
     version_code = 'import platform, sys; print("python %d.%d" % sys.version_info[:2], platform.python_version())'
     probe = board.run(
         f"W={shell_path(settings.work_dir)}; mkdir -p \"$W/blobs/.incoming\" \"$W/runner\" && cd \"$W\" && pwd "
-        f"&& uname -m && if [ -f runner/{digest}/.deployed ]; then ln -sfn {digest} runner/current && "
+        f"&& uname -m && if [ -f runner/{digest}/.deployed ]; then ln -sfn {digest} runner/{link} && "
         f"{_emulation_marker(settings, f'runner/{digest}/venv')} && echo DEPLOYED; "
         f"else {shlex.quote(settings.python)} -c {shlex.quote(version_code)} 2>&1 | tail -n 3; fi",
         warn=True)
@@ -107,15 +109,16 @@ def deploy_runner(board, bundle: Bundle | None, log: Log = print, timeout_s: flo
 
     pip = "PIP_CONFIG_FILE=/dev/null venv/bin/python -m pip --isolated --disable-pip-version-check"
     env = f"REQUESTFLOW_CACHE={shlex.quote(work + '/cache')} REQUESTFLOW_DATA={shlex.quote(work + '/data')}"
+    runtime = _runtime_marker(bundle.runtime)
     install = (
         f"cd {shlex.quote(runner_dir)} && if [ -f .deployed ]; then echo 'already deployed'; exit 0; fi; "
         f"rm -rf venv && {shlex.quote(settings.python)} -m venv venv && {_emulation_marker(settings, 'venv')} "
         f"&& {pip} install --no-index --no-cache-dir --progress-bar off --find-links wheels "
-        f"requestflow=={bundle.version} "
+        f"requestflow=={bundle.version} {shlex.quote(bundle.runtime) if bundle.runtime else ''} {runtime}"
         f"&& {pip} check "
         f"&& {env} venv/bin/python -m requestflow.cli models > /dev/null "
         f"&& {env} venv/bin/python -c 'import numpy, PIL, h5py, tqdm, ai_edge_litert.interpreter, tensorflow' "
-        f"&& touch .deployed && ln -sfn {digest} ../current && echo 'runner installed and checked'")
+        f"&& touch .deployed && ln -sfn {digest} ../{link} && echo 'runner installed and checked'")
     lock = shlex.quote(f"{work}/runner/.{digest}.lock")
     command = (f"if command -v flock > /dev/null 2>&1; then flock {lock} sh -c {shlex.quote(install)}; "
                f"else sh -c {shlex.quote(install)}; fi")
@@ -136,6 +139,13 @@ def deploy_runner(board, bundle: Bundle | None, log: Log = print, timeout_s: flo
     return python
 
 
+def _runtime_marker(spec: str | None) -> str:
+    """The shell words (after the runner's install) that write its runtime spec into the venv, or none."""
+    from requestflow.board.runtime import MARKER
+
+    return f"&& echo {shlex.quote(spec)} > venv/{MARKER} " if spec else ""
+
+
 def _emulation_marker(settings, venv: str) -> str:
     """The shell command that writes the board's ``emulator`` extra into the runner's venv (or removes an old one):
     the runner then labels every result emulated (``requestflow.board.emulation.MARKER``), whoever starts it."""
@@ -152,18 +162,22 @@ def runner_python(board) -> str:
     return runner_location(board)[0]
 
 
-def runner_location(board) -> tuple[str, str]:
+def runner_location(board, runtime: str | None = None) -> tuple[str, str]:
     """(the deployed runner's Python, the board's work dir), both absolute (``~`` expanded by the board): what a
-    point's command line and its ``$REQUESTFLOW_DATA`` / ``$REQUESTFLOW_CACHE`` need. One round trip."""
+    point's command line and its ``$REQUESTFLOW_DATA`` / ``$REQUESTFLOW_CACHE`` need. One round trip. ``runtime``:
+    the runner of that runtime spec (a point's ``runtime``), on the local board too."""
     from operators.board_hook import LocalBoard
+    from operators.runtime_spec import parse
 
-    if isinstance(board, LocalBoard):
+    if isinstance(board, LocalBoard) and not runtime:
         return sys.executable, os.path.abspath(os.path.expanduser(board.settings.work_dir))
+    link = parse(runtime).link if runtime else "current"
     work = shell_path(board.settings.work_dir)
-    result = board.run(f"cd {work}/runner/current 2>/dev/null && [ -f .deployed ] && "
+    result = board.run(f"cd {work}/runner/{link} 2>/dev/null && [ -f .deployed ] && "
                        f"echo \"$(pwd -P)/venv/bin/python\" && cd {work} && pwd -P", warn=True)
     lines = result.stdout.strip().splitlines()
     if result.return_code != 0 or len(lines) < 2:
-        raise DeployError(f"board {board.settings.name}: no runner deployed in {board.settings.work_dir}/runner "
+        what = f"runner of runtime {runtime}" if runtime else "runner"
+        raise DeployError(f"board {board.settings.name}: no {what} deployed in {board.settings.work_dir}/runner "
                           "(provision the board first: deploy_runner)")
     return lines[-2], lines[-1]

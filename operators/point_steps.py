@@ -32,7 +32,7 @@ def runner_command(python: str, point: dict, out: str | None = "result.json", ar
     """The board-side command line of a point (``out=None``: ``--identify``, print its context); values quoted.
     ``armcl_build``: the folder, on the board, of the ArmCL build the point's ``armcl_build`` names;
     ``power_meter`` / ``power_rate_hz``: the board's meter (its Connection's extras), for performance points."""
-    unknown = set(point) - set(POINT_FIELDS) - {"board", "armcl_build", "weights"}
+    unknown = set(point) - set(POINT_FIELDS) - {"board", "armcl_build", "weights", "runtime"}  # runtime: python
     if unknown:
         raise ValueError(f"unknown point field {sorted(unknown)[0]!r}")
     args = [python, "-m", "requestflow.cli", "run", "--quiet", "--offline"]

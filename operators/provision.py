@@ -4,7 +4,8 @@ Three operators, used by the ``board_provision`` DAG and by every sweep (each in
 that nothing else runs on the board meanwhile):
 
 * ``ProvisionBoardOperator`` deploys the runner (``operators.deploy``: the project's wheel and a wheelhouse built
-  here, so boards need no internet), detects the platform with the deployed runner (``requestflow platform``) and
+  here, so boards need no internet) and one runner per runtime spec the points name (``operators.runtime_spec``),
+  detects the platform with the deployed runner (``requestflow platform``) and
   stores that snapshot in the results store, and copies the weights and images the sweep's points need into the
   board's work dir (keyed by sha256: copied once).
 * ``ClocksOperator`` pins the clocks to their maximum (a sweep's setup task) or restores them (its teardown task,
@@ -21,11 +22,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shlex
+from typing import TYPE_CHECKING
 
 from airflow.sdk import BaseOperator
 
 from operators.board_hook import board_for
 from requestflow.results.database import CONN_ID
+
+if TYPE_CHECKING:
+    from operators.bundle import Bundle
 
 # every board task has a deadline (issue #22): Airflow's execution_timeout, unless the task is given its own
 PROVISION_TIMEOUT = dt.timedelta(hours=3)  # a bundle, the runner's installation (1 h at most), gc, the data
@@ -58,6 +63,25 @@ def describe_platform(snapshot: dict) -> str:
     name = known.get("name") or snapshot.get("board_model") or f"{known.get('id', 'unknown')} board"
     return (f"{name}: {snapshot.get('cpu_model')}, "
             f"{snapshot.get('cpu_count')} CPUs ({clusters}), {snapshot.get('os')}, {snapshot.get('arch')}")
+
+
+def provision_runtimes(board, points, base: Bundle | None, log=print) -> dict[str, str]:
+    """Every runtime the board's ``points`` name, deployed on ``board`` (reused while unchanged): spec -> the
+    board-side Python of its runner. ``base``: the board's runner bundle (None for the local board: this
+    machine's is built here)."""
+    from operators.bundle import build_bundle
+    from operators.deploy import deploy_runner
+    from operators.runtime_spec import point_specs, runtime_bundle
+
+    specs = point_specs(points)
+    if not specs:
+        return {}
+    base = base or build_bundle(None, log=log)
+    pythons = {}
+    for spec in specs:
+        pythons[spec.text] = deploy_runner(board, runtime_bundle(base, spec, log=log), log=log)
+        log(f"board {board.settings.name}: runtime {spec}: {pythons[spec.text]}")
+    return pythons
 
 
 class ProvisionBoardOperator(BaseOperator):
@@ -102,6 +126,7 @@ class ProvisionBoardOperator(BaseOperator):
             bundle = None if isinstance(board, LocalBoard) else build_bundle(board_target(board), log=self.log.info)
             python = deploy_runner(board, bundle, log=self.log.info)
             self.log.info("board %s: runner %s", name, python)
+            runtimes = provision_runtimes(board, self.points, bundle, log=self.log.info)  # the points' specs
             self._collect_garbage(board)
             snapshot = board_cli(board, ["platform", "--root", board.settings.sysfs_root])
             self.log.info("board %s: %s", name, describe_platform(snapshot))
@@ -113,7 +138,7 @@ class ProvisionBoardOperator(BaseOperator):
                 data = push_data(board, shipment.data, log=self.log.info, cache_files=shipment.cache)
                 self.log.info("board %s: %d data file(s) in %s, %d downloaded weights file(s) in its cache", name,
                               len(shipment.data), data, len(shipment.cache))
-            return {"board": name, "python": python, "data_dir": data,
+            return {"board": name, "python": python, "runtimes": runtimes, "data_dir": data,
                     "known_board": (snapshot.get("board") or {}).get("id"), "arch": snapshot.get("arch")}
         finally:
             board.close()

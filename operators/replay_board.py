@@ -48,7 +48,8 @@ def run_on_board(board_name: str, document: dict, log=print, timeout_s: float | 
 
     board = board_for(board_name)
     try:
-        python, work_dir = runner_location(board)
+        # the runner of the runtime spec the point ran on (issue #17), if it had one
+        python, work_dir = runner_location(board, ((document.get("context") or {}).get("backend") or {}).get("runtime"))
         files = (document.get("context", {}).get("weights") or {}).get("files") or []
         # a sweep's point read its board's work dir: run it with the same environment
         env = runner_job.runner_env(work_dir) if any(str(f).startswith(f"{work_dir}/") for f in files) else {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from itertools import product
 
+from operators import runtime_spec
 from operators.config import inventory
 from requestflow.board.catalogue import (
     ARMCL_VARIANT,
@@ -30,6 +31,10 @@ MODEL_IDS = [c.id for c in CONFIGS]
 WEIGHTS = ("registry", "random")
 RELEASES = ("2018_02_22", "keras", "2017_06_14", "2018_08_02_quant")
 INTEGERS = ("repetitions", "warmup", "batch_size", "threads", "image_limit")
+# the runtime axis (issue #17): form field -> (the backend whose points it multiplies, title, an example)
+RUNTIME_FIELDS = {"litert_specs": ("tflite", "LiteRT runtimes", "ai-edge-litert==1.4.0"),
+                  "tf_specs": ("tf", "TensorFlow runtimes", "tensorflow-cpu==2.20.0")}
+SPEC_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*==[0-9]+(\.[0-9]+){1,3}(\.post[0-9]+)?$"
 
 
 def defaults(overrides: dict | None, builds: list[str], boards: list[str]) -> dict:
@@ -40,7 +45,7 @@ def defaults(overrides: dict | None, builds: list[str], boards: list[str]) -> di
          "batch_size": 1, "threads": None, "cpus": None, "cluster": "all", "image_limit": 500, "cooldown_c": None,
          "resume": False, "dry_run": False, "armcl_build": builds[0] if builds else None,
          **{f"armcl_{key}s": [choices[0]] for key, choices in ARMCL_VARIANT.items()},
-         "tf_compilers": [TF_COMPILERS[0]]}
+         "tf_compilers": [TF_COMPILERS[0]], **{field: [] for field in RUNTIME_FIELDS}}
     d.update(overrides or {})
     d["boards"] = [b for b in d["boards"] if b in boards] or boards[:1]
     return d
@@ -103,6 +108,11 @@ def form(overrides: dict | None, builds: list[str], boards: list[str] | None = N
            for key, values in ARMCL_VARIANT.items()},
         "tf_compilers": choices("tf_compilers", TF_COMPILERS, title="TensorFlow compilers",
                                 description="tf points: one per compiler (graph: tf.function; xla: jit_compile)"),
+        **{field: {"default": d[field], "type": "array", "uniqueItems": True, "title": title,
+                   "items": {"type": "string", "pattern": SPEC_PATTERN}, "description": f"{backend} points: one per "
+                   f"runtime spec, each a runner venv of its own on the board (e.g. {example}); empty: the "
+                   "board's runner"}
+           for field, (backend, title, example) in RUNTIME_FIELDS.items()},
     }
 def plan(board: str, p: dict) -> list[dict]:
     """The points of ``board`` for the sweep's params (none when the board was not chosen)."""
@@ -113,6 +123,7 @@ def plan(board: str, p: dict) -> list[dict]:
                       product(*(p.get(f"armcl_{key}s") or [ARMCL_VARIANT[key][0]] for key in keys))]
     # tf's default compiler is no variant at all: the point of every tf result stored before compilers existed
     tf_variants = [None if c == TF_COMPILERS[0] else {"compiler": c} for c in p.get("tf_compilers") or TF_COMPILERS[:1]]
+    runtimes = runtime_axis(p)
     if "armcl" in p["backends"] and not p.get("armcl_build"):
         raise ValueError("armcl points need an ArmCL build: choose one (config/armcl.json)")
     if p.get("cooldown_c") is not None and not math.isfinite(p["cooldown_c"]):  # NaN passes minimum and maximum
@@ -128,12 +139,13 @@ def plan(board: str, p: dict) -> list[dict]:
     p = {**p, **{key: int(p[key]) for key in INTEGERS if isinstance(p.get(key), float)}}
     points = []
     for model, backend, mode in product(p["models"], p["backends"], p["modes"]):
-        for variant in {"armcl": armcl_variants, "tf": tf_variants}.get(backend, [None]):
+        for variant, runtime in product({"armcl": armcl_variants, "tf": tf_variants}.get(backend, [None]),
+                                        runtimes.get(backend) or [None]):
             point = {"model": model, "backend": backend, "mode": mode, "precision": p.get("precision"),
                      "release": p.get("release"), "batch_size": p["batch_size"], "threads": p.get("threads"),
                      "cpus": p.get("cpus"), "cluster": None if p.get("cluster") in (None, "all") else p["cluster"],
                      "variant": variant, "armcl_build": p["armcl_build"] if backend == "armcl" else None,
-                     "weights": "random" if random else None}
+                     "weights": "random" if random else None, "runtime": runtime}
             if mode == "performance":
                 point.update({"repetitions": p["repetitions"], "warmup": p["warmup"], **profiled(p)})
             else:
@@ -142,6 +154,18 @@ def plan(board: str, p: dict) -> list[dict]:
     if random:
         _refuse_accuracy_on_random_weights(points)
     return points
+
+
+def runtime_axis(p: dict) -> dict[str, list[str]]:
+    """backend -> the runtime specs its points run on (``operators.runtime_spec``: checked, canonical), from the
+    form's ``litert_specs`` and ``tf_specs``; refused for a backend the sweep does not run."""
+    axis = {}
+    for field, (backend, _title, _example) in RUNTIME_FIELDS.items():
+        specs = runtime_spec.parse_all(p.get(field), backend)
+        if specs and backend not in p["backends"]:
+            raise ValueError(f"{field} chooses the runtimes of {backend} points: add {backend} to the backends")
+        axis[backend] = [spec.text for spec in specs]
+    return axis
 
 
 def profiled(p: dict) -> dict:

@@ -51,9 +51,9 @@ def variant_label(variant: dict | None) -> str:
 
 
 def point_label(point: dict) -> str:
-    """``<model> <backend> <mode>[ <variant label>]``: how sweeps name a point (a planned point, a stored point's
-    columns, a failure's point), in task names, logs and tallies."""
-    label = variant_label(point.get("variant"))
+    """``<model> <backend> <mode>[ <variant label>][ <runtime spec>]``: how sweeps name a point (a planned point, a
+    stored point's columns, a failure's point), in task names, logs and tallies."""
+    label = " ".join(part for part in (variant_label(point.get("variant")), point.get("runtime")) if part)
     return f"{point.get('model')} {point.get('backend')} {point.get('mode')}" + (f" {label}" if label else "")
 
 # (depthwise stride, pointwise output channels at width 1.0) of the 13 separable blocks.

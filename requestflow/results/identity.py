@@ -18,8 +18,13 @@ def sha256_of(value) -> str:
 
 
 def library_build(backend: dict) -> dict:
-    """What identifies the library build a point ran on (for ArmCL later: its build's sha256 and options)."""
-    return {key: backend.get(key) for key in ("name", "library", "version", "build")}
+    """What identifies the library build a point ran on (ArmCL: its build's key and options), and the runtime spec
+    its runner was installed for (``requestflow.board.runtime``), only when it had one: the identity of a point
+    without one is what it always was."""
+    build = {key: backend.get(key) for key in ("name", "library", "version", "build")}
+    if backend.get("runtime"):
+        build["runtime"] = backend["runtime"]
+    return build
 
 
 def identity(board: str, context: dict) -> dict:

@@ -74,10 +74,11 @@ class TensorFlowBackend(FloatBackend):
         return imagenet_scores(self._out.numpy())
 
     def info(self) -> dict:
+        from requestflow.board.runtime import annotate
         from requestflow.board.tensorflow_import import import_tensorflow
         tf = import_tensorflow()
-        return {"name": self.name, "version": tf.__version__, "library": "tensorflow",
-                "variant": {"graph": "tf.function", "jit_compile": self.jit}, "threads": self._threads}
+        return annotate({"name": self.name, "version": tf.__version__, "library": "tensorflow",
+                         "variant": {"graph": "tf.function", "jit_compile": self.jit}, "threads": self._threads})
 
 
 def _set_threads(tf, threads: int) -> dict:

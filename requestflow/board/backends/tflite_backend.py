@@ -105,10 +105,11 @@ class TFLiteBackend(Backend):
             from requestflow.board.tensorflow_import import import_tensorflow
             tf = import_tensorflow()
             library_version = tf.__version__
-        return {"name": self.name, "version": library_version, "library": self._library,
-                "variant": {"delegate": "default (XNNPACK)", "pieces": len(self._pieces),
-                            "exported_from_canonical": self.weights.format != "tflite"},
-                "threads": self.threads}
+        from requestflow.board.runtime import annotate
+        return annotate({"name": self.name, "version": library_version, "library": self._library,
+                         "variant": {"delegate": "default (XNNPACK)", "pieces": len(self._pieces),
+                                     "exported_from_canonical": self.weights.format != "tflite"},
+                         "threads": self.threads})
 
     def close(self) -> None:
         self._pieces = []
