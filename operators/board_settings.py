@@ -33,6 +33,11 @@ passphrase when a key is given, else a login password). Extras:
                            hwmon/rapl/auto without a ROOT read below ``sysfs_root``. A command comes from here only,
                            never from a trigger form
 ``power_rate_hz``          the meter's sampling rate (default: the runner's, 200 Hz)
+``isolation``              how each point's runner process starts (issue #20): ``fresh`` (``python -m
+                           requestflow.cli run``: a new interpreter per point) or ``fork`` (a child of the board's
+                           point server, which imported numpy / LiteRT / TensorFlow once:
+                           ``requestflow.board.point_server``); default ``$REQUESTFLOW_ISOLATION`` on the controller,
+                           else ``fresh``. Recorded in each result (``isolation``)
 ``site``                   where the board is (default ``default``): every task that touches it goes to the Celery
                            queue of that name, served by a worker near the board (``site_queue``; a name: letters,
                            digits, ``._-``; docs/scale-out.md). Ignored by the LocalExecutor
@@ -42,6 +47,7 @@ passphrase when a key is given, else a login password). Extras:
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -51,7 +57,7 @@ SECRET_FIELDS = ("password", "private_key")
 EXTRAS = {
     "key_file": str, "private_key": str, "host_key": str, "known_hosts": str, "no_host_key_check": bool,
     "python": str, "work_dir": str, "sudo": bool, "sysfs_root": str, "boot_id_file": str,
-    "armcl_cache": str, "emulator": str, "site": str, "power_meter": str, "power_rate_hz": float,
+    "armcl_cache": str, "emulator": str, "site": str, "power_meter": str, "power_rate_hz": float, "isolation": str,
     "connect_timeout": float, "gc_keep_runners": int, "gc_keep_days": float,
     "price_usd": float, "price_date": str, "service_life_years": float, "peak_power_w": float,
 }
@@ -116,6 +122,7 @@ class BoardSettings:
     site: str = "default"
     power_meter: str | None = None  # a checked --power-meter spec (power.check_spec)
     power_rate_hz: float | None = None
+    isolation: str = field(default_factory=lambda: default_isolation())  # fresh or fork (run_record.ISOLATIONS)
 
     @classmethod
     def from_connection(cls, conn_id: str, conn) -> BoardSettings:
@@ -139,6 +146,8 @@ class BoardSettings:
             values["site"] = checked_site(conn_id, values["site"])
         if "power_meter" in values:
             values["power_meter"] = checked_power_meter(conn_id, values["power_meter"], values.get("sysfs_root", "/"))
+        if "isolation" in values:
+            values["isolation"] = checked_isolation(f"board connection {conn_id!r}: isolation", values["isolation"])
         if "price_date" in values:
             try:
                 dt.date.fromisoformat(values["price_date"])
@@ -180,6 +189,22 @@ def checked_site(conn_id: str, site) -> str:
         raise UserError(f"board connection {conn_id!r}: site must be a name such as lab-a (letters, digits, ._-), "
                         f"got {site!r}")
     return site
+
+
+ISOLATION_ENV = "REQUESTFLOW_ISOLATION"  # the controller's default isolation of every board without the extra
+
+
+def checked_isolation(what: str, value) -> str:
+    from requestflow.board.run_record import ISOLATIONS
+
+    if value not in ISOLATIONS:
+        raise UserError(f"{what} must be {' or '.join(ISOLATIONS)}, got {value!r}")
+    return value
+
+
+def default_isolation() -> str:
+    """``$REQUESTFLOW_ISOLATION`` (checked), else ``fresh``."""
+    return checked_isolation(f"${ISOLATION_ENV}", os.environ.get(ISOLATION_ENV) or "fresh")
 
 
 def checked_power_meter(conn_id: str, spec: str, sysfs_root: str) -> str:

@@ -28,14 +28,17 @@ Log = Callable[[str], None]
 
 
 def runner_command(python: str, point: dict, out: str | None = "result.json", armcl_build: str | None = None,
-                   power_meter: str | None = None, power_rate_hz: float | None = None) -> str:
+                   power_meter: str | None = None, power_rate_hz: float | None = None,
+                   isolation: str = "fresh") -> str:
     """The board-side command line of a point (``out=None``: ``--identify``, print its context); values quoted.
     ``armcl_build``: the folder, on the board, of the ArmCL build the point's ``armcl_build`` names;
-    ``power_meter`` / ``power_rate_hz``: the board's meter (its Connection's extras), for performance points."""
-    unknown = set(point) - set(POINT_FIELDS) - {"board", "armcl_build", "weights", "runtime"}  # runtime: python
+    ``power_meter`` / ``power_rate_hz``: the board's meter (its Connection's extras), for performance points;
+    ``isolation``: ``fork`` runs it in a child of the board's point server (``requestflow.board.point_client``)."""
+    unknown = set(point) - set(POINT_FIELDS) - {"board", "armcl_build", "weights"}
     if unknown:
         raise ValueError(f"unknown point field {sorted(unknown)[0]!r}")
-    args = [python, "-m", "requestflow.cli", "run", "--quiet", "--offline"]
+    module = "requestflow.board.point_client" if isolation == "fork" else "requestflow.cli"
+    args = [python, "-m", module, "run", "--quiet", "--offline"]
     args += ["--out", out] if out else ["--identify"]
     for name in POINT_FIELDS:
         value = point.get(name)

@@ -96,7 +96,7 @@ class RunPointOperator(BaseOperator):
         dag_id = context["dag"].dag_id if context.get("dag") else None
         board = self._board = board_for(self.board_conn_id)
         name, label, log = board.settings.name, point_label(self.point), self.log.info
-        python, work_dir = runner_location(board, self.point.get("runtime"))  # its runtime spec's runner, if any
+        python, work_dir = runner_location(board)
         env = runner_job.runner_env(work_dir)
         folder = point_steps.job_dir(work_dir, self.sweep_id, label)
         waits = {"log": log, "deadline_s": self.deadline_s(), "heartbeat_s": self.heartbeat_s}
@@ -120,7 +120,8 @@ class RunPointOperator(BaseOperator):
                     point_steps.cool_down(board, float(self.cooldown_c), self.cooldown_timeout_s, log)
                 command = runner_command(python, self.point, armcl_build=armcl_build,
                                          power_meter=board.settings.power_meter,
-                                         power_rate_hz=board.settings.power_rate_hz)
+                                         power_rate_hz=board.settings.power_rate_hz,
+                                         isolation=board.settings.isolation)
                 log(f"board {name}: {command} (in {folder})")
                 self._job_dir = folder
                 document = self._document(runner_job.run(board, folder, command, env, **waits), label)

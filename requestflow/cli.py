@@ -6,12 +6,12 @@ Bad input gives one line ``requestflow: error: ...`` on stderr, exit status 2, n
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from requestflow.board import board_commands
+from requestflow.board.tensorflow_import import exit_now, quiet_tensorflow
 from requestflow.errors import OneLineParser, UserError
 from requestflow.results import results_commands
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         added = added_commands()
         args = build_parser(added).parse_args(argv)
         if args.command in ("run", "classify"):
-            _quiet_tensorflow()
+            quiet_tensorflow()
         code = (COMMANDS[args.command] if args.command in COMMANDS else added[args.command].run)(args, argv)
     except UserError as exc:
         print(f"requestflow: error: {exc}", file=sys.stderr)
@@ -84,29 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         print("requestflow: interrupted", file=sys.stderr)
         code = 130
     if process and "tensorflow" in sys.modules:
-        _exit_now(code)
+        exit_now(code)
     return code
-
-
-def _exit_now(code: int) -> None:
-    """End the process without the interpreter's teardown. TensorFlow's takes 1-2 s after the result is written
-    (measured here: 1.8 s from a tf run's last line to its exit, 0.1 s for tflite): outside the runner's clock,
-    but on every point of a sweep, which waits for the process to end. Everything of ours is done by then (the
-    document written atomically, the output printed): only the streams and the log handlers need flushing."""
-    import logging
-
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code)
-
-
-def _quiet_tensorflow() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 
 COMMANDS = {**board_commands.COMMANDS, **results_commands.COMMANDS}

@@ -132,6 +132,7 @@ def classify(backend, pixels: np.ndarray, ok: list[int], failed: list[dict], dat
     return accuracy, predictions
 
 
+ISOLATIONS = ("fresh", "fork")  # a process started for the point; a child of the point server
 _isolation: dict = {"mode": "fresh"}  # this process's: a point server's child says otherwise (set_isolation)
 
 
