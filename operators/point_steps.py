@@ -34,7 +34,7 @@ def runner_command(python: str, point: dict, out: str | None = "result.json", ar
     ``armcl_build``: the folder, on the board, of the ArmCL build the point's ``armcl_build`` names;
     ``power_meter`` / ``power_rate_hz``: the board's meter (its Connection's extras), for performance points;
     ``isolation``: ``fork`` runs it in a child of the board's point server (``requestflow.board.point_client``)."""
-    unknown = set(point) - set(POINT_FIELDS) - {"board", "armcl_build", "weights"}
+    unknown = set(point) - set(POINT_FIELDS) - {"board", "armcl_build", "weights", "runtime"}  # runtime: python
     if unknown:
         raise ValueError(f"unknown point field {sorted(unknown)[0]!r}")
     module = "requestflow.board.point_client" if isolation == "fork" else "requestflow.cli"

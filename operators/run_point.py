@@ -96,7 +96,7 @@ class RunPointOperator(BaseOperator):
         dag_id = context["dag"].dag_id if context.get("dag") else None
         board = self._board = board_for(self.board_conn_id)
         name, label, log = board.settings.name, point_label(self.point), self.log.info
-        python, work_dir = runner_location(board)
+        python, work_dir = runner_location(board, self.point.get("runtime"))  # its runtime spec's runner, if any
         env = runner_job.runner_env(work_dir)
         folder = point_steps.job_dir(work_dir, self.sweep_id, label)
         waits = {"log": log, "deadline_s": self.deadline_s(), "heartbeat_s": self.heartbeat_s}
