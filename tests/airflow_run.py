@@ -19,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER = os.environ.get("REQUESTFLOW_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+RETRIES_ENV = "REQUESTFLOW_TEST_RETRIES"  # run_dag's ``retries``, for main
 
 
 @contextlib.contextmanager
@@ -57,8 +58,12 @@ def airflow_databases(home: Path, boards=("local", "rfb1", "rfb2")):
         admin.dispose()
 
 
-def run_dag(env: dict, conf: dict, dag_id: str = "mobilenets_sweep", expect: str | None = "success") -> dict:
-    """Run ``dag_id`` once with ``conf`` through ``dag.test()``: {"state", "run_id", "output"}."""
+def run_dag(env: dict, conf: dict, dag_id: str = "mobilenets_sweep", expect: str | None = "success",
+            retries: int | None = None) -> dict:
+    """Run ``dag_id`` once with ``conf`` through ``dag.test()``: {"state", "run_id", "output"}. ``retries``: every
+    task's retries instead of the DAG's (0: a failed attempt is its task's last)."""
+    if retries is not None:
+        env = {**env, RETRIES_ENV: str(retries)}
     result = subprocess.run([sys.executable, str(ROOT / "tests" / "airflow_run.py"), dag_id, json.dumps(conf)],
                             env=env, capture_output=True, text=True, timeout=1500)
     last = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
@@ -94,7 +99,11 @@ def main() -> int:
     if bag.import_errors:
         print(json.dumps({"import_errors": {k: str(v) for k, v in bag.import_errors.items()}}))
         return 1
-    run = bag.dags[dag_id].test(run_conf=conf)
+    dag = bag.dags[dag_id]
+    if os.environ.get(RETRIES_ENV):
+        for task in dag.tasks:
+            task.retries = int(os.environ[RETRIES_ENV])
+    run = dag.test(run_conf=conf)
     print(json.dumps({"state": str(run.state), "run_id": run.run_id}))
     return 0
 

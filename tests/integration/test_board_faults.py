@@ -206,6 +206,9 @@ class TestAStoppedRunner:
         assert commands_under(job) == []
         [failure] = failures(engine, sweep)
         assert "timed out after 10 s" in failure
+        value, error = Attempt(sweep, point={"model": "mobilenet-v1-0.25-160"}).result()  # the board's next point
+        assert error is None, error
+        assert value["loaded"] is True and len(results(engine, sweep)) == 1
 
 
 def slowed(work: Path, tmp_path: Path, seconds: float) -> None:
