@@ -38,7 +38,8 @@ from operators.sweep import form
 
 # the mapped run tasks' names in the UI: "<model> <backend> <mode>[ <variant>]"
 RUN_NAME = ("{{ task.point['model'] }} {{ task.point['backend'] }} {{ task.point['mode'] }}"
-            "{% if task.point.get('variant') %} {{ task.point['variant'].values() | join('/') }}{% endif %}")
+            "{% if task.point.get('variant') %} {{ task.point['variant'].values() | join('/') }}{% endif %}"
+            "{% if task.point.get('runtime') %} {{ task.point['runtime'] }}{% endif %}")
 
 
 def dag(dag_id: str, *, doc: str, tags: list[str], schedule=None, **kwargs) -> DAG:

@@ -59,6 +59,10 @@ class TestASpec:
     def test_the_boards_own_requirements_decide_what_it_can_run(self):
         check_target(parse(A), "x86_64", "3.11")
         check_target(parse("ai-edge-litert==2.2.0"), "x86_64", "3.11")
+        check_target(parse("tensorflow-cpu==2.20.0"), "x86_64", "3.11")
+        with pytest.raises(UserError, match=r"tensorflow-cpu==2.19.0: requestflow requires tensorflow-cpu<2.22,>=2.20 "
+                                            r"on x86_64 boards"):
+            check_target(parse("tensorflow-cpu==2.19.0"), "x86_64", "3.11")
         with pytest.raises(UserError, match=r"runtime spec ai-edge-litert==2.3.0: requestflow requires "
                                             r"ai-edge-litert==1.4.0 on aarch64 boards \(pyproject.toml\)"):
             check_target(parse(B), "aarch64", "3.11")
