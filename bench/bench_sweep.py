@@ -64,6 +64,9 @@ BOARD = "local"
 CHILD = "_run-dag"  # first argument when this script runs the DAG in the Airflow subprocess
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z")  # Airflow's log lines begin with one
 PROFILE_ENV = "RFBENCH_SWEEP_PROFILE"  # --profile: where the Airflow process writes its cProfile statistics
+RUNNER_COMMAND = re.compile(r"-m requestflow\.(cli|board\.point_client) run ")
+WALL_RATIO_GOAL = 0.4  # issue #20: the fork path's wall, at most, against the fresh path's
+MEASURING_GOAL = 0.25  # issue #20: the wall's share inside the timed regions and warm-up, at least
 
 
 class BenchError(Exception):
@@ -204,6 +207,19 @@ class Stored:
     loaded_at: float
     started_at: float  # the document's: when the runner's run() began (after start-up, imports, weights)
     finished_at: float  # and when it had the document (before writing it and exiting)
+    samples: list[float] = field(default_factory=list)  # the raw samples, in order
+    first_inference_s: float | None = None  # the first warm-up run (cold_start)
+    warmup: int = 0
+    isolation: str = "fresh"  # the document's isolation.mode (none: fresh)
+    server_pid: int | None = None  # fork: the point server that forked it
+
+    @property
+    def warmup_s(self) -> float:
+        """The warm-up's seconds: its first run (timed alone) plus the others at the timed median (an estimate:
+        the document keeps the first warm-up run only)."""
+        if not self.warmup:
+            return 0.0
+        return (self.first_inference_s or self.median_s) + (self.warmup - 1) * self.median_s
 
 
 @dataclass
@@ -262,13 +278,19 @@ def stored_results(results_url: str, run_id: str) -> list[Stored]:
         rows = connection.execute(
             "SELECT p.model_id, p.backend, p.precision, w.random, f.median_s, f.n, "
             "       (SELECT sum(s.seconds) FROM samples s WHERE s.result_id = r.id), "
-            "       r.document->'timings', r.loaded_at, r.started_at, r.finished_at "
+            "       r.document->'timings', r.loaded_at, r.started_at, r.finished_at, "
+            "       (SELECT array_agg(s.seconds ORDER BY s.i) FROM samples s WHERE s.result_id = r.id), "
+            "       (r.document->'cold_start'->>'first_inference_s')::float8, "
+            "       (r.document->'performance'->>'warmup')::int, r.document->'isolation'->>'mode', "
+            "       (r.document->'isolation'->>'server_pid')::int "
             "FROM results r JOIN sweeps sw ON sw.id = r.sweep_id JOIN points p ON p.id = r.point_id "
             "JOIN weights w ON w.sha256 = p.weights_sha256 JOIN performance f ON f.result_id = r.id "
             "WHERE sw.run_id = %s AND r.status = 'ok' ORDER BY p.model_id, p.backend", (run_id,)).fetchall()
-    return [Stored(model, backend, precision, random, median, n, samples or 0.0, timings or {}, loaded.timestamp(),
-                   started.timestamp(), finished.timestamp())
-            for model, backend, precision, random, median, n, samples, timings, loaded, started, finished in rows]
+    return [Stored(model, backend, precision, random, median, n, total or 0.0, timings or {}, loaded.timestamp(),
+                   started.timestamp(), finished.timestamp(), list(samples or []), first, warmup or 0,
+                   isolation or "fresh", server)
+            for (model, backend, precision, random, median, n, total, timings, loaded, started, finished, samples,
+                 first, warmup, isolation, server) in rows]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -282,6 +304,7 @@ class Figures:
     process_s: float
     timed_s: float
     in_process_s: float  # sum of the documents' total_s (the runner's own clock, after its imports)
+    warmup_s: float = 0.0  # sum of the points' warm-up (Stored.warmup_s)
 
     @property
     def overhead_share(self) -> float:
@@ -291,13 +314,19 @@ class Figures:
     def timed_share(self) -> float:
         return self.timed_s / self.wall_s
 
+    @property
+    def measuring_share(self) -> float:
+        """The wall's share inside the timed regions and the warm-up (issue #20's goal)."""
+        return (self.timed_s + self.warmup_s) / self.wall_s
+
 
 def figures(sweep: Sweep) -> Figures:
     first = min(a.start for a in sweep.attempts)
     last = max(a.end for a in sweep.attempts)
     return Figures(points=len(sweep.stored), wall_s=last - first, process_s=sum(j.wall for j in sweep.jobs),
                    timed_s=sum(s.samples_s for s in sweep.stored),
-                   in_process_s=sum(s.timings.get("total_s", 0.0) for s in sweep.stored))
+                   in_process_s=sum(s.timings.get("total_s", 0.0) for s in sweep.stored),
+                   warmup_s=sum(s.warmup_s for s in sweep.stored))
 
 
 def breakdown(sweep: Sweep) -> list[tuple[str, float, str]]:
@@ -353,11 +382,11 @@ def breakdown(sweep: Sweep) -> list[tuple[str, float, str]]:
 
 
 def command_lines(lines: list[Line]) -> list[float]:
-    """When RunPointOperator logged each runner command line (``board <name>: <python> -m requestflow.cli run``),
-    by the log line's own timestamp."""
+    """When RunPointOperator logged each runner command line (``board <name>: <python> -m requestflow.cli run``, or
+    ``-m requestflow.board.point_client run`` under fork), by the log line's own timestamp."""
     found = []
     for line in lines:
-        if "-m requestflow.cli run" in line.text and (match := TIMESTAMP.search(line.text)):
+        if RUNNER_COMMAND.search(line.text) and (match := TIMESTAMP.search(line.text)):
             found.append(dt.datetime.fromisoformat(match.group(0).replace("Z", "+00:00")).timestamp())
     return found
 
@@ -381,15 +410,27 @@ def per_point(sweep: Sweep) -> list[dict]:
 # Running the sweep
 
 
-def run_sweep(args, urls: dict[str, str], state: Path, data: Path, workdir: Path) -> Sweep:
+def board_state(folder: Path) -> Path:
+    """A sweep's state folder in ``folder``, whose local board shares one cache with the other sweeps of this run
+    (``<workdir>/board-cache``: what a real board keeps from sweep to sweep, e.g. tflite exports of random
+    weights); the state folder."""
+    state = folder / "state"
+    (state / "board").mkdir(parents=True)
+    shared = folder.parent / "board-cache"
+    shared.mkdir(exist_ok=True)
+    (state / "board" / "cache").symlink_to(shared)
+    return state
+
+
+def run_sweep(args, urls: dict[str, str], state: Path, data: Path, workdir: Path, isolation: str) -> Sweep:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("AIRFLOW") and k not in ("REQUESTFLOW_DATABASE_URL", "REQUESTFLOW_AIRFLOW_DATABASE_URL",
                                                         "REQUESTFLOW_BOARDS")}
     env.update(REQUESTFLOW_STATE=str(state), REQUESTFLOW_DATA=str(data), PYTHONUNBUFFERED="1",
-               TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+               TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), REQUESTFLOW_ISOLATION=isolation)
     conf = {"boards": [BOARD], "models": args.models, "backends": args.backends, "modes": ["performance"],
             "repetitions": args.repetitions, "warmup": args.warmup}
-    log_path = workdir / "sweep.log"
+    log_path = workdir / f"sweep-{isolation}.log"
     prepare_s = 0.0
     if args.real_weights_only:
         requestflow = Path(sys.executable).with_name("requestflow")
@@ -419,10 +460,16 @@ def run_sweep(args, urls: dict[str, str], state: Path, data: Path, workdir: Path
             env[PROFILE_ENV] = str(args.profile.resolve())
         command = [sys.executable, str(Path(__file__).resolve()), CHILD, DAG_ID, json.dumps(conf),
                    str(workdir / "outcome.json")]
-    print(f"running {'requestflow sweep' if args.real_weights_only else DAG_ID + ' through dag.test()'}: "
+    print(f"running {'requestflow sweep' if args.real_weights_only else DAG_ID + ' through dag.test()'}, "
+          f"isolation {isolation}: "
           f"{len(args.models)} model(s) x {', '.join(args.backends)}, performance, {args.repetitions} timed runs "
           f"after {args.warmup} warm-up (log: {log_path})", flush=True)
-    code, lines, wall = run_streaming(command, env, log_path, args.verbose)
+    try:
+        code, lines, wall = run_streaming(command, env, log_path, args.verbose)
+    finally:  # the local board's point servers (fork): their idle time is not the sweep's
+        from requestflow.board.point_client import stop
+
+        stop(state / "board" / "cache" / "point-server")
     metadata = urls["airflow"]
     run_id, run_state, attempts = task_attempts(metadata)
     if not attempts:
@@ -503,6 +550,8 @@ def report(args, sweep: Sweep, load_start: str, total_s: float) -> dict:
     print(f"  inside the board-side runner processes    {f.process_s:8.1f} s   ({f.process_s / f.wall_s:.1%})")
     print(f"    of which the runners' own total_s        {f.in_process_s:8.1f} s")
     print(f"    of which timed regions (sum of samples)  {f.timed_s:8.2f} s   ({f.timed_share:.2%} of the wall)")
+    print(f"    timed regions + warm-up (estimate)        {f.timed_s + f.warmup_s:8.2f} s   ({f.measuring_share:.2%} "
+          f"of the wall)")
     print(f"  overhead share (wall - processes) / wall   {f.overhead_share:8.1%}   goal <= {GOAL:.0%}: {verdict}")
     print(f"  outside the timed regions (wall - samples) / wall: {1 - f.timed_share:.1%} (information: MobileNet "
           f"inference at {args.repetitions} repetitions is milliseconds; process start-up dominates)")
@@ -516,6 +565,8 @@ def report(args, sweep: Sweep, load_start: str, total_s: float) -> dict:
             "warmup": args.warmup, "mode": "requestflow sweep" if args.real_weights_only else "dag.test",
             "wall_s": f.wall_s, "process_s": f.process_s, "in_process_s": f.in_process_s, "timed_s": f.timed_s,
             "overhead_share": f.overhead_share, "timed_share": f.timed_share, "goal": GOAL, "result": verdict,
+            "warmup_s": f.warmup_s, "measuring_share": f.measuring_share,
+            "isolation": sorted({s.isolation for s in sweep.stored}),
             "breakdown": [{"what": w, "seconds": s, "note": n} for w, s, n in rows],
             "per_point": per_point(sweep), "load_start": load_start, "load_end": load_average(),
             "prepare_s": sweep.prepare_s, "command_wall_s": sweep.command_wall_s}
@@ -523,6 +574,46 @@ def report(args, sweep: Sweep, load_start: str, total_s: float) -> dict:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Main
+
+
+def side_by_side(fresh: Sweep, fork: Sweep, outcomes: dict[str, dict], load_start: str) -> dict:
+    """The two isolation modes against each other: wall ratio and measuring share against issue #20's goals, and
+    each point's latency fork vs fresh (the replay's test): whether the isolation changes a timing."""
+    from requestflow.results.stats import compare_samples
+
+    a, b = figures(fresh), figures(fork)
+    ratio = b.wall_s / a.wall_s
+    old = {(s.model, s.backend): s for s in fresh.stored}
+    verdicts: dict[str, int] = defaultdict(int)
+    ratios = []
+    for s in fork.stored:
+        if (s.model, s.backend) in old and s.samples and old[(s.model, s.backend)].samples:
+            comparison = compare_samples(old[(s.model, s.backend)].samples, s.samples, alpha=0.01, min_effect=0.10)
+            verdicts[comparison.verdict] += 1
+            ratios.append(comparison.ratio)
+    print("\n" + "=" * 36 + " side by side " + "=" * 36)
+    table(("", "fresh", "fork", "fork / fresh"), [
+        ("wall (s)", f"{a.wall_s:.1f}", f"{b.wall_s:.1f}", f"{ratio:.3f}"),
+        ("runner processes (s)", f"{a.process_s:.1f}", f"{b.process_s:.1f}", f"{b.process_s / a.process_s:.3f}"),
+        ("timed regions (s)", f"{a.timed_s:.2f}", f"{b.timed_s:.2f}", f"{b.timed_s / a.timed_s:.3f}"),
+        ("timed + warm-up share", f"{a.measuring_share:.1%}", f"{b.measuring_share:.1%}", "")], right={1, 2, 3})
+    wall_verdict = "PASS" if ratio <= WALL_RATIO_GOAL else "MISS"
+    share_verdict = "PASS" if b.measuring_share >= MEASURING_GOAL else "MISS"
+    print(f"  sweep wall fork / fresh {ratio:.3f}, goal <= {WALL_RATIO_GOAL}: {wall_verdict}")
+    print(f"  fork: timed regions + warm-up {b.measuring_share:.1%} of the wall, goal >= {MEASURING_GOAL:.0%}: "
+          f"{share_verdict}")
+    print(f"  each point's latency, fork against fresh (compare_samples, alpha 0.01, min effect 10%): "
+          f"{dict(verdicts)}; median ratio {float(sorted(ratios)[len(ratios) // 2]) if ratios else 0:.3f}")
+    servers = sorted({s.server_pid for s in fork.stored if s.server_pid})
+    print(f"  fork: {len(servers)} point server(s) served the sweep (one per backend profile; more when a module they "
+          f"had imported changed on disk meanwhile)")
+    print(f"load average (1, 5, 15 min): {load_start} at the start, {load_average()} at the end")
+    return {"wall_ratio": ratio, "servers": len(servers), "wall_ratio_goal": WALL_RATIO_GOAL,
+            "wall_result": wall_verdict,
+            "measuring_share_fork": b.measuring_share, "measuring_share_fresh": a.measuring_share,
+            "measuring_goal": MEASURING_GOAL, "measuring_result": share_verdict, "point_verdicts": dict(verdicts),
+            "point_ratios": ratios,
+            "wall_s": {"fresh": a.wall_s, "fork": b.wall_s}}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -546,10 +637,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--profile", type=Path, help="cProfile the Airflow process into this file (pstats; not with "
                                                      "--real-weights-only)")
+    parser.add_argument("--no-warm", dest="warm", action="store_false",
+                        help="no untimed sweep first (1 run per point, fork) to fill the board's cache that the timed "
+                             "sweeps share (tflite exports of random weights: a board keeps them from sweep to sweep)")
+    parser.add_argument("--isolation", nargs="+", choices=("fresh", "fork"), default=["fresh", "fork"],
+                        help="run the sweep once per isolation mode, in this order, side by side (default: fresh "
+                             "fork; issue #20); the JSON's top level is the first")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.models) - set(all_models))
     if unknown:
         parser.error(f"unknown model {unknown[0]}; known: {', '.join(all_models)}")
+    if len(set(args.isolation)) != len(args.isolation):
+        parser.error("--isolation: each mode once")
     if args.repetitions < 1 or args.warmup < 0:
         parser.error("--repetitions must be >= 1 and --warmup >= 0")
     args.all_models = all_models
@@ -581,12 +680,20 @@ def main(argv: list[str]) -> int:
             return 2
         args.models = chosen
     workdir = Path(tempfile.mkdtemp(prefix="rfbench-sweep-"))
-    state = workdir / "state"
-    outcome: dict | None = None
+    outcomes: dict[str, dict] = {}
+    sweeps: dict[str, Sweep] = {}
     try:
-        with temporary_databases(args.server, args.keep, ("results", "airflow")) as urls:
-            sweep = run_sweep(args, urls, state, data, workdir)
-            outcome = report(args, sweep, load_start, time.perf_counter() - started)
+        if args.warm:
+            with temporary_databases(args.server, args.keep, ("results", "airflow")) as urls:
+                warm = argparse.Namespace(**{**vars(args), "repetitions": 1, "warmup": 0})
+                print("warming the board's cache (tflite exports of random weights), 1 run per point, not measured",
+                      flush=True)
+                run_sweep(warm, urls, board_state(workdir / "warm"), data, workdir / "warm", "fork")
+        for isolation in args.isolation:
+            with temporary_databases(args.server, args.keep, ("results", "airflow")) as urls:
+                folder = workdir / isolation
+                sweeps[isolation] = run_sweep(args, urls, board_state(folder), data, folder, isolation)
+                outcomes[isolation] = report(args, sweeps[isolation], load_start, time.perf_counter() - started)
     except BenchError as exc:
         print(f"bench_sweep: error: {exc}", file=sys.stderr)
         return 1
@@ -595,7 +702,11 @@ def main(argv: list[str]) -> int:
             print(f"state folder kept (--keep): {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    if args.json and outcome is not None:
+    outcome = dict(outcomes[args.isolation[0]])
+    if set(sweeps) == {"fresh", "fork"}:
+        outcome["side_by_side"] = side_by_side(sweeps["fresh"], sweeps["fork"], outcomes, load_start)
+    outcome["by_isolation"] = outcomes
+    if args.json:
         args.json.write_text(json.dumps(outcome, indent=1) + "\n")
     return 0
 

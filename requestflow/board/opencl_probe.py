@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 PROBE_TIMEOUT_S = 5
+_known: dict | None = None  # a point server's answer, probed once before it forks (probe_for_children)
 
 
 def opencl() -> dict:
@@ -22,10 +23,21 @@ def opencl() -> dict:
     In a process that has loaded TensorFlow, a fresh interpreter asks instead: PoCL, an OpenCL driver built on
     LLVM, segfaults when it starts its devices in a process holding TensorFlow's own LLVM (``clGetDeviceIDs``, seen
     with tensorflow-cpu 2.21 and Debian's PoCL 3.1; the other order works). A runner loads TensorFlow before this
-    when its weights need it to be read (a TF-slim checkpoint)."""
+    when its weights need it to be read (a TF-slim checkpoint). A child of the point server (issue #20) takes the
+    answer its server got once, in a fresh interpreter, before its first fork (``probe_for_children``)."""
+    if _known is not None:
+        return json.loads(json.dumps(_known))
     if "tensorflow" in sys.modules:
         return _opencl_in_a_child()
     return opencl_here()
+
+
+def probe_for_children() -> dict:
+    """Probe once, in a fresh interpreter (no driver or thread of it in this process), for the children this process
+    will fork: ``opencl()`` answers with it from then on."""
+    global _known
+    _known = _opencl_in_a_child()
+    return _known
 
 
 def _opencl_in_a_child() -> dict:

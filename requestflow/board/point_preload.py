@@ -1,5 +1,6 @@
 """What the point server (``requestflow.board.point_server``) imports before it forks, and the checks that make its
-forks safe: ``preload`` (per profile: numpy, Pillow, LiteRT or TensorFlow, the runner's modules; nothing created),
+forks safe: ``preload`` (per profile: numpy, Pillow, LiteRT or TensorFlow, the runner's modules; nothing created;
+the machine's OpenCL platforms probed once in a fresh interpreter, which the children report instead of probing),
 ``fork_safety`` (no thread, no TensorFlow runtime), ``module_files`` / ``stamp`` (what a reinstall or an edit of
 them would rewrite: a server whose imports went stale ends).
 """
@@ -41,6 +42,9 @@ def preload(profile: str) -> dict:
                 importlib.import_module(name)
             except ImportError:  # what this board lacks the point will lack too
                 pass
+    from requestflow.board.opencl_probe import probe_for_children
+
+    probe_for_children()  # the machine's OpenCL, asked once in a fresh interpreter: no driver thread here
     gc.collect()
     gc.freeze()
     heavy = ("numpy", "PIL", "ai_edge_litert", "tensorflow", "tqdm")

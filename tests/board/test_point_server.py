@@ -110,6 +110,7 @@ def test_accuracy_is_identical(models_dir, tmp_path, env, backend, model, weight
     assert fork["accuracy"] == fresh["accuracy"] and fork["accuracy"]["n"] == limit
     assert fork["predictions"] == fresh["predictions"]
     assert fork["context"] == fresh["context"]
+    assert fork["machine"]["opencl"] == fresh["machine"]["opencl"]  # the server's one probe, as a fresh process's
 
 
 # -- faults -----------------------------------------------------------------------------------------------------------
