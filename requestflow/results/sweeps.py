@@ -52,13 +52,14 @@ def sweep_tally(engine: Engine, sweep: str) -> dict[str, dict]:
     with engine.connect() as connection:
         rows = connection.execute(
             select(m.Board.name, m.Point.model_id, m.Point.backend, m.Point.mode, m.Point.variant, m.Result.status,
-                   m.Error.type, m.Error.message)
+                   m.Error.type, m.Error.message, m.Point.identity["library_build"]["runtime"].astext)
             .select_from(m.Result).join(m.Sweep, m.Sweep.id == m.Result.sweep_id)
             .join(m.Point, m.Point.id == m.Result.point_id).join(m.Board, m.Board.id == m.Point.board_id)
             .outerjoin(m.Error, m.Error.result_id == m.Result.id)
             .where(m.Sweep.run_id == sweep).order_by(m.Board.name, m.Point.model_id, m.Point.backend, m.Point.mode))
-        for name, model, backend, mode, variant, status, error_type, message in rows:
-            label = point_label({"model": model, "backend": backend, "mode": mode, "variant": variant})
+        for name, model, backend, mode, variant, status, error_type, message, runtime in rows:
+            label = point_label({"model": model, "backend": backend, "mode": mode, "variant": variant,
+                                 "runtime": runtime})  # a point's runtime spec (issue #17) is part of its name
             board(name)["ok" if status == "ok" else "failed"].append(
                 {"point": label, "error": None if status == "ok" else f"{error_type}: {message}"})
         rows = connection.execute(
