@@ -1,6 +1,8 @@
 """requestflow's import graph, read from the sources (AST: an import inside a function counts like any other).
 
-    python -m tests.import_graph            # arrows between the layers, then the import cycles between modules
+    python -m tests.import_graph                # arrows between the layers, import cycles, the largest modules
+    python -m tests.import_graph --root DIR     # the same for another tree, e.g. an older commit:
+        git archive 3d15e25 | tar -x -C /tmp/old && python -m tests.import_graph --root /tmp/old
 
 Layers, from the top (ADR 0007): ``dags`` -> ``operators`` / ``plugins`` -> ``requestflow.cli`` /
 ``requestflow.results`` -> ``requestflow.board`` -> ``requestflow`` itself and ``requestflow.errors`` (the base
@@ -10,6 +12,7 @@ graph to that, and to having no import cycle.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import sys
 from collections import defaultdict
@@ -21,6 +24,7 @@ SOURCES = ("requestflow", "operators", "dags", "plugins")
 LAYERS = (("dags", "dags"), ("operators", "operators"), ("plugins", "plugins"), ("cli", "requestflow.cli"),
           ("results", "requestflow.results"), ("board", "requestflow.board"), ("base", "requestflow.errors"))
 RANK = {"dags": 0, "operators": 1, "plugins": 1, "cli": 2, "results": 2, "board": 3, "base": 4}
+MAX_LINES = 400  # a source module longer than this has more than one job (issue #16)
 
 
 def module_name(path: Path) -> str:
@@ -126,7 +130,20 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return sorted(found)
 
 
-def main() -> int:
+def largest_modules(count: int | None = None) -> list[tuple[int, str]]:
+    """(lines, module) of the source modules, longest first (bench/ and native/ are not sources)."""
+    sizes = sorted(((len(path.read_text().splitlines()), name) for name, path in source_files().items()),
+                   key=lambda pair: (-pair[0], pair[1]))
+    return sizes if count is None else sizes[:count]
+
+
+def main(argv: list[str] | None = None) -> int:
+    global ROOT
+    parser = argparse.ArgumentParser(prog="python -m tests.import_graph", description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=ROOT, help="the tree to read (default: this checkout)")
+    parser.add_argument("--largest", type=int, default=10, metavar="N", help="list the N longest modules")
+    args = parser.parse_args(argv)
+    ROOT = args.root.resolve()
     edges = graph()
     print(f"{len(edges)} modules, {sum(len(t) for t in edges.values())} imports between them")
     print("arrows between layers (count of module imports):")
@@ -137,6 +154,11 @@ def main() -> int:
         print(f"upward: {a} -> {b}")
     for component in cycles(edges):
         print(f"cycle: {' <-> '.join(component)}")
+    sizes = largest_modules()
+    over = [size for size in sizes if size[0] > MAX_LINES]
+    print(f"largest modules (lines; {len(over)} over {MAX_LINES}, {sum(n for n, _ in sizes)} lines in all):")
+    for lines, name in sizes[:args.largest]:
+        print(f"  {lines:5}  {name}")
     return 0
 
 

@@ -100,6 +100,27 @@ def test_the_graph_sees_imports_inside_functions_and_reports_arrows_and_cycles(t
     assert import_graph.cycles(edges) == [["operators.b", "requestflow.board.a"]]
 
 
+def test_the_graph_command_prints_the_arrows_the_cycles_and_the_longest_modules_of_any_tree(tmp_path, monkeypatch,
+                                                                                             capsys):
+    """``python -m tests.import_graph --root DIR``: the closing note's numbers for this tree or an older one."""
+    from tests import import_graph
+
+    for path, text in {"requestflow/__init__.py": "", "requestflow/board/__init__.py": "",
+                       "requestflow/board/a.py": "import operators.b\nX = 1\nY = 2\n",
+                       "operators/__init__.py": "", "operators/b.py": "from requestflow.board import a\n" * 5,
+                       "dags/__init__.py": "", "plugins/__init__.py": ""}.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+    monkeypatch.setattr(import_graph, "ROOT", import_graph.ROOT)  # main sets it: restored after the test
+    assert import_graph.main(["--root", str(tmp_path), "--largest", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "  board     -> operators   1  UPWARD" in out and "  operators -> board       2" in out
+    assert "cycle: operators.b <-> requestflow.board.a" in out
+    assert out.endswith("largest modules (lines; 0 over 400, 8 lines in all):\n"
+                        "      5  operators.b\n      3  requestflow.board.a\n")
+    assert import_graph.largest_modules(1) == [(5, "operators.b")]
+
+
 def test_without_the_checkout_the_cli_offers_only_the_librarys_commands(tmp_path):
     """A board's CLI (the wheel, no operators/ beside it): the controller's commands are not listed, and asking for
     one is an unknown command; from the checkout they are there."""
