@@ -1,6 +1,7 @@
 """requestflow's import graph, read from the sources (AST: an import inside a function counts like any other).
 
-    python -m tests.import_graph                # arrows between the layers, import cycles, the largest modules
+    python -m tests.import_graph                # arrows between the layers, import cycles, the largest modules,
+                                                # file names two modules share, private names imported across
     python -m tests.import_graph --root DIR     # the same for another tree, e.g. an older commit:
         git archive 3d15e25 | tar -x -C /tmp/old && python -m tests.import_graph --root /tmp/old
 
@@ -130,6 +131,37 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return sorted(found)
 
 
+def private_imports() -> list[tuple[str, str, str]]:
+    """(module, the module it imports from, name) for each ``_private`` name one source module imports from another
+    (``from a.b import _c``, wherever the statement is; dunder names are not private)."""
+    files = source_files()
+    found = []
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            if base.split(".")[0] not in SOURCES and base != "requestflow":
+                continue
+            found += [(name, base, alias.name) for alias in node.names
+                      if alias.name.startswith("_") and not alias.name.startswith("__")]
+    return sorted(found)
+
+
+def shared_file_names() -> dict[str, list[str]]:
+    """File name -> the source modules that have it, for the names more than one module has (``__init__.py``
+    aside): ``replay.py`` in two layers is two things a reader must tell apart."""
+    modules: dict[str, list[str]] = defaultdict(list)
+    for name, path in source_files().items():
+        if path.name != "__init__.py":
+            modules[path.name].append(name)
+    return {file: sorted(names) for file, names in sorted(modules.items()) if len(names) > 1}
+
+
 def largest_modules(count: int | None = None) -> list[tuple[int, str]]:
     """(lines, module) of the source modules, longest first (bench/ and native/ are not sources)."""
     sizes = sorted(((len(path.read_text().splitlines()), name) for name, path in source_files().items()),
@@ -159,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"largest modules (lines; {len(over)} over {MAX_LINES}, {sum(n for n, _ in sizes)} lines in all):")
     for lines, name in sizes[:args.largest]:
         print(f"  {lines:5}  {name}")
+    for file, names in shared_file_names().items():
+        print(f"file name {file} shared by: {', '.join(names)}")
+    for name, source, private in private_imports():
+        print(f"private name imported: {name} imports {private} from {source}")
     return 0
 
 

@@ -100,6 +100,27 @@ def test_the_graph_sees_imports_inside_functions_and_reports_arrows_and_cycles(t
     assert import_graph.cycles(edges) == [["operators.b", "requestflow.board.a"]]
 
 
+def test_no_source_module_is_over_400_lines():
+    """One job per module (issue #16): a longer module is split along its seams (bench/ and native/ are not sources;
+    ``python -m tests.import_graph`` lists the longest)."""
+    from tests.import_graph import MAX_LINES, largest_modules
+
+    assert [(lines, name) for lines, name in largest_modules() if lines > MAX_LINES] == []
+
+
+def test_no_two_source_modules_share_a_file_name():
+    from tests.import_graph import shared_file_names
+
+    assert shared_file_names() == {}
+
+
+def test_no_private_name_is_imported_from_another_module():
+    """A name another module needs is public: ``from a import _b`` across modules means a seam in the wrong place."""
+    from tests.import_graph import private_imports
+
+    assert private_imports() == []
+
+
 def test_the_graph_command_prints_the_arrows_the_cycles_and_the_longest_modules_of_any_tree(tmp_path, monkeypatch,
                                                                                              capsys):
     """``python -m tests.import_graph --root DIR``: the closing note's numbers for this tree or an older one."""
@@ -108,7 +129,8 @@ def test_the_graph_command_prints_the_arrows_the_cycles_and_the_longest_modules_
     for path, text in {"requestflow/__init__.py": "", "requestflow/board/__init__.py": "",
                        "requestflow/board/a.py": "import operators.b\nX = 1\nY = 2\n",
                        "operators/__init__.py": "", "operators/b.py": "from requestflow.board import a\n" * 5,
-                       "dags/__init__.py": "", "plugins/__init__.py": ""}.items():
+                       "operators/a.py": "from operators.b import _c\n", "dags/__init__.py": "",
+                       "plugins/__init__.py": ""}.items():
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text(text)
     monkeypatch.setattr(import_graph, "ROOT", import_graph.ROOT)  # main sets it: restored after the test
@@ -116,8 +138,10 @@ def test_the_graph_command_prints_the_arrows_the_cycles_and_the_longest_modules_
     out = capsys.readouterr().out
     assert "  board     -> operators   1  UPWARD" in out and "  operators -> board       2" in out
     assert "cycle: operators.b <-> requestflow.board.a" in out
-    assert out.endswith("largest modules (lines; 0 over 400, 8 lines in all):\n"
-                        "      5  operators.b\n      3  requestflow.board.a\n")
+    assert ("largest modules (lines; 0 over 400, 9 lines in all):\n"
+            "      5  operators.b\n      3  requestflow.board.a\n") in out
+    assert out.endswith("file name a.py shared by: operators.a, requestflow.board.a\n"
+                        "private name imported: operators.a imports _c from operators.b\n")
     assert import_graph.largest_modules(1) == [(5, "operators.b")]
 
 
