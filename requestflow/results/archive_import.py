@@ -25,7 +25,7 @@ from requestflow.results.archive_format import (
     plain,
 )
 from requestflow.results.archive_reader import Archive
-from requestflow.results.load import load_documents, refresh_scoreboard
+from requestflow.results.load import keys_of_boards, load_documents, update_scoreboard
 
 # -------------------------------------------------------------------------------------------------------------
 # Import
@@ -40,14 +40,14 @@ def import_archive(engine: Engine, path: str | os.PathLike, update_boards: bool 
         with engine.begin() as connection:
             # one import at a time: point failures have no natural key, and are deduplicated by content
             connection.execute(text("SELECT pg_advisory_xact_lock(hashtext('requestflow archive import'))"))
-            boards_changed = _boards(connection, archive, update_boards, report)
+            _boards(connection, archive, update_boards, report)
             board_ids = dict(connection.execute(select(m.Board.name, m.Board.id)).all())
             _dimensions(connection, archive, board_ids)
             sweep_ids = _sweeps(connection, archive, report)
             _results(connection, archive, report)
             _failures(connection, archive, board_ids, sweep_ids, report)
-            if boards_changed and not report.loaded:
-                refresh_scoreboard(connection)  # their cost and energy columns
+            # the rows of the boards whose figures or caveats changed (a load updates the rows it stores)
+            update_scoreboard(connection, keys_of_boards(connection, report.boards_updated))
     return report
 
 

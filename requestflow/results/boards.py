@@ -9,7 +9,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Engine
 
 from requestflow.errors import UserError
-from requestflow.results.load import refresh_scoreboard
+from requestflow.results.load import keys_of_boards, update_scoreboard
 from requestflow.results.models import Board
 
 FIGURES = ("price_usd", "price_date", "service_life_years", "peak_power_w")
@@ -38,7 +38,7 @@ def set_board(engine: Engine, name: str, **figures) -> dict:
             if read_only:
                 raise UserError(f"board {name!r} is a read-only reference board")
             connection.execute(update(Board).where(Board.name == name).values(**changes))
-            refresh_scoreboard(connection)  # its cost and energy columns use these figures
+            update_scoreboard(connection, keys_of_boards(connection, [name]))  # its cost and energy columns
         row = connection.execute(select(Board.name, Board.kind, *(getattr(Board, f) for f in FIGURES),
                                         Board.read_only).where(Board.name == name)).one()
     return dict(row._mapping)

@@ -110,8 +110,10 @@ def upgrade(url: str, revision: str = "head", engine: Engine | None = None) -> N
                 return
             command.upgrade(alembic_config(url, connection), revision)
             after = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-            if before != after and after is not None and int(after) >= 4:
-                connection.exec_driver_sql("REFRESH MATERIALIZED VIEW scoreboard")  # rows stored before the upgrade
+            if before != after and after is not None and int(after) >= 4 and connection.exec_driver_sql(
+                    "SELECT relkind = 'm' FROM pg_class WHERE oid = 'scoreboard'::regclass").scalar():
+                # rows stored before the upgrade (from 0013 on, a table the migration filled)
+                connection.exec_driver_sql("REFRESH MATERIALIZED VIEW scoreboard")
             if before != after and after is not None and int(after) >= ROLES_REVISION:
                 _grant_roles(connection)  # what a migration after 0011 (re)created
     finally:

@@ -8,14 +8,18 @@
   document again changes nothing.
 - Raw samples and per-image predictions go in with ``COPY`` (``bench/bench_store.py`` measures a 50,000-prediction
   document).
+- The scoreboard is a table (migration 0013): a load computes again, in its transaction, the rows of the
+  configurations it stored a result of (and of those whose tf reference that changed), never the whole table, so
+  storing a point costs the same whatever the store holds (``bench/bench_store.py``'s part 3).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from psycopg import DataError as PsycopgDataError
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DataError
@@ -24,6 +28,7 @@ from requestflow.errors import UserError
 from requestflow.results import models as m
 from requestflow.results.document import check_document, parse_time
 from requestflow.results.identity import accuracy_key, identity, library_build, sha256_of
+from requestflow.results.role_sql import SCOREBOARD_LOCK
 
 
 @dataclass
@@ -62,25 +67,47 @@ def load_documents(engine: Engine, documents: list[tuple[str, dict]], board: str
                 report.loaded.append(source)
                 report.result_ids.append(result_id)
         if report.loaded:
-            refresh_scoreboard(connection)
+            update_scoreboard(connection, keys_of_results(connection, report.result_ids))
     return report
 
 
-# pg_advisory_xact_lock's key for "refreshing the scoreboard" (any constant; this one spells "rf-score")
-SCOREBOARD_LOCK = 0x72662D73636F7265
+def keys_of_results(connection: Connection, result_ids: Iterable[int]) -> list[str]:
+    """The configurations (``points.accuracy_key``) of these results: the scoreboard rows they are on."""
+    return list(connection.execute(text(
+        "SELECT DISTINCT p.accuracy_key FROM results r JOIN points p ON p.id = r.point_id WHERE r.id = ANY(:ids)"),
+        {"ids": list(result_ids)}).scalars())
+
+
+def keys_of_boards(connection: Connection, boards: Iterable[str]) -> list[str]:
+    """The configurations measured on these boards (by name)."""
+    return list(connection.execute(text(
+        "SELECT DISTINCT p.accuracy_key FROM points p JOIN boards b ON b.id = p.board_id WHERE b.name = ANY(:names)"),
+        {"names": list(boards)}).scalars())
+
+
+def update_scoreboard(connection: Connection, keys: Iterable[str]) -> int:
+    """Compute again, inside the caller's transaction, the scoreboard rows of the configurations ``keys`` (and of
+    those whose tf reference top-1 that changes): ``scoreboard_update`` (sql/migrations/scoreboard_table.py). Readers
+    see the new rows exactly when the caller commits. How many configurations were computed again.
+
+    The function takes the scoreboard's advisory lock in a statement of its own before it reads: concurrent
+    maintenances run one after the other, each seeing the rows of those that committed before it (a load waiting
+    for another must not publish rows computed without the other's results)."""
+    chosen = sorted(set(keys))
+    if not chosen:
+        return 0
+    if connection.execute(text("SELECT to_regprocedure('scoreboard_update(text[])') IS NULL")).scalar_one():
+        # a store not upgraded to 0013 yet: its materialized scoreboard, refreshed whole (as before 0013)
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCOREBOARD_LOCK})")
+        connection.exec_driver_sql("REFRESH MATERIALIZED VIEW scoreboard")
+        return len(chosen)
+    return connection.execute(text("SELECT scoreboard_update(CAST(:keys AS text[]))"), {"keys": chosen}).scalar_one()
 
 
 def refresh_scoreboard(connection: Connection) -> None:
-    """Bring the materialized scoreboard up to date, inside the caller's transaction (readers see the new rows
-    exactly when the load commits; concurrent loads refresh one after the other).
-
-    The lock is taken by a statement of its own before the REFRESH: a REFRESH takes its snapshot when it starts and
-    only then waits for the view's lock, so a load that waited there for another to commit would rebuild the view
-    without that load's rows, and, committing last, publish it so (two boards' points loading at once: one went
-    missing from the scoreboard). Waiting in the statement before, the REFRESH starts after the other load has
-    committed and sees its rows. Held to the end of the transaction, like the view's own lock."""
-    connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCOREBOARD_LOCK})")
-    connection.exec_driver_sql("REFRESH MATERIALIZED VIEW scoreboard")
+    """Rebuild the whole scoreboard from ``scoreboard_live`` inside the caller's transaction (``refresh_scoreboard()``,
+    under the same lock as :func:`update_scoreboard`): after rows were written behind requestflow's back."""
+    connection.exec_driver_sql("SELECT refresh_scoreboard()")
 
 
 def _upsert(connection: Connection, table, values: dict, key: str):
@@ -165,16 +192,17 @@ def load_one(connection: Connection, document: dict, board: str, board_id: int, 
         connection.execute(insert(m.Performance).values(
             result_id=inserted, n=p["n"], min_s=p["min"], median_s=p["median"], mean_s=p["mean"], p90_s=p["p90"],
             p99_s=p["p99"], max_s=p.get("max"), stdev_s=p["stdev"], throughput_ips=p.get("throughput_ips")))
-        _copy(connection, "samples (result_id, i, seconds)", ["bigint", "int4", "float8"],
-              ((inserted, i, s) for i, s in enumerate(p["samples"])))
+        _copy(connection, "samples (result_id, i, seconds)",
+              (f"{inserted}\t{i}\t{s}\n" for i, s in enumerate(p["samples"])))
     if "accuracy" in document:
         a = document["accuracy"]
         connection.execute(insert(m.Accuracy).values(result_id=inserted, n=a["n"], top1=a["top1"], top5=a["top5"],
                                                      failed_count=a["failed_count"]))
         _copy(connection, "predictions (result_id, image, label, top5, scores)",
-              ["bigint", "text", "int2", "int2[]", "float4[]"],
-              ((inserted, p["file"], p["label"], [c for c, _ in p["top5"]], [s for _, s in p["top5"]])
-               for p in document.get("predictions", [])))
+              (f"{inserted}\t{p['file'].translate(COPY_ESCAPES)}\t{p['label']}\t{{{','.join(map(str, classes))}}}\t"
+               f"{{{','.join(map(str, scores))}}}\n"  # str: the shortest text giving the same float (or int)
+               for p in document.get("predictions", [])
+               for classes, scores in [zip(*p["top5"], strict=True) if p["top5"] else ((), ())]))
     if document["status"] == "failed":
         e = document["error"]
         connection.execute(insert(m.Error).values(result_id=inserted, type=e["type"], message=e["message"],
@@ -182,9 +210,21 @@ def load_one(connection: Connection, document: dict, board: str, board_id: int, 
     return inserted
 
 
-def _copy(connection: Connection, target: str, types: list[str], rows) -> None:
+# COPY's text format: a backslash, tab, newline or carriage return in a value is written escaped
+COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy(connection: Connection, target: str, lines: Iterable[str], batch: int = 10_000) -> None:
+    """COPY ``target`` FROM STDIN, ``lines`` in COPY's text format (values checked before: integers, finite floats,
+    text without NUL), ``batch`` lines a write. Formatted here rather than by ``write_row``: psycopg's array dumper,
+    a Python loop, took most of a 50,000-prediction load (bench/bench_store.py)."""
     cursor = connection.connection.driver_connection.cursor()
     with cursor.copy(f"COPY {target} FROM STDIN") as copy:
-        copy.set_types(types)
-        for row in rows:
-            copy.write_row(row)
+        chunk: list[str] = []
+        for line in lines:
+            chunk.append(line)
+            if len(chunk) == batch:
+                copy.write("".join(chunk))
+                chunk.clear()
+        if chunk:
+            copy.write("".join(chunk))

@@ -155,7 +155,9 @@ class Point(Base):
     cpu_affinity: Mapped[list[int]] = mapped_column(ARRAY(Integer))
     preprocessing: Mapped[dict] = mapped_column(JSONB)
     identity: Mapped[dict] = mapped_column(JSONB, comment="the exact object hashed into point_id")
-    __table_args__ = (CheckConstraint("mode IN ('performance', 'accuracy')", name="mode_known"),)
+    __table_args__ = (CheckConstraint("mode IN ('performance', 'accuracy')", name="mode_known"),
+                      # the tf points that can be an accuracy point's reference (migration 0013)
+                      Index("ix_points_reference_group", "weights_sha256", "precision", "dataset_id"))
 
 
 class Result(Base):

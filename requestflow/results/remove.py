@@ -16,9 +16,9 @@ Decisions:
   ids that still exist, in one transaction. A result loaded meanwhile, matching or not, is kept.
 - **Read-only reference boards are never touched**: their results are imported published figures (``requestflow
   import-reference``); matches there are counted as kept and named.
-- The materialized scoreboard is refreshed in the same transaction (``load.refresh_scoreboard``: the same lock as
-  loads, so a load committing meanwhile is in the refreshed scoreboard). ``pareto_frontier`` and ``regressions``
-  are plain views over it and the tables: they follow.
+- The scoreboard rows of the removed results' configurations are computed again in the same transaction
+  (``load.update_scoreboard``: the same lock as loads, so a load committing meanwhile is on the scoreboard).
+  ``pareto_frontier`` and ``regressions`` are plain views over it and the tables: they follow.
 - An acknowledgement whose accepted result goes is removed, and the detections it acknowledged become
   unacknowledged again (counted as ``regression_detections (unacknowledged again)``): the baseline they were
   accepted against no longer exists.
@@ -36,7 +36,7 @@ from requestflow.errors import UserError
 from requestflow.results.archive_export import chosen_filters as export_filters
 from requestflow.results.archive_export import where_clause as export_where
 from requestflow.results.archive_format import FAILURE_FILTERS, RESULT_FILTERS, RESULTS_FROM
-from requestflow.results.load import refresh_scoreboard
+from requestflow.results.load import keys_of_results, update_scoreboard
 
 TIME_FILTERS = ("since", "before")
 FILTERS = (*RESULT_FILTERS, *TIME_FILTERS)
@@ -146,7 +146,7 @@ def _counts(connection, result_ids: list[int], failure_ids: list[int]) -> dict[s
 
 
 def remove(engine: Engine, planned: Plan) -> dict[str, int]:
-    """Delete what ``planned`` selected (those of its ids that still exist), in one transaction that also refreshes
+    """Delete what ``planned`` selected (those of its ids that still exist), in one transaction that also updates
     the scoreboard. The rows removed per table."""
     ids = {"ids": planned.result_ids, "failures": planned.failure_ids}
     with engine.begin() as connection:
@@ -155,6 +155,7 @@ def remove(engine: Engine, planned: Plan) -> dict[str, int]:
         ids["ids"] = list(connection.execute(text("SELECT id FROM results WHERE id = ANY(:ids) ORDER BY id "
                                                   "FOR UPDATE"), ids).scalars())
         counts = _counts(connection, ids["ids"], ids["failures"])
+        keys = keys_of_results(connection, ids["ids"])  # their configurations' scoreboard rows (points stay)
         connection.execute(text("DELETE FROM regression_detections WHERE result_id = ANY(:ids)"), ids)
         connection.execute(text(
             "UPDATE regression_detections SET ack_id = NULL WHERE ack_id IN "
@@ -163,6 +164,5 @@ def remove(engine: Engine, planned: Plan) -> dict[str, int]:
         # performance, samples, accuracy, predictions and errors go with their result (ON DELETE CASCADE)
         connection.execute(text("DELETE FROM results WHERE id = ANY(:ids)"), ids)
         connection.execute(text("DELETE FROM point_failures WHERE id = ANY(:failures)"), ids)
-        if ids["ids"]:
-            refresh_scoreboard(connection)
+        update_scoreboard(connection, keys)
     return counts

@@ -7,6 +7,11 @@ import re
 
 READER = "requestflow_reader"
 WRITER = "requestflow_writer"
+# tables the writer reads only: Alembic's, and the scoreboard, which only its functions write (migration 0013)
+NO_WRITES = ("alembic_version", "scoreboard")
+# pg_advisory_xact_lock's key for "maintaining the scoreboard" (any constant; this one spells "rf-score"), taken by
+# the functions that write it (migration 0013) and, on a store before 0013, by load.update_scoreboard
+SCOREBOARD_LOCK = 0x72662D73636F7265
 APP_LOGIN = "requestflow_app"  # the embedded default's login for reads and writes (migrations: postgres)
 
 
@@ -34,10 +39,12 @@ def grants_sql() -> list[str]:
         f"GRANT USAGE ON SCHEMA public TO {READER}, {WRITER}",
         f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {READER}",  # tables, views, materialized views
         f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {WRITER}",
-        # data changes on plain tables only (not through views), never on Alembic's own table
+        # data changes on plain tables only (not through views), never on Alembic's own table nor on the tables
+        # that SECURITY DEFINER functions maintain (the scoreboard: scoreboard_update, migration 0013)
         f"""DO $$ DECLARE t record; BEGIN
               FOR t IN SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                       WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relname <> 'alembic_version'
+                       WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
+                         AND c.relname <> ALL (ARRAY{list(NO_WRITES)})
               LOOP EXECUTE format('GRANT INSERT, UPDATE, DELETE ON public.%I TO {WRITER}', t.relname); END LOOP;
             END $$""",
         # nor on views (default privileges grant to every new relation, a view or a materialized one too)
@@ -47,10 +54,14 @@ def grants_sql() -> list[str]:
               LOOP EXECUTE format('REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON public.%I FROM {WRITER}', t.relname);
               END LOOP;
             END $$""",
-        f"REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON TABLE alembic_version FROM {WRITER}",
+        *(f"REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON TABLE {table} FROM {WRITER}" for table in NO_WRITES),
         f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {WRITER}",
         "REVOKE ALL ON FUNCTION refresh_scoreboard() FROM PUBLIC",
         f"GRANT EXECUTE ON FUNCTION refresh_scoreboard() TO {WRITER}",
+        f"""DO $$ BEGIN IF to_regprocedure('scoreboard_update(text[])') IS NOT NULL THEN
+              REVOKE ALL ON FUNCTION scoreboard_update(text[]) FROM PUBLIC;
+              GRANT EXECUTE ON FUNCTION scoreboard_update(text[]) TO {WRITER};
+            END IF; END $$""",
     ]
 
 

@@ -80,7 +80,7 @@ def seed(engine, docs: dict) -> dict[str, tuple[str, dict]]:
         connection.execute(text("UPDATE boards SET kind = 'reference', read_only = true, price_usd = 100, info = "
                                 "CAST(:info AS jsonb) WHERE name = 'reference'"),
                            {"info": json.dumps({"sha256": "d" * 64, "caveats": ["published figures"]})})
-        connection.exec_driver_sql("REFRESH MATERIALIZED VIEW scoreboard")
+        connection.exec_driver_sql("SELECT refresh_scoreboard()")  # rows written by hand
     return loaded
 
 

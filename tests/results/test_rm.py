@@ -190,16 +190,17 @@ class TestTheCommand:
 
 class TestConcurrentLoads:
     def test_a_load_committing_while_rm_runs_is_on_the_scoreboard(self, seeded, documents, monkeypatch):
-        """rm has deleted and refreshed but not committed; a load of another board waits for the scoreboard's lock.
-        After both commit, the loaded result is stored and on the scoreboard, and the removed board is not."""
+        """rm has deleted and updated the scoreboard but not committed; a load of another board waits for the
+        scoreboard's lock. After both commit, the loaded result is stored and on the scoreboard, and the removed
+        board is not."""
         hold, errors = threading.Event(), []
-        real_refresh = remove.refresh_scoreboard
+        real_update = remove.update_scoreboard
 
-        def refresh_then_hold(connection):
-            real_refresh(connection)
+        def update_then_hold(connection, keys):
+            real_update(connection, keys)
             assert hold.wait(60)
 
-        monkeypatch.setattr(remove, "refresh_scoreboard", refresh_then_hold)
+        monkeypatch.setattr(remove, "update_scoreboard", update_then_hold)
         planned = remove.plan(seeded, {"board": ["a"]})
 
         def run_rm():

@@ -239,7 +239,7 @@ def store():
             shown = seed(connection)
             create_v3(connection)
             create_v3(connection, "scoreboard_v4", 4)
-            connection.execute(text("REFRESH MATERIALIZED VIEW scoreboard"))
+            connection.execute(text("SELECT refresh_scoreboard()"))
         yield engine, shown
         engine.dispose()
 
@@ -299,7 +299,7 @@ class TestMigration0009:
             engine = create_engine(url)
             with engine.begin() as connection:
                 seed(connection)
-                connection.execute(text("REFRESH MATERIALIZED VIEW scoreboard"))
+                connection.execute(text("SELECT refresh_scoreboard()"))
             with engine.connect() as connection:
                 at_head = rows(connection, "scoreboard"), rows(connection, "pareto_frontier")
             with engine.begin() as connection:  # version 4 (and pareto_frontier version 5): before 0012
@@ -323,5 +323,7 @@ class TestMigration0009:
                 assert (rows(connection, "scoreboard"), rows(connection, "pareto_frontier")) == at_head
                 indexes = set(connection.execute(text(
                     "SELECT indexname FROM pg_indexes WHERE tablename = 'scoreboard'")).scalars())
-            assert indexes == {"ux_scoreboard_point_image_set", "ix_scoreboard_board_latency", "ix_scoreboard_sweep"}
+            assert indexes == {"ux_scoreboard_point_image_set", "ix_scoreboard_board_latency", "ix_scoreboard_sweep",
+                               "ix_scoreboard_reference_group", "ix_scoreboard_references",
+                               "ix_scoreboard_frontier"}  # the table of 0013
             engine.dispose()
