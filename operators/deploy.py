@@ -63,7 +63,9 @@ def deploy_runner(board, bundle: Bundle | None, log: Log = print, timeout_s: flo
     The LocalBoard (this machine, the embedded default) gets no venv: its runner is this installation, so the
     answer is ``sys.executable``. A bundle with a runtime spec (``operators.runtime_spec``) is installed on any
     board, the local one too: the spec with the runner, written into the venv (``requestflow.board.runtime``), and
-    the runner linked as ``W/runner/<bundle.link>`` instead of ``current``.
+    the runner linked as ``W/runner/<bundle.link>`` instead of ``current``. Its digest does not follow the
+    project's sources (``operators.runtime_spec``): its ``.deployed`` holds the sha256 of the project wheel it has,
+    and a new project wheel is installed into the same venv (``pip --no-deps``, seconds), its dependencies kept.
     """
     from operators import board_jobs
     from operators.board_hook import LocalBoard
@@ -72,11 +74,14 @@ def deploy_runner(board, bundle: Bundle | None, log: Log = print, timeout_s: flo
         log(f"board {board.settings.name}: this machine; the runner is this installation ({sys.executable})")
         return sys.executable
     settings, digest, link = board.settings, bundle.digest, bundle.link
+    project = bundle.sha256[bundle.project_wheel]
+    # a runtime's runner is current when its .deployed names this project wheel; the default runner's when it exists
+    current = f'[ "$(cat {{}}.deployed 2>/dev/null)" = {project} ]' if bundle.runtime else "[ -f {}.deployed ]"
     started = time.monotonic()
     version_code = 'import platform, sys; print("python %d.%d" % sys.version_info[:2], platform.python_version())'
     probe = board.run(
         f"W={shell_path(settings.work_dir)}; mkdir -p \"$W/blobs/.incoming\" \"$W/runner\" && cd \"$W\" && pwd "
-        f"&& uname -m && if [ -f runner/{digest}/.deployed ]; then ln -sfn {digest} runner/{link} && "
+        f"&& uname -m && if {current.format(f'runner/{digest}/')}; then ln -sfn {digest} runner/{link} && "
         f"{_emulation_marker(settings, f'runner/{digest}/venv')} && echo DEPLOYED; "
         f"else {shlex.quote(settings.python)} -c {shlex.quote(version_code)} 2>&1 | tail -n 3; fi",
         warn=True)
@@ -109,16 +114,24 @@ def deploy_runner(board, bundle: Bundle | None, log: Log = print, timeout_s: flo
 
     pip = "PIP_CONFIG_FILE=/dev/null venv/bin/python -m pip --isolated --disable-pip-version-check"
     env = f"REQUESTFLOW_CACHE={shlex.quote(work + '/cache')} REQUESTFLOW_DATA={shlex.quote(work + '/data')}"
-    runtime = _runtime_marker(bundle.runtime)
+    venv = (f"rm -rf venv && {shlex.quote(settings.python)} -m venv venv && {_emulation_marker(settings, 'venv')} "
+            f"&& {pip} install --no-index --no-cache-dir --progress-bar off --find-links wheels "
+            f"requestflow=={bundle.version}")
+    if bundle.runtime:  # the spec too, written into the venv; a venv with them gets only a new project wheel
+        from requestflow.board.runtime import MARKER
+
+        venv = (f"rm -f .deployed; if [ -f .dependencies ]; then {pip} install --no-index --no-cache-dir --no-deps "
+                f"--force-reinstall --progress-bar off wheels/{shlex.quote(bundle.project_wheel)}; else {venv} "
+                f"{shlex.quote(bundle.runtime)} && echo {shlex.quote(bundle.runtime)} > venv/{MARKER} "
+                "&& touch .dependencies; fi")
     install = (
-        f"cd {shlex.quote(runner_dir)} && if [ -f .deployed ]; then echo 'already deployed'; exit 0; fi; "
-        f"rm -rf venv && {shlex.quote(settings.python)} -m venv venv && {_emulation_marker(settings, 'venv')} "
-        f"&& {pip} install --no-index --no-cache-dir --progress-bar off --find-links wheels "
-        f"requestflow=={bundle.version} {shlex.quote(bundle.runtime) if bundle.runtime else ''} {runtime}"
+        f"cd {shlex.quote(runner_dir)} && if {current.format('')}; then echo 'already deployed'; exit 0; fi; "
+        f"{venv} "
         f"&& {pip} check "
         f"&& {env} venv/bin/python -m requestflow.cli models > /dev/null "
         f"&& {env} venv/bin/python -c 'import numpy, PIL, h5py, tqdm, ai_edge_litert.interpreter, tensorflow' "
-        f"&& touch .deployed && ln -sfn {digest} ../{link} && echo 'runner installed and checked'")
+        f"&& {f'echo {project} >' if bundle.runtime else 'touch'} .deployed && ln -sfn {digest} ../{link} "
+        "&& echo 'runner installed and checked'")
     lock = shlex.quote(f"{work}/runner/.{digest}.lock")
     command = (f"if command -v flock > /dev/null 2>&1; then flock {lock} sh -c {shlex.quote(install)}; "
                f"else sh -c {shlex.quote(install)}; fi")
@@ -137,13 +150,6 @@ def deploy_runner(board, bundle: Bundle | None, log: Log = print, timeout_s: flo
                           f"{job_dir}/stdout.log):\n{tail}")
     log(f"board {settings.name}: runner {digest} deployed in {time.monotonic() - started:.1f} s ({python})")
     return python
-
-
-def _runtime_marker(spec: str | None) -> str:
-    """The shell words (after the runner's install) that write its runtime spec into the venv, or none."""
-    from requestflow.board.runtime import MARKER
-
-    return f"&& echo {shlex.quote(spec)} > venv/{MARKER} " if spec else ""
 
 
 def _emulation_marker(settings, venv: str) -> str:

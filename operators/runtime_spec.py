@@ -12,10 +12,12 @@ On the controller, ``runtime_bundle`` makes the spec's wheelhouse: the pinned pa
 downloaded for the board's machine and Python with the board's other pins (``requirements/constraints-<arch>.txt``
 without the spec's package), cached under ``<requestflow cache>/runtimes/<key>`` where the key is a digest of the
 spec, the target and the constraints (only the wheels the runner bundle lacks are kept there); combined with the
-runner bundle (``operators.bundle``) into a ``Bundle`` whose digest is the runner bundle's and the spec's. A version
-the package index cannot provide for the board is named there, at provisioning. ``operators.deploy.deploy_runner``
-installs it as ``W/runner/<digest>/`` like the default runner, writes the spec into its venv and links it as
-``W/runner/runtime-<spec digest>`` (``RuntimeSpec.link``), which the point's task finds (``runner_location``).
+runner bundle (``operators.bundle``) into a ``Bundle`` whose digest is the spec's and its wheels' but the project's
+own (so that a change of requestflow's sources does not make a new venv: ``deploy_runner`` installs the new
+project wheel into it, without its dependencies). A version the package index cannot provide for the board is named
+there, at provisioning. ``operators.deploy.deploy_runner`` installs it as ``W/runner/<digest>/`` like the default
+runner, writes the spec into its venv and links it as ``W/runner/runtime-<spec digest>`` (``RuntimeSpec.link``),
+which the point's task finds (``runner_location``).
 """
 
 from __future__ import annotations
@@ -160,7 +162,9 @@ def runtime_bundle(base: Bundle, spec: RuntimeSpec, cache_dir: str | os.PathLike
     kept = [w for w in base.wheels if canonicalize_name(parse_wheel_filename(w.name)[0]) not in replaced]
     wheels = kept + [final / name for name in sorted(files)]
     sha256 = {w.name: base.sha256[w.name] for w in kept} | {name: e["sha256"] for name, e in files.items()}
-    digest = hashlib.sha256(f"{base.digest}\n{key}\n{spec}".encode()).hexdigest()[:16]
+    # the venv's digest: the spec and every wheel but the project's (a new project wheel updates the venv in place)
+    others = "".join(f"{name} {sha}\n" for name, sha in sorted(sha256.items()) if name != base.project_wheel)
+    digest = hashlib.sha256(f"{key}\n{spec}\n{others}".encode()).hexdigest()[:16]
     return replace(base, path=final, digest=digest, wheels=wheels, sha256=sha256, runtime=spec.text,
                    link=spec.link)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -229,3 +230,15 @@ class TestTheWheelhouse:
         assert sorted(w.name for w in made.wheels) == sorted(w.name for w in base.wheels)
         assert made.runtime == B and made.digest not in (base.digest,)
         assert made.digest != runtime_bundle(base, parse(A), tmp_path / "runtimes", log=lambda _: None).digest
+
+    def test_its_venv_follows_the_spec_and_the_pins_not_the_projects_sources(self, base, pip_saves, tmp_path):
+        made = runtime_bundle(base, parse(A), tmp_path / "runtimes", log=lambda _: None)
+        project = base.path / base.project_wheel
+        project.write_bytes(b"requestflow, edited")  # a new project wheel: the same venv, updated in place
+        edited = runtime_bundle(replace(base, sha256={**base.sha256, project.name: sha256_file(project)}),
+                                parse(A), tmp_path / "runtimes", log=lambda _: None)
+        assert edited.digest == made.digest and edited.sha256[project.name] != made.sha256[project.name]
+        numpy = base.path / self.NUMPY
+        numpy.write_bytes(b"another numpy")  # another dependency: another venv
+        assert runtime_bundle(replace(base, sha256={**base.sha256, numpy.name: sha256_file(numpy)}), parse(A),
+                              tmp_path / "runtimes", log=lambda _: None).digest != made.digest
