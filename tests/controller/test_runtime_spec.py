@@ -125,6 +125,17 @@ class TestTheCommand:
         assert lines[0].startswith("requestflow: error: ") and re.search(message, lines[0]), lines[0]
 
 
+    def test_good_specs_become_the_forms_fields_spelled_canonically(self):
+        from argparse import Namespace
+
+        from operators.commands import runtime_specs
+
+        args = Namespace(litert_specs=["ai_edge_litert==1.4.0,ai-edge-litert==2.3.0"], tf_specs=None)
+        assert runtime_specs(args, ["tflite"]) == {"litert_specs": [A, B]}
+        assert runtime_specs(args, None) == {"litert_specs": [A, B]}  # the DAG's default backends decide
+        assert runtime_specs(Namespace(litert_specs=None, tf_specs=None), ["tf"]) == {}
+
+
 class TestTheIdentity:
     BACKEND = {"name": "tflite", "library": "ai_edge_litert", "version": "1.4.0", "variant": {}, "threads": 2}
     CONTEXT = {"backend": BACKEND, "model": {"id": MODEL}, "precision": "uint8", "mode": "performance",
