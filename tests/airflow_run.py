@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -24,38 +25,47 @@ RETRIES_ENV = "REQUESTFLOW_TEST_RETRIES"  # run_dag's ``retries``, for main
 
 @contextlib.contextmanager
 def airflow_databases(home: Path, boards=("local", "rfb1", "rfb2")):
-    """(environment, results engine): an Airflow home whose metadata is a fresh PostgreSQL database, migrated,
-    with one-slot pools for ``boards``, and a fresh results database; both dropped afterwards."""
-    from sqlalchemy import create_engine, text
+    """(environment, results engine): an Airflow home whose metadata is a fresh PostgreSQL database, migrated (a
+    copy of the session's template: tests/databases.py), with one-slot pools for ``boards``, and a fresh results
+    database with its schema; both dropped afterwards."""
+    from sqlalchemy import create_engine
 
-    from requestflow.results.database import sqlalchemy_url, upgrade
+    from requestflow.results.database import sqlalchemy_url
+    from tests.databases import airflow_url, create_database, drop_database, template
 
     names = {k: f"rf_test_{k}_{uuid.uuid4().hex[:8]}" for k in ("airflow", "results")}
-    admin = create_engine(sqlalchemy_url(f"{SERVER}/postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        for name in names.values():
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
     env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"{SERVER.replace('postgresql://', 'postgresql+psycopg2://')}"
-                                                  f"/{names['airflow']}",
+           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_url(names["airflow"]),
            "AIRFLOW_CONN_REQUESTFLOW_RESULTS": f"{SERVER}/{names['results']}",
            "REQUESTFLOW_STATE": str(home / "state"), "PYTHONPATH": str(ROOT), "REQUESTFLOW_RETRY_DELAY_S": "1"}
-    airflow = str(Path(sys.executable).with_name("airflow"))
-    results = create_engine(sqlalchemy_url(env["AIRFLOW_CONN_REQUESTFLOW_RESULTS"]))
+    results = None
     try:
-        upgrade(sqlalchemy_url(env["AIRFLOW_CONN_REQUESTFLOW_RESULTS"]))
-        subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
-        for board in boards:
-            subprocess.run([airflow, "pools", "set", f"board_{board}", "1", f"one task at a time on {board}"],
-                           env=env, check=True, capture_output=True)
+        for kind, name in names.items():
+            create_database(name, template(kind))
+        results = create_engine(sqlalchemy_url(env["AIRFLOW_CONN_REQUESTFLOW_RESULTS"]))
+        set_pools(env, {f"board_{board}": f"one task at a time on {board}" for board in boards})
         yield env, results
     finally:
-        results.dispose()
-        with admin.connect() as connection:
-            for name in names.values():
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        if results is not None:
+            results.dispose()
+        for name in names.values():
+            drop_database(name)
+
+
+def set_pools(env: dict, pools: dict[str, str]) -> None:
+    """One-slot pools ``{name: description}`` in the metadata database of ``env``: one ``airflow pools import``
+    (an Airflow command costs seconds of imports: one for all the pools, not one each)."""
+    if not pools:
+        return
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="rf-pools-") as file:
+        json.dump({name: {"slots": 1, "description": text} for name, text in pools.items()}, file)
+        file.flush()
+        result = subprocess.run([str(Path(sys.executable).with_name("airflow")), "pools", "import", file.name],
+                                env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+    if result.returncode != 0:
+        raise RuntimeError(f"airflow pools import failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
+                           f"{result.stderr[-3000:]}")
 
 
 def run_dag(env: dict, conf: dict, dag_id: str = "mobilenets_sweep", expect: str | None = "success",

@@ -1,7 +1,7 @@
-"""A real Airflow for tests: an Airflow home with its metadata in a fresh PostgreSQL database, a fresh results
-database, and the api-server (whose execution API the tasks talk to through the Task SDK), the scheduler
-(LocalExecutor) and the dag-processor, each started in a process group of its own so that stopping it stops
-everything it started.
+"""A real Airflow for tests: an Airflow home with its metadata in a fresh PostgreSQL database (a copy of the
+session's migrated template, tests/databases.py), a fresh results database, and the api-server (whose execution API
+the tasks talk to through the Task SDK), the scheduler (LocalExecutor) and the dag-processor, each started in a
+process group of its own so that stopping it stops everything it started.
 
     with AirflowServices(tmp_path, extra_env) as airflow:
         airflow.cli("dags", "trigger", ...)
@@ -23,6 +23,8 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 
 from requestflow.results.database import sqlalchemy_url
+from tests.airflow_run import set_pools
+from tests.databases import copy_database, template
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER = os.environ.get("REQUESTFLOW_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
@@ -71,12 +73,10 @@ class AirflowServices:
     # -- set-up and teardown --------------------------------------------------------------------------------------
     def __enter__(self) -> AirflowServices:
         try:
-            with self.admin.connect() as connection:
-                for name in self.names.values():
-                    connection.execute(text(f'CREATE DATABASE "{name}"'))
-            self.cli("db", "migrate", timeout=300)
-            for pool in self.pools:
-                self.cli("pools", "set", pool, "1", f"one point at a time ({pool})")
+            with self.admin.connect() as connection:  # the metadata: a copy of the session's migrated template
+                copy_database(connection, template("airflow"), self.names["airflow"])
+                connection.execute(text(f'CREATE DATABASE "{self.names["results"]}"'))
+            set_pools(self.env, {pool: f"one point at a time ({pool})" for pool in self.pools})
             for service in self.services:
                 args = [service] + (["--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
                                     if service == "api-server" else [])

@@ -7,7 +7,6 @@ import json
 import os
 import threading
 import time
-import uuid
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -19,30 +18,25 @@ from requestflow.results.database import check, head_revision, sqlalchemy_url, u
 from requestflow.results.identity import point_id
 from requestflow.results.load import load_documents
 from requestflow.results.query import read_only
+from tests.databases import throwaway_database
 
 MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "sql", "migrations", "versions")
-SERVER = os.environ.get("REQUESTFLOW_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 TABLES = ("boards", "platform_snapshots", "library_builds", "models", "weights", "datasets", "sweeps", "points",
           "results", "performance", "samples", "accuracy", "predictions", "errors")
 
 
 @pytest.fixture
-def database():
-    """A new, empty database on the real server, dropped afterwards: its SQLAlchemy URL."""
-    name = f"rf_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(sqlalchemy_url(f"{SERVER}/postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = sqlalchemy_url(f"{SERVER}/{name}")
-    yield url
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+def database(request):
+    """A new database on the real server, dropped afterwards: its SQLAlchemy URL. Empty, unless the test uses
+    ``store`` too (directly or through another fixture): then it is the store's, a copy of the session's migrated
+    template (tests/databases.py) instead of a migration per test."""
+    with throwaway_database(schema="store" in request.fixturenames) as url:
+        yield sqlalchemy_url(url)
 
 
 @pytest.fixture
 def store(database):
-    upgrade(database)
+    upgrade(database)  # a copy of the template is at the head: one query
     engine = create_engine(database)
     yield engine
     engine.dispose()
