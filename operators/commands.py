@@ -115,9 +115,9 @@ def cmd_sweep(args, argv) -> int:
     columns, rows = read_only(
         engine, "SELECT board, model, backend, variant_label AS variant, precision, threads, "
                 "round((latency_median_s * 1000)::numeric, 3) AS median_ms, round(throughput_ips::numeric, 1) AS "
-                "images_per_s, top1, top5, image_count, accuracy_check, random_weights FROM scoreboard "
-                "WHERE sweep = %(run)s "
-                "ORDER BY board, model, backend, variant_label, precision, threads", {"run": run_id})
+                "images_per_s, top1, top5, image_count, accuracy_check, random_weights, library_version "
+                "FROM scoreboard WHERE sweep = %(run)s "  # (the version last: a runtime spec's rows differ by it)
+                "ORDER BY board, model, backend, variant_label, precision, threads, library_version", {"run": run_id})
     print(f"\nsweep {run_id} on board {args.board}, from the results store:")
     print(render(columns, rows, "table"))
     rf = Path(sys.executable).with_name("requestflow")
