@@ -579,6 +579,8 @@ def report(args, sweep: Sweep, load_start: str, total_s: float) -> dict:
 def side_by_side(fresh: Sweep, fork: Sweep, outcomes: dict[str, dict], load_start: str) -> dict:
     """The two isolation modes against each other: wall ratio and measuring share against issue #20's goals, and
     each point's latency fork vs fresh (the replay's test): whether the isolation changes a timing."""
+    import statistics
+
     from requestflow.results.stats import compare_samples
 
     a, b = figures(fresh), figures(fork)
@@ -603,7 +605,7 @@ def side_by_side(fresh: Sweep, fork: Sweep, outcomes: dict[str, dict], load_star
     print(f"  fork: timed regions + warm-up {b.measuring_share:.1%} of the wall, goal >= {MEASURING_GOAL:.0%}: "
           f"{share_verdict}")
     print(f"  each point's latency, fork against fresh (compare_samples, alpha 0.01, min effect 10%): "
-          f"{dict(verdicts)}; median ratio {float(sorted(ratios)[len(ratios) // 2]) if ratios else 0:.3f}")
+          f"{dict(verdicts)}; median ratio {statistics.median(ratios) if ratios else 0:.3f}")
     servers = sorted({s.server_pid for s in fork.stored if s.server_pid})
     print(f"  fork: {len(servers)} point server(s) served the sweep (one per backend profile; more when a module they "
           f"had imported changed on disk meanwhile)")

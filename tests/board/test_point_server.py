@@ -219,3 +219,19 @@ def test_the_client_refuses_what_is_not_a_run_and_imports_nothing_heavy():
     assert point_client.profile_of(["run", "--backend=armcl"]) == "armcl"
     assert point_client.profile_of(["run", "--model", "m"]) == "tflite"
     assert set(PRELOADS) == set(point_client.PROFILES)
+
+
+def test_a_server_whose_imported_modules_changed_hands_over_to_a_new_one(models_dir, tmp_path, env):
+    from requestflow.board import run_record
+
+    first = run_point(tmp_path, "first", True, point(models_dir, 20), env)
+    path = Path(run_record.__file__)  # a module the server imported: as an edit or a reinstall leaves it
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    try:
+        second = run_point(tmp_path, "second", True, point(models_dir, 20), env)
+    finally:
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    old = first["isolation"]["server_pid"]
+    assert second["isolation"]["server_pid"] != old and second["isolation"]["forks"] == 1
+    assert gone(old)  # the stale server ended (it had no point left)
