@@ -26,7 +26,7 @@ from pathlib import Path
 
 from alembic import op
 
-from requestflow.results.role_sql import SCOREBOARD_LOCK
+from requestflow.results.role_sql import READER, SCOREBOARD_LOCK, WRITER
 
 VIEWS = Path(__file__).resolve().parents[1] / "views"
 INDEXES = (
@@ -172,3 +172,15 @@ def create_table(live_sql: str, pareto_sql: str) -> None:
     for statement in functions_sql(live_sql):
         op.execute(statement)
     op.execute(pareto_sql)
+
+
+def replace_table(live_sql: str, pareto_sql: str) -> None:
+    """A later live definition (a migration after 0013): ``pareto_frontier``, the table and ``scoreboard_live``
+    dropped, then :func:`create_table`, and the table's privileges as 0013 gave them (default privileges would give
+    the writer more; the functions' are kept by CREATE OR REPLACE)."""
+    op.execute("DROP VIEW pareto_frontier")
+    op.execute("DROP TABLE scoreboard")
+    op.execute("DROP VIEW scoreboard_live")
+    create_table(live_sql, pareto_sql)
+    op.execute(f"REVOKE ALL ON TABLE scoreboard FROM {WRITER}")
+    op.execute(f"GRANT SELECT ON TABLE scoreboard TO {READER}, {WRITER}")

@@ -89,7 +89,8 @@ class TestTheSchema:
             scoreboard = scoreboard.scalar_one()
         engine.dispose()
         # the scoreboard is a table kept equal to scoreboard_live (migration 0013)
-        assert views == {"scoreboard_live", "pareto_frontier", "regressions"} and materialized == set()
+        assert views == {"scoreboard_live", "pareto_frontier", "energy_frontier", "regressions"}
+        assert materialized == set()
         assert scoreboard == "r"
         assert version == head_revision()
 

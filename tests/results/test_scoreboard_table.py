@@ -207,7 +207,7 @@ class TestMigration0013:
 
             at_0012 = rows()
             assert len(at_0012[0]) == len(SEEDS) and at_0012[1]
-            upgrade(url)
+            upgrade(url, revision="0013")  # (later revisions add columns: test_scoreboard_energy.py)
             assert rows() == at_0012 and differences(engine) == 0
             with engine.begin() as connection:
                 command.downgrade(alembic_config(url, connection), "0012")
@@ -216,6 +216,6 @@ class TestMigration0013:
                                                "UNION ALL SELECT count(*) FROM pg_proc "
                                                "WHERE proname = 'scoreboard_update'")).scalars().all() == [1, 0]
             assert rows() == at_0012
-            upgrade(url)
+            upgrade(url, revision="0013")
             assert rows() == at_0012
             engine.dispose()

@@ -173,9 +173,10 @@ class TestVersion5OnVersion4sCases:
             with engine.begin() as connection:
                 test_scoreboard_v4.seed(connection)
                 test_scoreboard_v4.create_v3(connection, "scoreboard_v4", 4)
+                test_scoreboard_v4.create_v3(connection, "scoreboard_v5", 5)  # the live one is version 6 (0014)
             with engine.connect() as connection:
                 columns_v4, v4 = test_scoreboard_v4.rows(connection, "scoreboard_v4")
-                columns_v5, v5 = test_scoreboard_v4.rows(connection, "scoreboard_live")
+                columns_v5, v5 = test_scoreboard_v4.rows(connection, "scoreboard_v5")
             engine.dispose()
         assert [c for c in columns_v5 if c not in ("image_set", "largest_image_set")] == columns_v4
         assert len(v5) == len(v4) == len(test_scoreboard_v4.EXPECTED)
