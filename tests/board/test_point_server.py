@@ -3,9 +3,9 @@ faults end like a fresh runner's: real runners, real servers (``requestflow.boar
 
 Timing on this shared 2-core machine moves between processes by more than any difference the isolation could make,
 so the latency test interleaves the two paths (fresh, fork, fork, fresh, ...), pools each path's samples, and asks
-the replay's test (``compare_samples``) for "same" at a minimum effect of twice the spread seen between the fresh
-runs themselves (at least 10%): a fork path that shared threads or pools with the server, or ran on other CPUs or
-thread counts, is slower by far more. Accuracy must be identical, prediction by prediction.
+the replay's test (``compare_samples``) for "same" at a minimum effect of twice the spread seen between one path's
+own runs (the larger of the two; at least 10%): a fork path that shared threads or pools with the server, or ran on
+other CPUs or thread counts, is slower in every run, by far more. Accuracy must be identical, prediction by prediction.
 """
 
 from __future__ import annotations
@@ -68,11 +68,13 @@ def assert_same_latency(fresh: list[dict], fork: list[dict]) -> None:
     for document in fork:
         assert document["context"]["threads"] == fresh[0]["context"]["threads"]
         assert document["context"]["cpu_affinity"] == fresh[0]["context"]["cpu_affinity"]
-    spread = run_to_run_spread([d["performance"]["samples"] for d in fresh])
+    # the machine's own noise: how far one run's median strays from its path's pooled median, in either path (a fork
+    # path slower throughout moves its runs together: its own spread stays small, the pooled ratio does not)
+    spread = max(run_to_run_spread([d["performance"]["samples"] for d in runs]) for runs in (fresh, fork))
     old = [s for d in fresh for s in d["performance"]["samples"]]
     new = [s for d in fork for s in d["performance"]["samples"]]
     comparison = compare_samples(old, new, alpha=0.01, min_effect=max(0.10, 2 * spread))
-    assert comparison.verdict == SAME, f"{comparison.describe()} (fresh runs' own spread {spread:.1%})"
+    assert comparison.verdict == SAME, f"{comparison.describe()} (the runs' own spread {spread:.1%})"
 
 
 def test_tflite_latency_is_the_fresh_process_latency(models_dir, tmp_path, env):
