@@ -52,11 +52,14 @@ METRICS: dict[str, Metric] = {m.column: m for m in (
     Metric("model_size_bytes", "model size", "MB", 1e-6, "lower"),
     Metric("macs", "MACs", "millions", 1e-6, "lower"),
     Metric("energy_est_j", "energy per batch (upper bound)", "mJ", 1e3, "lower", "per_median"),
+    # scoreboard v6 (issue #19): the power meter's joules where measured, else the estimate (energy_source says)
+    Metric("energy_j", "energy per batch (measured, else upper bound)", "mJ", 1e3, "lower"),
+    Metric("energy_measured_j", "energy per batch, measured", "mJ", 1e3, "lower"),
     Metric("cost_per_million_images_usd", "cost per million images", "USD", 1.0, "lower", "per_median"),
 )}
 ALIASES = {"median": "latency_median_s", "min": "latency_min_s", "p90": "latency_p90_s", "latency": "latency_median_s",
            "throughput": "throughput_ips", "size": "model_size_bytes", "energy": "energy_est_j",
-           "cost": "cost_per_million_images_usd"}
+           "joules": "energy_j", "cost": "cost_per_million_images_usd"}
 
 BACKEND_COLOURS = {"tflite": "tab:orange", "tf": "tab:blue", "armcl": "tab:green"}
 OTHER_COLOURS = ("tab:purple", "tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
@@ -131,13 +134,17 @@ def frontier_marks(rows: Iterable[dict], x: str, y: str) -> set[str]:
 
 
 ACCURACY_METRICS = ("top1", "top5")
+MIXED_ENERGY = "energy_j"  # measured on some rows, estimated on others
 
 
 def frontier_group(row: dict, mx: Metric, my: Metric) -> tuple:
     """Which rows a row is compared with: those of its board, and of its image set when an axis is an accuracy (a
-    top-1 on 20 images never beats or hides one on 500: scoreboard version 5, pareto_frontier version 6)."""
+    top-1 on 20 images never beats or hides one on 500: scoreboard version 5, pareto_frontier version 6), and of its
+    energy_source when an axis is energy_j (measured joules never compete with estimates: energy_frontier)."""
     by_images = mx.column in ACCURACY_METRICS or my.column in ACCURACY_METRICS
-    return row["board"], (row.get("image_set") if by_images else None)
+    by_source = MIXED_ENERGY in (mx.column, my.column)
+    return (row["board"], (row.get("image_set") if by_images else None),
+            (row.get("energy_source") if by_source else None))
 
 
 def _bar(m: Metric, row: dict) -> tuple[float, float] | None:
@@ -220,14 +227,15 @@ def scatter(rows: list[dict], x: str, y: str, fmt: str = "svg", *, title: str | 
                     ax.plot([px], [py], linestyle="none", marker="+", markersize=size, color="black",
                             markeredgewidth=1.2, gid=f"frontier-mark-{mark_id(row)}", zorder=4)
             groups = sorted({frontier_group(r, mx, my) for r in drawable if mark_id(r) in on_frontier},
-                            key=lambda g: (g[0], g[1] or ""))
+                            key=lambda g: (g[0], g[1] or "", g[2] or ""))
             images = {frontier_group(r, mx, my): r.get("image_count") for r in drawable}
             for i, group in enumerate(groups):
                 points = sorted(((float(r[mx.column]), float(r[my.column])) for r in drawable
                                  if frontier_group(r, mx, my) == group and mark_id(r) in on_frontier),
                                 key=lambda p: (_goodness(mx, p[0]), _goodness(my, p[1])))
                 named = [group[0]] * (len({g[0] for g in groups}) > 1) + (
-                    [f"{images[group]} images"] if len({g[1] for g in groups}) > 1 and images[group] else [])
+                    [f"{images[group]} images"] if len({g[1] for g in groups}) > 1 and images[group] else []) + (
+                    [group[2]] if len({g[2] for g in groups}) > 1 and group[2] else [])
                 ax.plot([p[0] * mx.scale for p in points], [p[1] * my.scale for p in points], color="black",
                         linestyle=(0, (4, 3)) if i == 0 else (0, (1, 2)), linewidth=1.0, drawstyle="steps-post",
                         gid=f"frontier-line-{i}", zorder=1,

@@ -24,7 +24,8 @@ COLUMNS = ("board", "backend", "variant", "variant_label", "library", "library_v
            "resolution", "macs", "model_size_bytes", "precision", "batch_size", "threads", "cpu_affinity",
            "latency_min_s", "latency_median_s", "latency_p90_s", "throughput_ips", "quality", "quality_reasons",
            "top1", "top5", "image_count", "image_set", "largest_image_set",
-           "reference_top1", "accuracy_delta", "accuracy_check", "energy_est_j", "cost_per_million_images_usd",
+           "reference_top1", "accuracy_delta", "accuracy_check", "energy_est_j", "energy_measured_j", "energy_j",
+           "energy_source", "cost_per_million_images_usd",
            "random_weights", "caveats", "weights_sha256", "sweep", "point_id", "performance_point_id",
            "accuracy_point_id", "performance_result_id", "accuracy_result_id")
 

@@ -154,3 +154,16 @@ def test_a_document_without_energy_still_loads_as_before(store, pair):
     row = by_model(store, "c")[document["context"]["model"]["id"]]
     assert row["energy_source"] is None and row["energy_j"] is None  # board c has no peak power: no estimate
     assert differences(store) == 0
+
+
+def test_the_plot_and_the_page_draw_energy_j_with_the_views_frontier(store):
+    from requestflow.results import plot, scoreboard_data
+    from requestflow.results.query import read_only
+
+    columns, rows = read_only(store, f"SELECT {', '.join(scoreboard_data.COLUMNS)} FROM scoreboard")
+    rows = [dict(zip(columns, row, strict=True)) for row in rows]
+    _, frontier = read_only(store, "SELECT point_id, image_set FROM energy_frontier")
+    drawing = plot.scatter(rows, "joules", "top1", "svg")
+    assert drawing.frontier == {plot.mark_id({"point_id": p, "image_set": i}) for p, i in frontier}
+    assert b"measured" in drawing.data and b"estimated" in drawing.data  # a frontier line for each, named
+    assert ("energy_j", "energy per batch (measured, else upper bound) (mJ)") in scoreboard_data.metric_choices()
