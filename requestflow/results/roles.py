@@ -5,10 +5,11 @@ Migrations run as the store's owner (the login of ``--db``, ``$REQUESTFLOW_DATAB
 
 - ``requestflow_reader``: ``SELECT`` on the store's tables and views, nothing else (no file, program or large-object
   functions, no ``CREATE``/``TEMP``);
-- ``requestflow_writer``: ``SELECT``/``INSERT``/``UPDATE``/``DELETE`` on the tables, the sequences behind their ids,
-  and ``refresh_scoreboard()`` (the materialized scoreboard's REFRESH, which PostgreSQL 15 leaves to the owner: a
-  writer engine runs ``load.refresh_scoreboard``'s ``REFRESH MATERIALIZED VIEW scoreboard`` as that function);
-  no DDL.
+- ``requestflow_writer``: ``SELECT``/``INSERT``/``UPDATE``/``DELETE`` on the tables but the scoreboard (``SELECT``
+  only), the sequences behind their ids, and the scoreboard's two SECURITY DEFINER functions (migration 0013):
+  ``scoreboard_update(keys)``, which every write calls for the configurations it touched, and
+  ``refresh_scoreboard()``, the whole table again (a ``REFRESH MATERIALIZED VIEW scoreboard`` sent through a writer
+  engine, what loads ran before 0013, still runs as that function); no DDL.
 
 Every other connection comes from ``reader_engine`` or ``writer_engine``: each transaction starts with
 ``SET LOCAL ROLE`` (and, for readers, ``READ ONLY`` and a ``statement_timeout``), so every statement in it runs with
