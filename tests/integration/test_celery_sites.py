@@ -11,13 +11,15 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from itertools import combinations
 
 import pytest
 from sqlalchemy import text
 
-from tests.airflow_run import farm_connections
+from tests.airflow_run import ROOT, farm_connections
 from tests.celery_stack import CeleryStack, available
 from tests.fake_sysfs import hikey960_tree
 from tests.farm import farm_fixture
@@ -149,10 +151,14 @@ def test_a_site_without_a_worker_leaves_its_tasks_queued_while_the_other_site_fi
         site_a = [r for r in rows if r.task_id.startswith("board_rfb1.") and r.task_id.split(".")[-1] in TOUCHING]
         assert site_a and all(r.state == "success" and r.hostname == "worker-a" for r in site_a), rows
         assert stored(stack, run_id) == {("rfb1", model): 1 for model in MODELS}
-        # what an operator sees: the site's work waits in `queued`, on the site's queue (the REST API's list of
-        # the run's task instances in state queued: docs/scale-out.md)
-        queued = stack.services.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?state=queued")
-        assert [(t["task_id"], t["queue"]) for t in queued["task_instances"]] == [("board_rfb3.provision", "b")]
+        # what an operator sees: the site's work waits in `queued`, on the site's queue (`requestflow queued`, as
+        # in a shell of `./dev.sh stack up`: the api-server from $AIRFLOW__API__BASE_URL; docs/scale-out.md)
+        shown = subprocess.run([sys.executable, "-m", "requestflow.cli", "queued", "--dag", DAG_ID], text=True,
+                               capture_output=True, env=stack.services.env, timeout=120, cwd=str(ROOT))
+        assert shown.returncode == 0, shown.stderr
+        site_b = shown.stdout.split("site b: ", 1)[-1].split("\nsite ", 1)[0].splitlines()
+        assert site_b[0].startswith("1 task(s) queued, the oldest for "), shown.stdout
+        assert site_b[1:] == [f"  {DAG_ID}  {run_id}  board_rfb3.provision"], shown.stdout
         with stack.services.metadata.connect() as connection:
             run_state = connection.execute(text("SELECT state FROM dag_run WHERE run_id = :r"), {"r": run_id}).scalar()
         assert run_state == "running"
