@@ -199,10 +199,7 @@ def load_one(connection: Connection, document: dict, board: str, board_id: int, 
         connection.execute(insert(m.Accuracy).values(result_id=inserted, n=a["n"], top1=a["top1"], top5=a["top5"],
                                                      failed_count=a["failed_count"]))
         _copy(connection, "predictions (result_id, image, label, top5, scores)",
-              (f"{inserted}\t{p['file'].translate(COPY_ESCAPES)}\t{p['label']}\t{{{','.join(map(str, classes))}}}\t"
-               f"{{{','.join(map(str, scores))}}}\n"  # str: the shortest text giving the same float (or int)
-               for p in document.get("predictions", [])
-               for classes, scores in [zip(*p["top5"], strict=True) if p["top5"] else ((), ())]))
+              _prediction_lines(inserted, document.get("predictions", [])))
     if document["status"] == "failed":
         e = document["error"]
         connection.execute(insert(m.Error).values(result_id=inserted, type=e["type"], message=e["message"],
@@ -212,6 +209,22 @@ def load_one(connection: Connection, document: dict, board: str, board_id: int, 
 
 # COPY's text format: a backslash, tab, newline or carriage return in a value is written escaped
 COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _prediction_lines(result_id: int, predictions: list[dict]):
+    """COPY lines of ``predictions`` (the values' ``str``: the shortest text of the same float, or the int). The
+    file names are escaped in one pass (joined by NUL, which no stored text holds: ``check_document``), the usual
+    five classes unpacked without a join: 0.1 s for 50,000 where a join per array took 0.3 s."""
+    names = "\0".join(p["file"] for p in predictions).translate(COPY_ESCAPES).split("\0") if predictions else []
+    for p, name in zip(predictions, names, strict=True):
+        top5 = p["top5"]
+        if len(top5) == 5:
+            (c0, s0), (c1, s1), (c2, s2), (c3, s3), (c4, s4) = top5
+            yield f"{result_id}\t{name}\t{p['label']}\t{{{c0},{c1},{c2},{c3},{c4}}}\t{{{s0},{s1},{s2},{s3},{s4}}}\n"
+        else:
+            classes, scores = zip(*top5, strict=True) if top5 else ((), ())
+            yield (f"{result_id}\t{name}\t{p['label']}\t{{{','.join(map(str, classes))}}}\t"
+                   f"{{{','.join(map(str, scores))}}}\n")
 
 
 def _copy(connection: Connection, target: str, lines: Iterable[str], batch: int = 10_000) -> None:
