@@ -20,7 +20,7 @@ from pathlib import Path
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from operators.armcl_spec import ArmclSpec, options_for, resolve_source
+from operators.armcl_spec import ArmclSpec, options_for, provisioned, resolve_source
 from operators.board_hook import board_for
 from requestflow.errors import UserError
 from requestflow.results.database import CONN_ID
@@ -57,6 +57,7 @@ class ArmclBuildOperator(BaseOperator):
         super().__init__(**kwargs)
         self.board_conn_id = board_conn_id
         self.spec = ArmclSpec.from_value(spec)  # a bad option fails here, when the DAG is parsed
+        self.provision = not isinstance(spec, dict) or provisioned(spec)  # false: only for the points naming it
         self.points = points
         self.build_name = build_name
         self.program = program
@@ -77,6 +78,9 @@ class ArmclBuildOperator(BaseOperator):
             if not self.points:
                 raise AirflowSkipException(f"no point of this sweep on board {self.board_conn_id} needs the ArmCL "
                                            f"build {self.build_name}")
+        elif not self.points and not self.provision:  # board_provision: an on-demand build (config/armcl.json)
+            raise AirflowSkipException(f"ArmCL {self.spec.version} is built on demand (provision: false): by the "
+                                       "sweeps whose points name it, not by board_provision")
         try:
             try:
                 return self._build()

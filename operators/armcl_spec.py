@@ -20,6 +20,7 @@ from operators.armcl_sources import (
     plain_version,
     tarball_from,
 )
+from requestflow.board.armcl_versions import release
 from requestflow.errors import UserError
 
 Log = Callable[[str], None]
@@ -142,7 +143,7 @@ class ArmclSpec:
         if source.kind == "git" and source.tag is None:
             source = ArmclSource.git(f"v{self.version}", source.location or OFFICIAL_GIT)
         object.__setattr__(self, "source", source)
-        object.__setattr__(self, "options", validate_options(self.options))
+        object.__setattr__(self, "options", validate_options(self.options, self.version))
         if source.kind == "debian-binary" and self.options:
             raise UserError(f"ArmCL from Debian's binaries is built with Debian's options (read from the library), "
                             f"not {', '.join(self.options)}: drop them, or build from source")
@@ -159,14 +160,26 @@ class ArmclSpec:
             return value
         if not isinstance(value, dict):
             raise UserError(f"an ArmCL spec is an ArmclSpec or a dict, got {type(value).__name__}")
+        provisioned(value)  # checked; where a build is made, not what it is
+        value = {k: v for k, v in value.items() if k != "provision"}
         unknown = set(value) - {"version", "source", "options", "jobs"}
         if unknown:
             raise UserError(f"unknown ArmCL spec field {sorted(unknown)[0]!r}")
         return cls(**value)
 
 
-def validate_options(options: dict) -> dict[str, str]:
-    """Every option checked against the allowlist and its allowed values; canonical values, sorted by name.
+def provisioned(spec: dict) -> bool:
+    """Whether board_provision builds the spec on every board (``"provision": true``, the default), or only the
+    sweeps whose points name it (``false``: a build made on demand, e.g. another library version)."""
+    value = spec.get("provision", True)
+    if not isinstance(value, bool):
+        raise UserError(f"ArmCL spec field provision: true or false, not {value!r}")
+    return value
+
+
+def validate_options(options: dict, version: str | None = None) -> dict[str, str]:
+    """Every option checked against the allowlist and its allowed values, and against what ArmCL ``version``'s
+    scons knows (``requestflow.board.armcl_versions``: 20.08 has fewer); canonical values, sorted by name.
     A UserError names the first bad option (and the closest known name, for a typo) or value."""
     if not isinstance(options, dict):
         raise UserError(f"ArmCL options must be a mapping of scons option to value, got {type(options).__name__}")
@@ -183,7 +196,17 @@ def validate_options(options: dict) -> dict[str, str]:
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise UserError(f"unknown ArmCL scons option {name!r}{hint}; allowed: {', '.join(sorted(OPTIONS))}")
         out[name] = _option_value(name, value, allowed)
+        _check_release(name, out[name], version)
     return dict(sorted(out.items()))
+
+
+def _check_release(name: str, value: str, version: str | None) -> None:
+    facts = release(version)
+    if facts.options is not None and name not in facts.options:
+        raise UserError(f"ArmCL {version} has no scons option {name!r} (its options: "
+                        f"{', '.join(sorted(facts.options))})")
+    if name == "arch" and facts.arches is not None and value not in facts.arches:
+        raise UserError(f"ArmCL {version} has no arch {value} (its arches: {', '.join(facts.arches)})")
 
 
 def _option_value(name: str, value, allowed) -> str:
@@ -243,14 +266,17 @@ def options_for(platform_snapshot: dict, spec: ArmclSpec) -> BuildOptions:
         has_neon = features is None or "asimd" in features
     else:
         has_neon = features is not None and "neon" in features
-    options = {**DEFAULT_OPTIONS, "arch": DEFAULT_ARCH[machine], "neon": "1" if has_neon else "0", **spec.options}
+    known = release(spec.version).options  # a release's scons without an option never gets its default
+    defaults = {k: v for k, v in DEFAULT_OPTIONS.items() if known is None or k in known}
+    options = {**defaults, "arch": DEFAULT_ARCH[machine], "neon": "1" if has_neon else "0", **spec.options}
     if options["arch"] not in ARCHES[machine]:
         raise UserError(f"ArmCL option arch={options['arch']} cannot be built on a {detected} board (boards build "
                         f"natively: {', '.join(ARCHES[machine])})")
     if options["neon"] == "1" and not has_neon:
         why = "ArmCL has no NEON code for x86" if machine == "x86_64" else "its CPU does not list NEON"
         raise UserError(f"ArmCL option neon=1 on a {detected} board: {why}")
-    if options["multi_isa"] == "1" and "v8" not in options["arch"]:
+    _check_release("arch", options["arch"], spec.version)
+    if options.get("multi_isa") == "1" and "v8" not in options["arch"]:
         raise UserError(f"ArmCL option multi_isa=1 needs an armv8 arch, not {options['arch']}")
     if options["neon"] == "0" and options["opencl"] == "0":
         raise UserError("ArmCL options neon=0 and opencl=0 leave no backend to build")

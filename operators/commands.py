@@ -73,7 +73,10 @@ def cmd_sweep(args, argv) -> int:
         values = getattr(args, f"armcl_{key}s")
         conf[f"armcl_{key}s"] = names_option([v.upper() for v in values] if values else None, choices,
                                              f"ArmCL {key.replace('_', ' ')}")
-    conf["armcl_build"] = args.armcl_build
+    if args.armcl_build:  # one point per build (issue #17), each a build of config/armcl.json
+        from operators.armcl_spec import checked_builds
+
+        conf["armcl_build"] = names_option(args.armcl_build, list(checked_builds()), "ArmCL build")
     if any(conf[f"armcl_{key}s"] for key in catalogue.ARMCL_VARIANT) and "armcl" not in (conf["backends"] or []):
         raise UserError("--armcl-* options choose armcl variants: add armcl to --backends")
     conf["tf_compilers"] = names_option([v.lower() for v in args.tf_compilers] if args.tf_compilers else None,
@@ -220,7 +223,9 @@ def _sweep_arguments(parser) -> None:
                              "without any runs on random ones), the DAG's default; random: randomly initialised "
                              "weights for every point, performance only (with --modes performance); both labelled "
                              "random_weights on the scoreboard")
-    parser.add_argument("--armcl-build", metavar="NAME", help="armcl points: a build of config/armcl.json")
+    parser.add_argument("--armcl-build", nargs="+", metavar="NAME",
+                        help="armcl points: one per build of config/armcl.json (e.g. armcl_20_08_cl_fp32 "
+                             "armcl_24_11_cl_fp32)")
     from requestflow.board.catalogue import ARMCL_VARIANT  # the choices only: a light module
 
     for key, choices in ARMCL_VARIANT.items():

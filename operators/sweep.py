@@ -43,7 +43,7 @@ def defaults(overrides: dict | None, builds: list[str], boards: list[str]) -> di
     d = {"boards": ["local"], "models": MODEL_IDS, "backends": ["tflite"], "modes": ["performance", "accuracy"],
          "precision": None, "release": None, "weights": "registry", "repetitions": 20, "warmup": 3, "profile": "quick",
          "batch_size": 1, "threads": None, "cpus": None, "cluster": "all", "image_limit": 500, "cooldown_c": None,
-         "resume": False, "dry_run": False, "armcl_build": builds[0] if builds else None,
+         "resume": False, "dry_run": False, "armcl_build": builds[:1] or None,
          **{f"armcl_{key}s": [choices[0]] for key, choices in ARMCL_VARIANT.items()},
          "tf_compilers": [TF_COMPILERS[0]], **{field: [] for field in RUNTIME_FIELDS}}
     d.update(overrides or {})
@@ -100,9 +100,12 @@ def form(overrides: dict | None, builds: list[str], boards: list[str] | None = N
                    "description": "skip points already stored with the same identity"},
         "dry_run": {"default": d["dry_run"], "type": "boolean", "title": "Dry run",
                     "description": "list the points only"},
-        "armcl_build": {"default": d["armcl_build"], "type": ["null", "string"], "enum": [None, *builds],
-                        "title": "ArmCL build", "description": "armcl points: a build of config/armcl.json, made "
-                        "(or reused) on each board before its points"},
+        # a list since issue #17 (one point per build); one name, as the field was before, is still accepted
+        "armcl_build": {"default": d["armcl_build"], "type": ["array", "string", "null"], "uniqueItems": True,
+                        "items": {"type": "string", "enum": builds},
+                        "if": {"type": "string"}, "then": {"enum": builds},
+                        "title": "ArmCL builds", "description": "armcl points: one per build of config/armcl.json "
+                        "(e.g. ArmCL 20.08 and 24.11), each made (or reused) on each board before its points"},
         **{f"armcl_{key}s": choices(f"armcl_{key}s", values, title=f"ArmCL {key.replace('_', ' ')}s",
                                     description=f"armcl points: one per combination ({', '.join(values)})")
            for key, values in ARMCL_VARIANT.items()},
@@ -124,7 +127,8 @@ def plan(board: str, p: dict) -> list[dict]:
     # tf's default compiler is no variant at all: the point of every tf result stored before compilers existed
     tf_variants = [None if c == TF_COMPILERS[0] else {"compiler": c} for c in p.get("tf_compilers") or TF_COMPILERS[:1]]
     runtimes = runtime_axis(p)
-    if "armcl" in p["backends"] and not p.get("armcl_build"):
+    armcl_builds = armcl_build_names(p.get("armcl_build"))
+    if "armcl" in p["backends"] and not armcl_builds:
         raise ValueError("armcl points need an ArmCL build: choose one (config/armcl.json)")
     if p.get("cooldown_c") is not None and not math.isfinite(p["cooldown_c"]):  # NaN passes minimum and maximum
         raise ValueError(f"cooldown_c must be a finite temperature, not {p['cooldown_c']}")
@@ -139,12 +143,13 @@ def plan(board: str, p: dict) -> list[dict]:
     p = {**p, **{key: int(p[key]) for key in INTEGERS if isinstance(p.get(key), float)}}
     points = []
     for model, backend, mode in product(p["models"], p["backends"], p["modes"]):
-        for variant, runtime in product({"armcl": armcl_variants, "tf": tf_variants}.get(backend, [None]),
-                                        runtimes.get(backend) or [None]):
+        for variant, runtime, build in product({"armcl": armcl_variants, "tf": tf_variants}.get(backend, [None]),
+                                               runtimes.get(backend) or [None],
+                                               armcl_builds if backend == "armcl" else [None]):
             point = {"model": model, "backend": backend, "mode": mode, "precision": p.get("precision"),
                      "release": p.get("release"), "batch_size": p["batch_size"], "threads": p.get("threads"),
                      "cpus": p.get("cpus"), "cluster": None if p.get("cluster") in (None, "all") else p["cluster"],
-                     "variant": variant, "armcl_build": p["armcl_build"] if backend == "armcl" else None,
+                     "variant": variant, "armcl_build": build,
                      "weights": "random" if random else None, "runtime": runtime}
             if mode == "performance":
                 point.update({"repetitions": p["repetitions"], "warmup": p["warmup"], **profiled(p)})
@@ -154,6 +159,11 @@ def plan(board: str, p: dict) -> list[dict]:
     if random:
         _refuse_accuracy_on_random_weights(points)
     return points
+
+
+def armcl_build_names(value) -> list[str]:
+    """The sweep's ArmCL builds: the field's list, or one name (its form before issue #17), or none."""
+    return [value] if isinstance(value, str) else list(value or [])
 
 
 def runtime_axis(p: dict) -> dict[str, list[str]]:

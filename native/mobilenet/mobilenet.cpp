@@ -1,5 +1,5 @@
-// requestflow's MobileNets-v1 program on the Arm Compute Library's graph API (ArmCL 24.11): one process per
-// benchmark point, driven by requestflow/board/backends/armcl_backend.py over a pipe.
+// requestflow's MobileNets-v1 program on the Arm Compute Library's graph API (ArmCL 24.11 and 20.08): one process
+// per benchmark point, driven by requestflow/board/backends/armcl_backend.py over a pipe.
 //
 // The network is built from a canonical weights folder (docs/weights-format.md: one float32 .npy per tensor, batch
 // norm folded, HWIO / HWC1 layouts, 1000 or 1001 classes): conv0 3x3/2, 13 depthwise-separable blocks, global
@@ -17,6 +17,16 @@
 //                    device: all kernels, the output mapped back (a blocking map) and the queue finished.
 //   QUIT             ends (the CL tuner file, when tuning, is written when the backend is destroyed at exit)
 // Errors: a line `ERROR <message>` and exit status 1 (2 for bad arguments).
+//
+// ArmCL releases: REQUESTFLOW_ARMCL_VERSION is the build's release as YYMM (2411, 2008), given by
+// requestflow/board/armcl_program.py (and CMakeLists.txt) from the build's build.json; without it, the newest API.
+// Every difference is one `#if REQUESTFLOW_ARMCL_VERSION > 2008` below (20.08's graph API checked against Debian
+// bookworm's libarm-compute-dev 20.08+dfsg-7 headers).
+#ifndef REQUESTFLOW_ARMCL_VERSION
+#define REQUESTFLOW_ARMCL_VERSION 9999
+#endif
+
+#include <cstdint> // first: ArmCL 20.08's headers use uint8_t without including it (an error from GCC 13 on)
 
 #include "arm_compute/graph.h"
 #include "arm_compute/runtime/CL/CLTunerTypes.h"
@@ -147,7 +157,7 @@ private:
 };
 
 // The input: NHWC float32 from the host buffer. After a TIME command's first run the same input stays on the
-// device: the accessor then neither maps nor copies (access_tensor_data() false).
+// device: the accessor then neither maps nor copies (access_tensor_data() false; 20.08 still maps it).
 class InputAccessor final : public ITensorAccessor
 {
 public:
@@ -155,10 +165,12 @@ public:
         : _host(host), _n(n), _h(h), _w(w), _copy(copy)
     {
     }
+#if REQUESTFLOW_ARMCL_VERSION > 2008 // ArmCL 20.08: no access_tensor_data(), the input is mapped on every run
     bool access_tensor_data() override
     {
         return _copy;
     }
+#endif
     bool access_tensor(ITensor &tensor) override
     {
         if (!_copy)
@@ -353,7 +365,9 @@ int run(const Options &opt)
                          : opt.tuner == "NORMAL" ? CLTunerMode::NORMAL
                                                  : CLTunerMode::EXHAUSTIVE;
     config.tuner_file  = opt.tuner_file;
+#if REQUESTFLOW_ARMCL_VERSION > 2008 // ArmCL 20.08: no MLGO heuristics (GraphConfig::mlgo_file)
     config.mlgo_file   = "";
+#endif
     graph.finalize(target, config);
     const double finalize_s = seconds_since(start);
     const auto   first      = std::chrono::steady_clock::now();

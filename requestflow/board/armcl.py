@@ -12,9 +12,9 @@ Runs on the board with the standard library only (and requestflow's board side),
 
 ``--options`` is the full scons option list, ``{"arch": "x86_64", "neon": "0", ...}``, given to scons as it is:
 the controller validates it (``operators.armcl_spec.ArmclSpec``); here a bad option is scons's own error. Only the
-libraries are built (``libarm_compute.so``, ``libarm_compute_graph.so``; their static twins would compile every
-file a second time), plus examples and tests when the options ask for them. ccache is used when the board has it
-(ArmCL's own ``compiler_cache`` option). ``build_dir``, ``install_dir`` and ``compiler_cache`` are the builder's.
+libraries are built (``libarm_compute.so``, ``libarm_compute_graph.so``, 20.08's ``libarm_compute_core.so``:
+``armcl_versions``), plus examples and tests when the options ask for them. ccache is used when the board has it
+(ArmCL's own ``compiler_cache``; not 20.08's). ``build_dir``, ``install_dir`` and ``compiler_cache`` are the builder's.
 The cache key, the errors and the probe are ``requestflow.board.armcl_basics`` (the controller uses them too), the
 graph examples ``requestflow.board.armcl_example``.
 
@@ -70,9 +70,9 @@ from requestflow.board.armcl_basics import (
     tools,
 )
 from requestflow.board.armcl_example import build_example
+from requestflow.board.armcl_versions import release
 from requestflow.board.files import atomic_write_text, sha256_file
 
-LIBRARIES = ("libarm_compute.so", "libarm_compute_graph.so")
 BUILDER_OPTIONS = ("build_dir", "install_dir", "compiler_cache")  # set here, never by the caller
 OUT = "out"  # scons's build_dir (relative: <source>/build/out)
 _ERROR_LINE = re.compile(r"\berror:|^scons: \*\*\*|^Unknown variables:|^ERROR\b|^Invalid value|^Cannot |"
@@ -168,9 +168,10 @@ def _build_in(work: Path, final: Path, key: str, options: dict, compiler: dict, 
     if version and source_version and _plain(version) != _plain(source_version):
         raise Refused(f"the source is ArmCL {source_version}, not the {version} asked for")
     jobs = jobs or default_jobs(os.cpu_count(), memory_bytes())
-    ccache = shutil.which("ccache")
+    facts = release(version or source_version)  # 20.08: libarm_compute_core.so too, no compiler_cache option
+    ccache = shutil.which("ccache") if "compiler_cache" in facts.builder_options else None
     install = f"build/{OUT}/install"
-    targets = [f"{install}/lib/{name}" for name in LIBRARIES] + [f"{install}/include"]
+    targets = [f"{install}/lib/{name}" for name in facts.libraries] + [f"{install}/include"]
     wants_bin = any(options.get(name) == "1" for name in ("examples", "validation_tests", "benchmark_tests",
                                                            "benchmark_examples", "validate_examples", "gemm_tuner"))
     if wants_bin:
@@ -191,7 +192,7 @@ def _build_in(work: Path, final: Path, key: str, options: dict, compiler: dict, 
         _keep_failure(final, failed, work / "build.log")
         raise BuildFailed(reason, failed)
     built = top / install
-    missing = [name for name in LIBRARIES if not (built / "lib" / name).is_file()]
+    missing = [name for name in facts.libraries if not (built / "lib" / name).is_file()]
     if missing:
         failed = {**record, "status": "failed", "exit_code": code, "reason": f"scons made no {missing[0]}",
                   "error_lines": [], "log_tail": tail[-40:], "seconds": round(seconds, 1), "finished_at": _now()}

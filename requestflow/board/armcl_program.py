@@ -24,7 +24,7 @@ from requestflow.errors import UserError
 
 SOURCE_FILES = ("mobilenet.cpp",)
 CXXFLAGS = ("-std=c++17", "-O2", "-Wall", "-DARM_COMPUTE_CL", "-DARM_COMPUTE_OPENCL_ENABLED")
-LDLIBS = ("-larm_compute_graph", "-larm_compute", "-lpthread")
+LDLIBS = ("-larm_compute_graph", "-larm_compute", "-lpthread")  # and 20.08's -larm_compute_core (armcl_versions)
 _TIMEOUT_S = 600
 
 
@@ -78,8 +78,19 @@ def find_build(cache: str | os.PathLike | None = None) -> Path:
 
 
 def command(build: Path, source: Path, output: Path, compiler: str) -> list[str]:
-    return [compiler, *CXXFLAGS, f"-I{build / 'include'}", *(str(source / name) for name in SOURCE_FILES),
-            f"-L{build / 'lib'}", *LDLIBS, f"-Wl,-rpath,{build / 'lib'}", "-o", str(output)]
+    """The g++ command; ``-DREQUESTFLOW_ARMCL_VERSION=YYMM`` from the build's version (native/mobilenet's
+    conditionals for 20.08's graph API) and the release's own libraries (``armcl_versions``)."""
+    from requestflow.board.armcl_versions import release, version_number
+
+    try:
+        version = json.loads((build / "build.json").read_text()).get("version")
+    except (OSError, ValueError):
+        version = None
+    number = version_number(version)
+    extra = [f"-l{name[3:-3]}" for name in release(version).libraries if f"-l{name[3:-3]}" not in LDLIBS]
+    return [compiler, *CXXFLAGS, *([f"-DREQUESTFLOW_ARMCL_VERSION={number}"] if number else []),
+            f"-I{build / 'include'}", *(str(source / name) for name in SOURCE_FILES),
+            f"-L{build / 'lib'}", *LDLIBS, *extra, f"-Wl,-rpath,{build / 'lib'}", "-o", str(output)]
 
 
 def compile_program(build: str | os.PathLike, log=lambda line: None) -> dict:

@@ -40,7 +40,7 @@ class TestTheForm:
     def test_the_defaults_are_all_sixteen_models_on_the_first_build(self):
         d = defaults()
         assert d["models"] == MODEL_IDS and len(MODEL_IDS) == 16
-        assert d["armcl_build"] == "armcl_a" and d["boards"] == ["local"]
+        assert d["armcl_build"] == ["armcl_a"] and d["boards"] == ["local"]
 
     def test_overrides_replace_defaults_and_boards_the_inventory_lacks_are_dropped(self):
         d = defaults(boards=["hikey", "rfb1"], repetitions=7)
@@ -48,6 +48,8 @@ class TestTheForm:
         assert defaults(boards=["hikey"])["boards"] == ["local"]  # none left: the inventory's first
 
     @pytest.mark.parametrize("name, value", [("boards", ["hikey"]), ("boards", []), ("armcl_build", "armcl_c"),
+                                             ("armcl_build", ["armcl_a", "armcl_c"]),
+                                             ("armcl_build", ["armcl_a", "armcl_a"]),
                                              ("repetitions", 0), ("cpus", "0-3; rm -rf /"), ("weights", None)])
     def test_a_bad_value_is_refused_by_the_fields_schema(self, name, value):
         with pytest.raises(jsonschema.ValidationError):
@@ -55,7 +57,16 @@ class TestTheForm:
 
     def test_without_builds_the_armcl_build_can_only_be_empty(self):
         field = form(None, [], BOARDS)["armcl_build"]
-        assert field["default"] is None and field["enum"] == [None]
+        rules = {k: v for k, v in field.items() if k not in ("default", "description")}
+        assert field["default"] is None
+        jsonschema.validate(None, rules)
+        for value in ("armcl_a", ["armcl_a"]):
+            with pytest.raises(jsonschema.ValidationError):
+                jsonschema.validate(value, rules)
+
+    def test_several_armcl_builds_or_one_name_as_before(self):
+        for value in (["armcl_a", "armcl_b"], ["armcl_b"], "armcl_b", None):
+            jsonschema.validate(value, schema("armcl_build"))
 
 
 class TestThePlan:
@@ -74,6 +85,17 @@ class TestThePlan:
         [point] = plan("local", defaults(models=MODEL_IDS[:1], modes=["performance"], repetitions=5.0, threads=2.0))
         assert point["repetitions"] == 5 and isinstance(point["repetitions"], int)
         assert point["threads"] == 2 and isinstance(point["threads"], int)
+
+    def test_one_armcl_point_per_build_per_variant_and_none_for_the_other_backends(self):
+        points = plan("local", defaults(models=MODEL_IDS[:1], backends=["armcl", "tf"], modes=["accuracy"],
+                                        armcl_build=["armcl_b", "armcl_a"], armcl_layouts=["NHWC", "NCHW"]))
+        armcl = [(p["armcl_build"], p["variant"]["layout"]) for p in points if p["backend"] == "armcl"]
+        assert sorted(armcl) == [("armcl_a", "NCHW"), ("armcl_a", "NHWC"), ("armcl_b", "NCHW"), ("armcl_b", "NHWC")]
+        assert [p.get("armcl_build") for p in points if p["backend"] == "tf"] == [None]
+        # one name, as the field was before issue #17, is one build
+        [one] = plan("local", defaults(models=MODEL_IDS[:1], backends=["armcl"], modes=["accuracy"],
+                                       armcl_build="armcl_b"))
+        assert one["armcl_build"] == "armcl_b"
 
     def test_armcl_points_without_a_build_are_refused(self):
         p = defaults(backends=["armcl"], armcl_build=None)
