@@ -13,7 +13,6 @@ reinstalls nothing while the sources are unchanged (a changed source is a new ru
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 
@@ -43,7 +42,7 @@ def sweep(tmp_path_factory, farm, data_dir):
         output = run["output"]
         print(f"\nthe sweep took {time.monotonic() - started:.0f} s; runners: "
               f"{output.count('already deployed')} reused, {output.count('Successfully installed absl')} installed, "
-              f"{len(re.findall(r'Successfully installed requestflow-[0-9.]+$', output, re.M))} updated in place")
+              f"{output.count('Successfully installed requestflow-')} updated in place")
         yield run, store
 
 
