@@ -88,6 +88,7 @@ def cmd_sweep(args, argv) -> int:
                                  ("--image-limit", "image_limit", 1)):
         if conf[key] is not None and conf[key] < minimum:
             raise UserError(f"{option} must be at least {minimum}, got {conf[key]}")
+    from operators import scheduled_sweep
     from operators.config import inventory
     from operators.local import airflow_home, dag_run
 
@@ -95,22 +96,30 @@ def cmd_sweep(args, argv) -> int:
         boards = inventory()
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    if args.board not in boards:
-        raise UserError(f"board {args.board!r} is not in the inventory (config/boards.json or $REQUESTFLOW_BOARDS): "
-                        f"{', '.join(boards)}")
-    conf = {"boards": [args.board], **{k: v for k, v in conf.items() if v is not None}}  # only what was chosen
+    chosen = names_option(args.board, None, "board") or ["local"]  # --board given several times, or a,b
+    for board in chosen:
+        if board not in boards:
+            raise UserError(f"board {board!r} is not in the inventory (config/boards.json or $REQUESTFLOW_BOARDS): "
+                            f"{', '.join(boards)}")
+    conf = {"boards": chosen, **{k: v for k, v in conf.items() if v is not None}}  # only what was chosen
     if args.airflow_db:
         airflow_home.airflow_url(args.airflow_db)  # PostgreSQL only, checked before anything starts
 
     engine, results_url = open_store(args)
+    where = f"board{'s' if len(chosen) > 1 else ''} {', '.join(chosen)}"
     try:
-        env = airflow_home.prepare(args.airflow_db, results_url, boards)
-        conflict = dag_run.scheduler_conflict(env, args.dag)
-        if conflict:
-            raise UserError(conflict)
-        print(f"requestflow: running {args.dag} through Airflow on board {args.board}: {json.dumps(conf)}",
+        base = scheduled_sweep.detected(args.airflow)  # a running scheduler's api-server: the run goes there
+        if base is None:
+            env = airflow_home.prepare(args.airflow_db, results_url, boards)
+            conflict = dag_run.scheduler_conflict(env, args.dag)
+            if conflict:  # that scheduler runs the sweep, when its api-server answers
+                base = scheduled_sweep.local_api(env)
+                if scheduled_sweep.scheduler_status(base) != "healthy":
+                    raise UserError(f"{conflict}; or give --airflow URL, its api-server (none answers at {base})")
+        print(f"requestflow: running {args.dag} through "
+              f"{f'the scheduler at {base}' if base else 'Airflow (dag.test())'} on {where}: {json.dumps(conf)}",
               flush=True)
-        outcome = dag_run.run_dag(env, conf, args.dag)
+        outcome = scheduled_sweep.run_sweep(base, args.dag, conf) if base else dag_run.run_dag(env, conf, args.dag)
     except RuntimeError as exc:  # airflow db migrate, pools import or the run itself failed: their own words
         print(f"requestflow: error: {exc}", file=sys.stderr)
         return 1
@@ -121,13 +130,16 @@ def cmd_sweep(args, argv) -> int:
                 "images_per_s, top1, top5, image_count, accuracy_check, random_weights, library_version "
                 "FROM scoreboard WHERE sweep = %(run)s "  # (the version last: a runtime spec's rows differ by it)
                 "ORDER BY board, model, backend, variant_label, precision, threads, library_version", {"run": run_id})
-    print(f"\nsweep {run_id} on board {args.board}, from the results store:")
+    print(f"\nsweep {run_id} on {where}, from the results store:")
     print(render(columns, rows, "table"))
     rf = Path(sys.executable).with_name("requestflow")
-    print(f"\nthe Airflow UI (docs/orchestration.md: Running Airflow locally):\n  eval \"$({rf} airflow-env)\"\n"
-          "  setsid sh -c 'echo $$ > \"$AIRFLOW_HOME/standalone.pgid\"; exec airflow standalone' "
-          "> \"$AIRFLOW_HOME/standalone.log\" 2>&1 < /dev/null &\n"
-          f"  then http://127.0.0.1:8080/dags/{args.dag}/runs/{quote(run_id, safe='')}")
+    if base:
+        print(f"\nthe run in the Airflow UI: {scheduled_sweep.run_page(base, args.dag, run_id)}")
+    else:
+        print(f"\nthe Airflow UI (docs/orchestration.md: Running Airflow locally):\n  eval \"$({rf} airflow-env)\"\n"
+              "  setsid sh -c 'echo $$ > \"$AIRFLOW_HOME/standalone.pgid\"; exec airflow standalone' "
+              "> \"$AIRFLOW_HOME/standalone.log\" 2>&1 < /dev/null &\n"
+              f"  then http://127.0.0.1:8080/dags/{args.dag}/runs/{quote(run_id, safe='')}")
     failed = [t for t in outcome["failed"] if t["state"] == "failed"] or outcome["failed"]
     if outcome["state"] != "success" or failed:
         names = "; ".join(f"{t['task_id']}{' [' + t['label'] + ']' if t.get('label') else ''} {t['state']}"
@@ -238,8 +250,14 @@ def _sweep_arguments(parser) -> None:
                              "(e.g. ai-edge-litert==1.4.0 ai-edge-litert==2.3.0; default: the board's runner)")
     parser.add_argument("--tf-specs", nargs="+", metavar="SPEC",
                         help="tf points: one per TensorFlow runtime (tensorflow-cpu==X, tensorflow==X on aarch64)")
-    parser.add_argument("--board", default="local", help="a board of the inventory (default: local, this machine)")
+    parser.add_argument("--board", action="append", metavar="BOARD",
+                        help="a board of the inventory, the option repeated (or a,b) for several (default: local, "
+                             "this machine)")
     parser.add_argument("--dag", default="mobilenets_sweep", help="the DAG to run (default: mobilenets_sweep)")
+    parser.add_argument("--airflow", metavar="URL",
+                        help="trigger the sweep through the running scheduler whose api-server is at URL and follow "
+                             "it (default: $AIRFLOW__API__BASE_URL's when its scheduler is healthy, else the local "
+                             "Airflow's when its scheduler has the DAG unpaused, else a run here with dag.test())")
     parser.add_argument("--db", help=DB_HELP)
     parser.add_argument("--airflow-db", metavar="URL", help=AIRFLOW_DB_HELP)
 
@@ -271,7 +289,8 @@ def _airflow_env_arguments(parser) -> None:
 
 
 sweep = Command(
-    help="run one sweep through a local Airflow (the DAG mobilenets_sweep, once) and print its scoreboard rows",
+    help="run one sweep (the DAG mobilenets_sweep, once) through a running scheduler when one is up, else through "
+         "a local Airflow, and print its scoreboard rows",
     arguments=_sweep_arguments, run=cmd_sweep)
 replay = Command(help="rerun a stored point on its board and compare it with the stored result",
                  arguments=_replay_arguments, run=cmd_replay)

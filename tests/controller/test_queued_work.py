@@ -5,11 +5,11 @@ credentials, and a clear one-line error when the server refuses or cannot be rea
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+
+from tests.served import JsonHandler, http_server
 
 QUEUED = [{"dag_id": "mobilenets_sweep", "dag_run_id": f"run_{i:03d}", "task_id": "board_rfb3.run", "map_index": i,
            "queue": "b", "queued_when": "2026-12-07T12:00:00+00:00"} for i in range(120)] + [
@@ -17,17 +17,9 @@ QUEUED = [{"dag_id": "mobilenets_sweep", "dag_run_id": f"run_{i:03d}", "task_id"
            "queued_when": None}]
 
 
-class StandIn(BaseHTTPRequestHandler):
+class StandIn(JsonHandler):
     tokens_asked: list = []
     refuse = False
-
-    def _send(self, code: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_POST(self):  # noqa: N802 - http.server's name
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -45,22 +37,14 @@ class StandIn(BaseHTTPRequestHandler):
         offset, limit = int(query["offset"][0]), int(query["limit"][0])
         self._send(200, {"task_instances": QUEUED[offset:offset + limit], "total_entries": len(QUEUED)})
 
-    def log_message(self, *args):
-        pass
-
 
 @pytest.fixture
 def server(monkeypatch):
     for name in ("AIRFLOW_TOKEN", "AIRFLOW_USERNAME", "AIRFLOW_PASSWORD"):
         monkeypatch.delenv(name, raising=False)
     StandIn.tokens_asked, StandIn.refuse = [], False
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), StandIn)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
+    with http_server(StandIn) as base:
+        yield base
 
 
 def test_lists_every_page_of_queued_work_per_site(server, run_cli):

@@ -271,3 +271,36 @@ class TestUnderARealScheduler:
         airflow.cli("dags", "trigger", DAG_ID, "--run-id", unknown, "--conf", json.dumps({"sweep": "no_such_sweep"}))
         assert airflow.wait_for_runs(DAG_ID, [unknown], timeout=300) == {unknown: "failed"}
         assert "no sweep 'no_such_sweep' in the results store" in detect_log(airflow, unknown)
+
+
+class TestRequestflowSweepThroughTheScheduler:
+    """``requestflow sweep`` with a scheduler up (issue #18, ``operators/scheduled_sweep.py``), detected through
+    ``$AIRFLOW__API__BASE_URL`` as in a shell of ``./dev.sh stack up``. Last in this module, sharing its scheduler:
+    its point's result would be history to the first regression check above."""
+
+    def test_the_sweep_is_triggered_through_the_rest_api_followed_and_summarised(self, airflow, run_cli,
+                                                                               monkeypatch):
+        import re
+
+        for name in ("AIRFLOW_TOKEN", "AIRFLOW_USERNAME", "AIRFLOW_PASSWORD", "REQUESTFLOW_DATABASE_URL"):
+            monkeypatch.delenv(name, raising=False)  # a token asked without credentials: every user is an admin
+        monkeypatch.setenv("AIRFLOW__API__BASE_URL", airflow.env["AIRFLOW__API__BASE_URL"])
+        monkeypatch.setenv("REQUESTFLOW_BOARDS", "local")
+        code, out, err = run_cli("sweep", "--models", "mobilenet-v1-0.25-128", "--backends", "tflite", "--modes",
+                                 "performance", "--repetitions", "3", "--warmup", "1", "--board", "local",
+                                 "--db", airflow.env["AIRFLOW_CONN_REQUESTFLOW_RESULTS"])
+        print(out)  # shown with a failure
+        assert code == 0, err
+        run_id = re.search(r"^requestflow: triggered (\S+) through the scheduler at ", out, re.M).group(1)
+        with airflow.metadata.connect() as connection:
+            run = connection.execute(text("SELECT run_type, triggered_by, state FROM dag_run WHERE dag_id = :d AND "
+                                          "run_id = :r"), {"d": "mobilenets_sweep", "r": run_id}).one()
+        assert tuple(run) == ("manual", "REST_API", "success")  # (Airflow stores the enum's name)
+        # the states as they changed, and the last progress line: every task finished, none failed
+        assert re.search(r"^  board_local\.run \[.*\]: running$", out, re.M), out
+        assert re.search(rf"^requestflow: run {re.escape(run_id)} success: (\d+)/\1 tasks finished, 0 running, "
+                         r"0 failed \(\d+ s\)$", out, re.M), out
+        summary = out.split(f"\nsweep {run_id} on board local, from the results store:\n", 1)[1]
+        point = [line for line in summary.splitlines() if "mobilenet-v1-0.25-128" in line]
+        assert len(point) == 1 and re.match(r"local\s+mobilenet-v1-0\.25-128\s+tflite\s+\S+\s+uint8\s+\d+\s+\d+\.\d+",
+                                            point[0]), summary
