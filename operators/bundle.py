@@ -5,7 +5,9 @@ controller's or the results store's extras), so that a board needs neither inter
 Cached under the controller's cache dir, keyed by a digest of the project's sources, the constraints and the target
 (architecture, Python minor version); built in a temporary folder renamed into place, under a file lock so that two
 tasks never build the same bundle at once; ``manifest.json`` lists each wheel's sha256. While nothing changes, a
-call costs one hash of the source tree and no pip. ``operators.deploy`` installs it on a board.
+call costs one hash of the source tree and no pip. A new bundle removes those not used for a while beyond the
+``KEEP_BUNDLES`` used last (``prune_bundles``): every source edit makes a bundle, and they would fill the disk.
+``operators.deploy`` installs it on a board.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ from requestflow.board.files import sha256_file
 from requestflow.errors import UserError
 
 BUNDLE_FORMAT = 1
+# the controller keeps the bundles used most recently (each some 360 MB for x86_64): the others go once a newer one
+# was built, unless used within PRUNE_AFTER_S (a provisioning may still be sending its wheels)
+KEEP_BUNDLES = 3
+PRUNE_AFTER_S = 3 * 3600.0
 ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64", "armv8l": "aarch64"}
 
 
@@ -107,6 +113,7 @@ def build_bundle(target: str | None = None, cache_dir: str | os.PathLike | None 
     bundles.mkdir(parents=True, exist_ok=True)
     digest = source_digest(root, constraints, arch, python)
     if (bundles / digest / "manifest.json").is_file():
+        os.utime(bundles / digest / "manifest.json")  # used now: pruned last
         return Bundle.load(bundles / digest)
 
     started = time.monotonic()
@@ -141,9 +148,28 @@ def build_bundle(target: str | None = None, cache_dir: str | os.PathLike | None 
             os.rename(wheels, final)
         total = sum(f["size"] for f in files.values())
         log(f"bundle {digest}: {len(files)} wheels, {total / 1e6:.0f} MB, built in {time.monotonic() - started:.1f} s")
+        prune_bundles(bundles, log=log)
         return Bundle.load(final)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def prune_bundles(bundles: Path, keep: int = KEEP_BUNDLES, after_s: float = PRUNE_AFTER_S,
+                  log: Log = print) -> list[str]:
+    """Remove the bundles of ``bundles`` but the ``keep`` used most recently (a bundle's use touches its manifest)
+    and those used within ``after_s``, each under its build lock; their digests."""
+    built = sorted((p for p in bundles.iterdir() if (p / "manifest.json").is_file()),
+                   key=lambda p: (p / "manifest.json").stat().st_mtime, reverse=True)
+    gone = []
+    for path in built[keep:]:
+        with file_lock(bundles / f".{path.name}.lock"):
+            manifest = path / "manifest.json"
+            if manifest.is_file() and time.time() - manifest.stat().st_mtime > after_s:
+                shutil.rmtree(path, ignore_errors=True)  # (its lock file stays: another task may hold it open)
+                gone.append(path.name)
+    if gone:
+        log(f"removed {len(gone)} runner bundle(s) not used for {after_s / 3600:g} h: {', '.join(gone)}")
+    return gone
 
 
 def source_digest(root: Path, constraints: Path, arch: str, python: str) -> str:
