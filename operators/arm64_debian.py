@@ -52,8 +52,9 @@ from requestflow.errors import UserError
 Log = Callable[[str], None]
 
 ARMCL_PACKAGES = ("libarm-compute43", "libarm-compute-dev")
-# what the libraries and the program need at run time, from the same suite: a board whose userland is older (bookworm:
-# glibc 2.36, libstdc++ 12) runs the program through this loader with these libraries (``board_shipment``)
+SUITE_PACKAGES = {SUITE: ARMCL_PACKAGES, "bookworm": ("libarm-compute20", "libarm-compute-dev")}  # 24.11, 20.08
+# what the libraries and the program need at run time, from the toolchain's suite: a board whose userland is older
+# (bookworm: glibc 2.36, libstdc++ 12) runs the program through this loader with these libraries (``board_shipment``)
 RUNTIME_PACKAGES = ("libc6", "libstdc++6", "libgcc-s1")
 RUNTIME_FILES = ("ld-linux-aarch64.so.1", "libc.so.6", "libm.so.6", "libstdc++.so.6", "libgcc_s.so.1")
 _INCLUDE = "usr/include/aarch64-linux-gnu"
@@ -137,9 +138,17 @@ def debian_binary_build(cache_dir: str | os.PathLike | None = None, *, suite: st
     from requestflow.board.armcl import build_key
     from requestflow.board.files import atomic_write_text, sha256_file
 
-    debs = fetch_debs(cache_dir, suite=suite, mirror=mirror, packages=ARMCL_PACKAGES + RUNTIME_PACKAGES, log=log)
+    if suite not in SUITE_PACKAGES:
+        raise UserError(f"ArmCL from Debian's binaries: suites {', '.join(SUITE_PACKAGES)}, not {suite}")
+    armcl = SUITE_PACKAGES[suite]
+    # the runtime is always the toolchain's suite's: the program is compiled by its GCC (another suite's ArmCL, e.g.
+    # bookworm's 20.08, runs on trixie's newer glibc and libstdc++ too)
+    debs = fetch_debs(cache_dir, suite=suite, mirror=mirror, packages=armcl + (RUNTIME_PACKAGES if suite == SUITE
+                                                                               else ()), log=log)
+    if suite != SUITE:
+        debs += fetch_debs(cache_dir, suite=SUITE, mirror=mirror, packages=RUNTIME_PACKAGES, log=log)
     source_id = "debian-binary:" + ",".join(f"{d['package']}={d['version']}@sha256:{d['sha256']}" for d in debs)
-    library = next(d for d in debs if d["package"] == ARMCL_PACKAGES[0])
+    library = next(d for d in debs if d["package"] == armcl[0])
     compiler = {"name": "debian", "version": f"Debian {suite} arm64 {library['version']} (prebuilt)"}
     builds = cache_root(cache_dir) / "builds"
     builds.mkdir(parents=True, exist_ok=True)
@@ -280,10 +289,12 @@ def _compile(chain: Toolchain, mount: Path, at: Path, staged: Path, *, runtime: 
         shutil.copyfile(source / name, staged / "src" / name)
     (staged / "out").mkdir()
     seen = at / staged.relative_to(mount)  # the staged folder as the compiler sees it
-    cmd = armcl_program.command(at, seen / "src", seen / "out" / "mobilenet", CROSS_CXX)
+    cmd = armcl_program.command(at, seen / "src", seen / "out" / "mobilenet", CROSS_CXX, version_from=mount)
+    # a DT_RPATH, which the libraries' own dependencies follow too (20.08's libarm_compute_graph needs
+    # libarm_compute.so.20: a DT_RUNPATH would not find it)
+    cmd.append("-Wl,--disable-new-dtags")
     if runtime:
-        cmd += ["-Wl,--disable-new-dtags", f"-Wl,-rpath,{at / 'runtime'}",
-                f"-Wl,--dynamic-linker={at / 'runtime' / RUNTIME_FILES[0]}"]
+        cmd += [f"-Wl,-rpath,{at / 'runtime'}", f"-Wl,--dynamic-linker={at / 'runtime' / RUNTIME_FILES[0]}"]
     inside = chain.path / str(at).lstrip("/")
     created = [p for p in (inside, *inside.parents) if p.is_relative_to(chain.path) and not p.exists()]
     inside.mkdir(parents=True, exist_ok=True)

@@ -77,13 +77,14 @@ def find_build(cache: str | os.PathLike | None = None) -> Path:
     return builds[0]
 
 
-def command(build: Path, source: Path, output: Path, compiler: str) -> list[str]:
+def command(build: Path, source: Path, output: Path, compiler: str, version_from: Path | None = None) -> list[str]:
     """The g++ command; ``-DREQUESTFLOW_ARMCL_VERSION=YYMM`` from the build's version (native/mobilenet's
-    conditionals for 20.08's graph API) and the release's own libraries (``armcl_versions``)."""
+    conditionals for 20.08's graph API; its ``build.json`` read from ``version_from`` when the build is elsewhere
+    by then, as in a cross compile) and the release's own libraries (``armcl_versions``)."""
     from requestflow.board.armcl_versions import release, version_number
 
     try:
-        version = json.loads((build / "build.json").read_text()).get("version")
+        version = json.loads(((version_from or build) / "build.json").read_text()).get("version")
     except (OSError, ValueError):
         version = None
     number = version_number(version)

@@ -71,6 +71,8 @@ class TestOptionsPerRelease:
                                                  "options": {"opencl": 1}, "provision": False}
         assert builds["armcl_24_11_cl_fp32"]["version"] == "24.11" and "provision" not in builds["armcl_24_11_cl_fp32"]
         assert list(builds)[0] == "armcl_24_11_cl_fp32"  # the form's default build stays 24.11
+        assert builds["armcl_20_08_debian_arm64"] == {"version": "20.08",
+                                                      "source": {"kind": "debian-binary", "suite": "bookworm"}}
         assert ArmclSpec.from_value(builds["armcl_20_08_cl_fp32"]).to_dict()["version"] == "20.08"
         with pytest.raises(UserError, match="provision: true or false, not 'no'"):
             ArmclSpec.from_value({**builds["armcl_20_08_cl_fp32"], "provision": "no"})
@@ -199,4 +201,4 @@ def test_the_sweep_command_takes_several_builds_and_names_an_unknown_one(run_cli
                              "armcl_20_08_cl_fp32", "armcl_25_02")
     assert (code, out) == (2, "") and err.strip() == (
         "requestflow: error: unknown ArmCL build 'armcl_25_02'; known: armcl_24_11_cl_fp32, armcl_20_08_cl_fp32, "
-        "armcl_24_11_debian_arm64")
+        "armcl_24_11_debian_arm64, armcl_20_08_debian_arm64")
