@@ -52,10 +52,18 @@ def read_only(engine: Engine, sql: str, parameters: dict | None = None) -> tuple
             connection.rollback()  # nothing to keep, even from a read-only transaction
 
 
-def scoreboard(engine: Engine, board: str | None = None, columns=SCOREBOARD_COLUMNS) -> tuple[list[str], list[tuple]]:
+# the latency statistics a scoreboard can be ranked by (issue #19): name -> column
+LATENCY_STATS = {"median": "latency_median_s", "p90": "latency_p90_s"}
+
+
+def scoreboard(engine: Engine, board: str | None = None, columns=SCOREBOARD_COLUMNS,
+               latency_stat: str | None = None) -> tuple[list[str], list[tuple]]:
+    """The scoreboard's rows (of ``board``), by board, model, backend...; with ``latency_stat`` (``median``,
+    ``p90``) each board's rows ranked by that statistic, fastest first (rows without a latency last)."""
     where = "WHERE board = %(board)s" if board else ""
+    ranked = f"{LATENCY_STATS[latency_stat]} NULLS LAST, " if latency_stat else ""
     return read_only(engine, f"SELECT {', '.join(columns)} FROM scoreboard {where} "
-                             "ORDER BY board, model, backend, precision, threads", {"board": board})
+                             f"ORDER BY board, {ranked}model, backend, precision, threads", {"board": board})
 
 
 def render(columns: list[str], rows: list[tuple], fmt: str) -> str:

@@ -49,6 +49,9 @@ def add_scoreboard(sub) -> None:
     board = sub.add_parser("scoreboard", help="one row per point: latency, throughput, accuracy, energy, cost")
     board.add_argument("--board", help="only this board")
     board.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    board.add_argument("--latency-stat", choices=("median", "p90"),
+                       help="rank each board's rows by this latency statistic, fastest first (default: by model, "
+                            "backend, precision, threads)")
     board.add_argument("--db", help=DB_HELP)
     add_reader_option(board)
 
@@ -142,7 +145,7 @@ def cmd_scoreboard(args, argv) -> int:
     from requestflow.results.reference import notes
 
     engine, _ = open_store(args, "reader")
-    columns, rows = scoreboard(engine, args.board)
+    columns, rows = scoreboard(engine, args.board, latency_stat=args.latency_stat)
     print(render(columns, rows, args.format))
     caveats = notes(engine, {row[columns.index("board")] for row in rows})
     if caveats:  # beside a table; on stderr when the output is CSV or JSON for programs

@@ -5,11 +5,16 @@ document written in version 1 (stored as written); version 6's columns keep thei
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 from alembic import command
 from sqlalchemy import create_engine, text
 
+from requestflow.board.catalogue import get_model
+from requestflow.board.latency_stats import latency_statistics
+from requestflow.board.quality import assess
+from requestflow.board.runner import statistics
 from requestflow.results.database import alembic_config, sqlalchemy_url, upgrade
 from requestflow.results.load import load_documents
 from tests.databases import throwaway_database
@@ -88,3 +93,32 @@ def test_version_6s_columns_keep_their_rows_up_and_down(models_dir):
         with engine.connect() as connection:
             assert connection.execute(text("SELECT count(*) FROM energy_frontier")).scalar_one() == frontier
         engine.dispose()
+
+
+def with_samples(perf: dict, model: str, samples: list[float]) -> dict:
+    """``perf`` as a run of ``model`` (its identity) that timed ``samples``."""
+    document = copy.deepcopy(perf)
+    m = get_model(model)
+    document["context"]["model"].update(id=m.id, width=m.width, resolution=m.resolution, macs=m.macs, params=m.params)
+    document["performance"].update(statistics(samples, 1), samples=samples, repetitions=len(samples),
+                                   quality=assess(samples), latency=latency_statistics(samples))
+    return document
+
+
+def test_requestflow_scoreboard_ranks_by_the_latency_statistic_asked(models_dir, run_cli):
+    perf, _ = templates(models_dir)
+    steady = with_samples(perf, "mobilenet-v1-0.5-160", [0.002] * 20)  # median 2 ms, p90 2 ms
+    tailed = with_samples(perf, "mobilenet-v1-0.25-128", [0.001] * 16 + [0.005] * 4)  # median 1 ms, p90 5 ms
+    with throwaway_database() as url:
+        engine = create_engine(sqlalchemy_url(url))
+        load_documents(engine, [("s", steady), ("t", tailed)], board="a")
+        engine.dispose()
+        order = {}
+        for stat in (None, "median", "p90"):
+            code, stdout, _ = run_cli("scoreboard", "--format", "json", "--db", url,
+                                      *(["--latency-stat", stat] if stat else []))
+            assert code == 0
+            order[stat] = [row["model"] for row in json.loads(stdout)]
+    assert order["median"] == ["mobilenet-v1-0.25-128", "mobilenet-v1-0.5-160"]
+    assert order["p90"] == ["mobilenet-v1-0.5-160", "mobilenet-v1-0.25-128"]
+    assert order[None] == sorted(order[None])  # by model, as before
