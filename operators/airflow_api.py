@@ -22,6 +22,10 @@ class NotFound(UserError):
     """The api-server answered 404: no such DAG, run, ..."""
 
 
+class Refused(UserError):
+    """The api-server answered 401 or 403: no valid token, or not allowed."""
+
+
 DEFAULT_URL = "http://localhost:8080"  # `airflow standalone`'s, and the api-server's default port
 PAGE = 100  # task instances per request: the api-server's default maximum
 
@@ -44,7 +48,7 @@ def request(url: str, *, token: str | None = None, body: dict | None = None, tim
             return json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):
-            raise UserError(f"Airflow's api-server refused {url} ({exc.code}): set $AIRFLOW_TOKEN, or "
+            raise Refused(f"Airflow's api-server refused {url} ({exc.code}): set $AIRFLOW_TOKEN, or "
                             "$AIRFLOW_USERNAME and $AIRFLOW_PASSWORD") from None
         raise (NotFound if exc.code == 404 else UserError)(
             f"Airflow's api-server answered {exc.code} to {url}: {_detail(exc)}") from None

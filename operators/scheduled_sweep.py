@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from urllib.parse import quote
 
-from operators.airflow_api import NotFound, api_url, quoted, request, scheduler_status, task_instances, token
+from operators.airflow_api import NotFound, Refused, api_url, quoted, request, scheduler_status, task_instances, token
 from requestflow.errors import UserError
 
 POLL_S = 3.0
@@ -85,8 +85,8 @@ def follow(base: str, auth: str, dag_id: str, run_id: str, log: Callable[[str], 
         try:
             run = request(f"{base}/api/v2/dags/{quoted(dag_id)}/dagRuns/{quoted(run_id)}", token=auth)
             tis = task_instances(base, auth, dag_id, run_id)
-        except UserError as exc:
-            if "refused" not in str(exc) or renewed:
+        except Refused:
+            if renewed:
                 raise
             auth, renewed = token(base), True  # the token expired during a long sweep: a new one, once
             continue

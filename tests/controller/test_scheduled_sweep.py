@@ -36,13 +36,16 @@ POLLS = [("queued", [ti("plan", None)]),
 class StandIn(JsonHandler):
     dag: dict | None = {"dag_id": "mobilenets_sweep", "is_paused": False}
     refuse = False
+    expire = False  # the first token stops working at the first poll
+    tokens = 0
     polls: list = POLLS
     triggered: list = []
     seen: list = []
 
     def do_POST(self):  # noqa: N802 - http.server's name
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        assert self.path == "/api/v2/dags/mobilenets_sweep/dagRuns" and self.headers["Authorization"] == "Bearer t"
+        assert self.path == "/api/v2/dags/mobilenets_sweep/dagRuns" and self.headers["Authorization"] in ("Bearer t",
+                                                                                                  "Bearer t1")
         self.triggered.append(body)
         self._send(200, {"dag_run_id": RUN, "state": "queued", "run_type": "manual"})
 
@@ -51,8 +54,11 @@ class StandIn(JsonHandler):
         if path == "/api/v2/monitor/health":
             return self._send(200, {"metadatabase": {"status": "healthy"}, "scheduler": {"status": "healthy"}})
         if path == "/auth/token":
-            return self._send(403 if self.refuse else 201, {"access_token": "t"})
-        assert self.headers["Authorization"] == "Bearer t"
+            type(self).tokens += 1
+            return self._send(403 if self.refuse else 201, {"access_token": f"t{self.tokens}" if self.expire else "t"})
+        if self.expire and self.headers["Authorization"] == "Bearer t1" and "/dagRuns/" in path:
+            return self._send(401, {"detail": "Invalid JWT token"})
+        assert self.headers["Authorization"] in ("Bearer t", "Bearer t1", "Bearer t2")
         if path.startswith("/api/v2/dags/mobilenets_sweep/dagRuns/"):
             assert path.removeprefix("/api/v2/dags/mobilenets_sweep/dagRuns/").startswith(RUN)
             state, tis = self.polls[min(len(self.seen) // 2, len(self.polls) - 1)]
@@ -76,6 +82,7 @@ def server(monkeypatch):
     summary = (["board", "model", "median_ms"], [("local", MODEL, 1.5)])
     monkeypatch.setattr("requestflow.results.query.read_only", lambda engine, sql, params: summary)
     StandIn.dag, StandIn.refuse, StandIn.polls = {"dag_id": "mobilenets_sweep", "is_paused": False}, False, POLLS
+    StandIn.expire, StandIn.tokens = False, 0
     StandIn.triggered, StandIn.seen = [], []
     with http_server(StandIn) as base:
         yield base
@@ -105,6 +112,13 @@ def test_a_failed_run_is_exit_1_naming_its_failed_tasks_and_boards_may_be_severa
     assert StandIn.triggered[0]["conf"]["boards"] == ["local", "rfb1"]
     assert f"sweep {RUN} on boards local, rfb1, from the results store:" in out
     assert err.strip() == f"requestflow: sweep {RUN} FAILED (failed): board_rfb1.run [tflite 0.25_128] failed"
+
+
+def test_a_token_that_expires_while_following_is_renewed_once(server, run_cli):
+    StandIn.expire = True
+    code, out, err = run_cli(*ARGS, "--airflow", server)
+    assert code == 0, err
+    assert StandIn.tokens == 2 and f"requestflow: run {RUN} success: 3/3 tasks finished" in out
 
 
 def test_the_api_server_of_the_environment_is_used_when_its_scheduler_is_healthy(server, run_cli, monkeypatch):

@@ -296,8 +296,12 @@ class TestRequestflowSweepThroughTheScheduler:
             run = connection.execute(text("SELECT run_type, triggered_by, state FROM dag_run WHERE dag_id = :d AND "
                                           "run_id = :r"), {"d": "mobilenets_sweep", "r": run_id}).one()
         assert tuple(run) == ("manual", "REST_API", "success")  # (Airflow stores the enum's name)
-        # the states as they changed, and the last progress line: every task finished, none failed
-        assert re.search(r"^  board_local\.run \[.*\]: running$", out, re.M), out
+        # the states as they changed (polled every 3 s: a short state may pass unseen), progress lines while it ran,
+        # and the last one: every task finished, none failed
+        assert re.search(r"^  board_local\.run \[mobilenet-v1-0\.25-128 tflite performance\]: success$", out, re.M)
+        finished = [int(n) for n in re.findall(rf"^requestflow: run {re.escape(run_id)} running: (\d+)/\d+ tasks",
+                                                out, re.M)]
+        assert finished and finished == sorted(finished), out
         assert re.search(rf"^requestflow: run {re.escape(run_id)} success: (\d+)/\1 tasks finished, 0 running, "
                          r"0 failed \(\d+ s\)$", out, re.M), out
         summary = out.split(f"\nsweep {run_id} on board local, from the results store:\n", 1)[1]
