@@ -16,7 +16,7 @@ from pathlib import Path
 from operators.local import stopping
 from requestflow.cli import Command
 from requestflow.errors import UserError
-from requestflow.results.results_commands import DB_HELP, open_store
+from requestflow.results.store_access import DB_HELP, open_store
 
 AIRFLOW_DB_HELP = ("PostgreSQL URL of Airflow's metadata (default: $REQUESTFLOW_AIRFLOW_DATABASE_URL, else the "
                    "database airflow of the embedded PostgreSQL)")

@@ -2,7 +2,8 @@
 ``board`` and ``sql`` here; ``export``, ``import``, ``import-reference`` and ``rm`` in
 ``requestflow.results.archive_commands``; ``diff``, ``version-report``, ``regressions`` and ``plot`` in
 ``requestflow.results.analysis_commands``. ``requestflow.cli`` builds the parser from ``add_parsers`` and runs
-``COMMANDS``; ``open_store`` and ``DB_HELP`` (``requestflow.results.store_access``) serve the controller's commands too.
+``COMMANDS``; ``open_store`` and ``DB_HELP`` live in ``requestflow.results.store_access``, which the controller's
+commands import too.
 """
 
 from __future__ import annotations
