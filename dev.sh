@@ -144,6 +144,7 @@ run_tests() {
         bash "$ROOT/tests/farm-setup.sh"
         apt_install docker-compose chromium  # compose: docker-compose.yml checked (no engine); chromium: browser test
         apt_install qemu-user-static mmdebstrap  # arm64: trixie toolchain env, NEON under qemu-user (test_arm64_neon)
+        apt_install redis-server socat  # the Celery stack's own broker and its relays (tests/celery_stack.py)
     else
         log "not root: the board-farm and compose tests skip"
     fi
