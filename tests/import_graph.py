@@ -26,6 +26,7 @@ LAYERS = (("dags", "dags"), ("operators", "operators"), ("plugins", "plugins"), 
           ("results", "requestflow.results"), ("board", "requestflow.board"), ("base", "requestflow.errors"))
 RANK = {"dags": 0, "operators": 1, "plugins": 1, "cli": 2, "results": 2, "board": 3, "base": 4}
 MAX_LINES = 400  # a source module longer than this has more than one job (issue #16)
+MAX_EXECUTE_LINES = 100  # an operator's execute turns its arguments into a service call or two (issue #16)
 
 
 def module_name(path: Path) -> str:
@@ -169,6 +170,20 @@ def largest_modules(count: int | None = None) -> list[tuple[int, str]]:
     return sizes if count is None else sizes[:count]
 
 
+def operator_executes() -> list[tuple[int, str]]:
+    """(lines, module.Class) of every ``execute`` method in operators/ and plugins/, longest first: an operator is
+    thin when its execute only calls the services below it."""
+    found = []
+    for name, path in source_files().items():
+        if not name.startswith(("operators", "plugins")):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                found += [(item.end_lineno - item.lineno + 1, f"{name}.{node.name}") for item in node.body
+                          if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef) and item.name == "execute"]
+    return sorted(found, key=lambda pair: (-pair[0], pair[1]))
+
+
 def main(argv: list[str] | None = None) -> int:
     global ROOT
     parser = argparse.ArgumentParser(prog="python -m tests.import_graph", description=__doc__.splitlines()[0])
@@ -195,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"file name {file} shared by: {', '.join(names)}")
     for name, source, private in private_imports():
         print(f"private name imported: {name} imports {private} from {source}")
+    executes = operator_executes()
+    if executes:
+        print(f"operators' execute (lines; the longest {executes[0][0]}, limit {MAX_EXECUTE_LINES}): "
+              + ", ".join(f"{name} {lines}" for lines, name in executes))
     return 0
 
 

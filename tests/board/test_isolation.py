@@ -108,6 +108,15 @@ def test_no_source_module_is_over_400_lines():
     assert [(lines, name) for lines, name in largest_modules() if lines > MAX_LINES] == []
 
 
+def test_every_operators_execute_is_thin():
+    """Thin operators over small services (issue #16): an ``execute`` longer than this does the service's work."""
+    from tests.import_graph import MAX_EXECUTE_LINES, operator_executes
+
+    executes = operator_executes()
+    assert executes, "no operator found: the checker reads the wrong tree"
+    assert [(lines, name) for lines, name in executes if lines > MAX_EXECUTE_LINES] == []
+
+
 def test_no_two_source_modules_share_a_file_name():
     from tests.import_graph import shared_file_names
 
@@ -130,6 +139,7 @@ def test_the_graph_command_prints_the_arrows_the_cycles_and_the_longest_modules_
                        "requestflow/board/a.py": "import operators.b\nX = 1\nY = 2\n",
                        "operators/__init__.py": "", "operators/b.py": "from requestflow.board import a\n" * 5,
                        "operators/a.py": "from operators.b import _c\n", "dags/__init__.py": "",
+                       "operators/c.py": "class Op:\n    def execute(self, context):\n" + "        pass\n" * 3,
                        "plugins/__init__.py": ""}.items():
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text(text)
@@ -138,10 +148,11 @@ def test_the_graph_command_prints_the_arrows_the_cycles_and_the_longest_modules_
     out = capsys.readouterr().out
     assert "  board     -> operators   1  UPWARD" in out and "  operators -> board       2" in out
     assert "cycle: operators.b <-> requestflow.board.a" in out
-    assert ("largest modules (lines; 0 over 400, 9 lines in all):\n"
-            "      5  operators.b\n      3  requestflow.board.a\n") in out
-    assert out.endswith("file name a.py shared by: operators.a, requestflow.board.a\n"
-                        "private name imported: operators.a imports _c from operators.b\n")
+    assert ("largest modules (lines; 0 over 400, 14 lines in all):\n"
+            "      5  operators.b\n      5  operators.c\n") in out
+    assert ("file name a.py shared by: operators.a, requestflow.board.a\n"
+            "private name imported: operators.a imports _c from operators.b\n") in out
+    assert out.endswith("operators' execute (lines; the longest 4, limit 100): operators.c.Op 4\n")
     assert import_graph.largest_modules(1) == [(5, "operators.b")]
 
 
