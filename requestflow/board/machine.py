@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from requestflow.board import emulation
+from requestflow.board.cpu_isa import isa
 from requestflow.board.opencl_probe import PROBE_TIMEOUT_S, opencl
 from requestflow.errors import UserError
 
@@ -245,6 +246,8 @@ def machine_info(root: str | os.PathLike = "/", with_opencl: bool = True) -> dic
         "board_model": board_model(root),
         "cpu_model": cpu_model(root),
         "arch": platform.machine(),
+        # the ISA extensions that change a MobileNet's speed: AVX2, AVX-512 subsets, AMX, NEON, dotprod, SVE...
+        "isa": isa(root, platform.machine()),
         "cpu_count": os.cpu_count(),
         "cpus": cpu_list,
         "clusters": clusters(cpu_list),

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from requestflow.errors import UserError
 
 # quality: the performance measurement's verdict (VALID / FLAGGED); its reasons last, being long
-SCOREBOARD_COLUMNS = ("board", "backend", "variant_label", "model", "precision", "threads", "latency_min_s",
+SCOREBOARD_COLUMNS = ("board", "isa", "backend", "variant_label", "model", "precision", "threads", "latency_min_s",
                       "latency_median_s", "latency_p90_s", "throughput_ips", "quality", "top1", "top5", "image_count",
                       "accuracy_check", "energy_est_j", "cost_per_million_images_usd", "random_weights", "sweep",
                       "quality_reasons")
@@ -60,10 +60,19 @@ def scoreboard(engine: Engine, board: str | None = None, columns=SCOREBOARD_COLU
                latency_stat: str | None = None) -> tuple[list[str], list[tuple]]:
     """The scoreboard's rows (of ``board``), by board, model, backend...; with ``latency_stat`` (``median``,
     ``p90``) each board's rows ranked by that statistic, fastest first (rows without a latency last)."""
-    where = "WHERE board = %(board)s" if board else ""
-    ranked = f"{LATENCY_STATS[latency_stat]} NULLS LAST, " if latency_stat else ""
-    return read_only(engine, f"SELECT {', '.join(columns)} FROM scoreboard {where} "
-                             f"ORDER BY board, {ranked}model, backend, precision, threads", {"board": board})
+    where = "WHERE s.board = %(board)s" if board else ""
+    ranked = f"s.{LATENCY_STATS[latency_stat]} NULLS LAST, " if latency_stat else ""
+    selected = ", ".join(ISA_SQL if column == "isa" else f"s.{column}" for column in columns)
+    return read_only(engine, f"SELECT {selected} FROM scoreboard s {ISA_JOIN if 'isa' in columns else ''} {where} "
+                             f"ORDER BY s.board, {ranked}s.model, s.backend, s.precision, s.threads",
+                     {"board": board})
+
+
+# the CPU's ISA extensions (issue #20), from the machine block of the row's result (performance, else accuracy):
+# not a column of the scoreboard view, read beside it; empty for results recorded before machine.isa existed
+ISA_SQL = "ps.machine -> 'isa' ->> 'summary' AS isa"
+ISA_JOIN = ("LEFT JOIN results isa_r ON isa_r.id = coalesce(s.performance_result_id, s.accuracy_result_id) "
+            "LEFT JOIN platform_snapshots ps ON ps.id = isa_r.snapshot_id")
 
 
 def render(columns: list[str], rows: list[tuple], fmt: str) -> str:

@@ -390,6 +390,8 @@ class TestTheCommands:
         rows = json.loads(stdout)
         assert [(r["board"], r["model"], r["top1"]) for r in rows] == [
             ("rk3399", "mobilenet-v1-0.25-128", documents["acc_tflite"]["accuracy"]["top1"])]
+        # the CPU's ISA extensions beside each row, from its result's machine block (issue #20)
+        assert rows[0]["isa"] == (documents["perf_tflite"]["machine"]["isa"] or {}).get("summary")
         code, stdout, _ = run_cli("sql", "SELECT count(*) AS n FROM samples", "--format", "csv", "--db", database)
         assert stdout.splitlines() == ["n", "15"]
 
