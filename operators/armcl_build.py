@@ -95,6 +95,7 @@ class ArmclBuildOperator(BaseOperator):
 
     def _build(self) -> dict:
         from operators import board_jobs, deploy
+        from operators.build_tools import ensure_build_tools
         from operators.data_push import push_data
         from operators.provision import board_cli
         from operators.results_hook import ResultsHook
@@ -105,6 +106,8 @@ class ArmclBuildOperator(BaseOperator):
         if spec.source.kind == "debian-binary":
             return self._debian_binary(board)
         name = board.settings.name
+        # scons and a compiler (installed where the board's install_packages allows it), else a refusal naming them
+        ensure_build_tools(board, spec, what=f"ArmCL {spec.version}'s build", log=self.log.info)
         tarball = resolve_source(spec, self.source_cache_dir, log=self.log.info)
         python, work = deploy.runner_location(board)
         snapshot = board_cli(board, ["platform", "--root", board.settings.sysfs_root])

@@ -156,10 +156,11 @@ class LocalBoard:
         import os
         import sys
 
+        from operators.config import local_settings
         from requestflow.board.armcl import default_cache
 
         self.settings = BoardSettings(
-            name=LOCAL_BOARD, host="localhost", key_file="-", no_host_key_check=True,
+            name=LOCAL_BOARD, host="localhost", key_file="-", no_host_key_check=True, **local_settings(),
             python=python or sys.executable, armcl_cache=str(default_cache()),
             work_dir=work_dir or os.path.join(os.environ.get("REQUESTFLOW_STATE") or
                                               os.path.expanduser("~/.local/state/requestflow"), "board"))

@@ -16,6 +16,9 @@ passphrase when a key is given, else a login password). Extras:
 ``python``                 the board's Python (default ``python3``)
 ``work_dir``               the board's work dir (default ``~/requestflow``); the runner reads only there
 ``sudo``                   true when clock pinning may use sudo
+``install_packages``       true lets an ArmCL build install the build tools the board lacks (scons, g++, ccache, the
+                           OpenCL loader and headers) with its package manager, as root or through ``sudo -n`` (never
+                           a password); without it a build refuses, naming the packages (``operators.build_tools``)
 ``sysfs_root``             root of the sysfs tree for clocks (tests point it at a fake tree)
 ``boot_id_file``           where the board's boot id is read (default ``/proc/sys/kernel/random/boot_id``; tests
                            point it at a file they change to simulate a reboot; ``operators.board_jobs``)
@@ -56,7 +59,7 @@ from requestflow.errors import UserError
 SECRET_FIELDS = ("password", "private_key")
 EXTRAS = {
     "key_file": str, "private_key": str, "host_key": str, "known_hosts": str, "no_host_key_check": bool,
-    "python": str, "work_dir": str, "sudo": bool, "sysfs_root": str, "boot_id_file": str,
+    "python": str, "work_dir": str, "sudo": bool, "install_packages": bool, "sysfs_root": str, "boot_id_file": str,
     "armcl_cache": str, "emulator": str, "site": str, "power_meter": str, "power_rate_hz": float, "isolation": str,
     "connect_timeout": float, "gc_keep_runners": int, "gc_keep_days": float,
     "price_usd": float, "price_date": str, "service_life_years": float, "peak_power_w": float,
@@ -108,6 +111,7 @@ class BoardSettings:
     python: str = "python3"
     work_dir: str = "~/requestflow"
     sudo: bool = False
+    install_packages: bool = False
     sysfs_root: str = "/"
     boot_id_file: str = "/proc/sys/kernel/random/boot_id"
     armcl_cache: str | None = None

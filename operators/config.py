@@ -29,6 +29,23 @@ def inventory() -> list[str]:
     return names
 
 
+LOCAL_SETTINGS = {"install_packages": bool}  # the local board's settings in config/boards.json's "local"
+
+
+def local_settings() -> dict:
+    """The local board's settings (``config/boards.json``'s ``"local"``, its keys those of LOCAL_SETTINGS, as an SSH
+    board's Connection extras say them): ``{"install_packages": true}`` lets its ArmCL builds install missing build
+    tools (``operators.build_tools``). A key not allowed, or a value of the wrong type, is a ValueError naming it."""
+    values = json.loads((CONFIG / "boards.json").read_text()).get("local") or {}
+    for name, value in values.items():
+        if name not in LOCAL_SETTINGS:
+            raise ValueError(f"config/boards.json: unknown setting {name!r} of the local board; known: "
+                             f"{', '.join(LOCAL_SETTINGS)}")
+        if not isinstance(value, LOCAL_SETTINGS[name]):
+            raise ValueError(f"config/boards.json: the local board's {name} must be true or false, got {value!r}")
+    return values
+
+
 def pool_name(board: str) -> str:
     """The board's Airflow pool (1 slot): every task that touches the board runs in it."""
     return f"board_{board}"
