@@ -34,8 +34,9 @@ MIRROR = "http://deb.debian.org/debian"
 SUITE = "trixie"  # ArmCL 24.11 (libarm-compute43) needs glibc >= 2.38 and libstdc++ >= 14: bookworm has neither
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 ARCHITECTURES = ("amd64", "arm64")  # the compiler runs on the host (amd64), the program's userland is arm64
-# scons: ArmCL cross-built from source runs its SConstruct here (``operators.arm64_cross``, ``cross: true``)
-TOOLCHAIN_PACKAGES = ("g++-aarch64-linux-gnu", "libarm-compute-dev:arm64", "scons")
+# scons and the host binutils: ArmCL cross-built from source runs its SConstruct here (``operators.arm64_cross``,
+# ``cross: true``); scons sets up its static-library builder only where it finds a native ranlib
+TOOLCHAIN_PACKAGES = ("g++-aarch64-linux-gnu", "libarm-compute-dev:arm64", "scons", "binutils")
 CROSS_CXX = "aarch64-linux-gnu-g++"
 TOOLCHAIN_FORMAT = 1
 _TIMEOUT_S = 1800
