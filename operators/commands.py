@@ -65,7 +65,8 @@ def cmd_sweep(args, argv) -> int:
         catalogue.get_model(model)  # an unknown id: the nearest ones suggested
     conf = {"models": models, "backends": names_option(args.backends, catalogue.BACKENDS, "backend"),
             "modes": names_option(args.modes, catalogue.MODES, "mode"), "repetitions": args.repetitions,
-            "warmup": args.warmup, "image_limit": args.image_limit, "weights": args.weights, "profile": args.profile}
+            "warmup": args.warmup, "image_limit": args.image_limit, "weights": args.weights, "profile": args.profile,
+            "isolation": args.isolation}
     if args.weights == "random" and conf["modes"] != ["performance"]:  # else the DAG's plan refuses it, later
         raise UserError("--weights random measures performance only (accuracy needs real weights): add --modes "
                         "performance")
@@ -235,6 +236,11 @@ def _sweep_arguments(parser) -> None:
                              "without any runs on random ones), the DAG's default; random: randomly initialised "
                              "weights for every point, performance only (with --modes performance); both labelled "
                              "random_weights on the scoreboard")
+    parser.add_argument("--isolation", choices=("fresh", "fork"),
+                        help="how each point's runner process starts (docs/adr/0009): fresh, a process started for "
+                             "it; fork, a child of the board's point server (no interpreter start or imports per "
+                             "point); default: each board's (its extra isolation, else $REQUESTFLOW_ISOLATION, else "
+                             "fresh). Recorded in each result")
     parser.add_argument("--armcl-build", nargs="+", metavar="NAME",
                         help="armcl points: one per build of config/armcl.json (e.g. armcl_20_08_cl_fp32 "
                              "armcl_24_11_cl_fp32)")

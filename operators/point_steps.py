@@ -33,11 +33,14 @@ def runner_command(python: str, point: dict, out: str | None = "result.json", ar
     """The board-side command line of a point (``out=None``: ``--identify``, print its context); values quoted.
     ``armcl_build``: the folder, on the board, of the ArmCL build the point's ``armcl_build`` names;
     ``power_meter`` / ``power_rate_hz``: the board's meter (its Connection's extras), for performance points;
-    ``isolation``: ``fork`` runs it in a child of the board's point server (``requestflow.board.point_client``)."""
-    unknown = set(point) - set(POINT_FIELDS) - {"board", "armcl_build", "weights", "runtime"}  # runtime: python
+    ``isolation``: ``fork`` runs it in a child of the board's point server (``requestflow.board.point_client``), the
+    board's unless the point has its own (the sweep's ``isolation``: ``operators.sweep``)."""
+    # runtime: which python; isolation: which module (the ``isolation`` argument, from it or the board's)
+    unknown = set(point) - set(POINT_FIELDS) - {"board", "armcl_build", "weights", "runtime", "isolation"}
     if unknown:
         raise ValueError(f"unknown point field {sorted(unknown)[0]!r}")
-    module = "requestflow.board.point_client" if isolation == "fork" else "requestflow.cli"
+    forked = out is not None and (point.get("isolation") or isolation) == "fork"  # --identify: a fresh process
+    module = "requestflow.board.point_client" if forked else "requestflow.cli"
     args = [python, "-m", module, "run", "--quiet", "--offline"]
     args += ["--out", out] if out else ["--identify"]
     for name in POINT_FIELDS:

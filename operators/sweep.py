@@ -24,6 +24,7 @@ from requestflow.board.catalogue import (
     point_label,
 )
 from requestflow.board.latency_stats import PROFILES
+from requestflow.board.run_record import ISOLATIONS
 
 MODEL_IDS = [c.id for c in CONFIGS]
 # the sweep's weights: the registry's real weights (each point needs them in the controller's data folder), or
@@ -45,7 +46,7 @@ def defaults(overrides: dict | None, builds: list[str], boards: list[str]) -> di
          "batch_size": 1, "threads": None, "cpus": None, "cluster": "all", "image_limit": 500, "cooldown_c": None,
          "resume": False, "dry_run": False, "armcl_build": builds[:1] or None,
          **{f"armcl_{key}s": [choices[0]] for key, choices in ARMCL_VARIANT.items()},
-         "tf_compilers": [TF_COMPILERS[0]], **{field: [] for field in RUNTIME_FIELDS}}
+         "tf_compilers": [TF_COMPILERS[0]], **{field: [] for field in RUNTIME_FIELDS}, "isolation": None}
     d.update(overrides or {})
     d["boards"] = [b for b in d["boards"] if b in boards] or boards[:1]
     return d
@@ -116,6 +117,12 @@ def form(overrides: dict | None, builds: list[str], boards: list[str] | None = N
                    f"runtime spec, each a runner venv of its own on the board (e.g. {example}); empty: the "
                    "board's runner"}
            for field, (backend, title, example) in RUNTIME_FIELDS.items()},
+        "isolation": {"default": d["isolation"], "type": ["null", "string"], "enum": [None, *ISOLATIONS],
+                      "title": "Isolation", "description": "how each point's runner process starts (ADR 0009): "
+                      "fresh (a process started for it) or fork (a child of the board's point server, which only "
+                      "imported: no interpreter start, no imports per point); empty: each board's own (its "
+                      "Connection's extra isolation, else $REQUESTFLOW_ISOLATION, else fresh). Recorded in each "
+                      "result; not part of the point's identity"},
     }
 def plan(board: str, p: dict) -> list[dict]:
     """The points of ``board`` for the sweep's params (none when the board was not chosen)."""
@@ -130,6 +137,9 @@ def plan(board: str, p: dict) -> list[dict]:
     armcl_builds = armcl_build_names(p.get("armcl_build"))
     if "armcl" in p["backends"] and not armcl_builds:
         raise ValueError("armcl points need an ArmCL build: choose one (config/armcl.json)")
+    if p.get("isolation") not in (None, *ISOLATIONS):  # a conf from the REST API or the CLI, not the form
+        raise ValueError(f"isolation must be {' or '.join(ISOLATIONS)} (or empty: the board's), not "
+                         f"{p['isolation']!r}")
     if p.get("cooldown_c") is not None and not math.isfinite(p["cooldown_c"]):  # NaN passes minimum and maximum
         raise ValueError(f"cooldown_c must be a finite temperature, not {p['cooldown_c']}")
     random = p.get("weights", "registry") == "random"
@@ -150,7 +160,7 @@ def plan(board: str, p: dict) -> list[dict]:
                      "release": p.get("release"), "batch_size": p["batch_size"], "threads": p.get("threads"),
                      "cpus": p.get("cpus"), "cluster": None if p.get("cluster") in (None, "all") else p["cluster"],
                      "variant": variant, "armcl_build": build,
-                     "weights": "random" if random else None, "runtime": runtime}
+                     "weights": "random" if random else None, "runtime": runtime, "isolation": p.get("isolation")}
             if mode == "performance":
                 point.update({"repetitions": p["repetitions"], "warmup": p["warmup"], **profiled(p)})
             else:

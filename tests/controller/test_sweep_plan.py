@@ -116,3 +116,41 @@ class TestThePlan:
     def test_the_cluster_all_is_no_cluster_on_the_points(self):
         assert all("cluster" not in p for p in plan("local", defaults()))
         assert {p["cluster"] for p in plan("local", defaults(cluster="big"))} == {"big"}
+
+
+class TestTheIsolation:
+    """The sweep's ``isolation`` (issue #20, ADR 0009): empty leaves each board's; fresh or fork goes on every
+    point and picks the runner's module; not an argument of the runner (recorded by it, not part of identity)."""
+
+    def test_empty_by_default_so_each_board_keeps_its_own(self):
+        assert defaults()["isolation"] is None
+        jsonschema.validate(None, schema("isolation"))
+        assert all("isolation" not in p for p in plan("local", defaults()))
+
+    def test_fork_goes_on_every_point_and_runs_the_point_client(self):
+        from operators.point_steps import runner_command
+
+        points = plan("local", defaults(models=MODEL_IDS[:1], isolation="fork"))
+        assert [p["isolation"] for p in points] == ["fork", "fork"]
+        command = runner_command("python3", points[0])
+        assert command.startswith("python3 -m requestflow.board.point_client run ") and "isolation" not in command
+        # the point's choice over the board's, either way; --identify (resume) stays a fresh process
+        assert "-m requestflow.cli run" in runner_command("python3", {**points[0], "isolation": "fresh"},
+                                                          isolation="fork")
+        assert "-m requestflow.cli run" in runner_command("python3", points[0], out=None)
+
+    def test_anything_else_is_refused_by_the_form_and_the_plan(self):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate("thread", schema("isolation"))
+        with pytest.raises(ValueError, match="isolation must be fresh or fork .*not 'thread'"):
+            plan("local", defaults(isolation="thread"))
+
+    def test_requestflow_sweep_takes_it(self):
+        from requestflow.cli import build_parser
+        from requestflow.errors import UserError
+
+        parser = build_parser()
+        assert parser.parse_args(["sweep", "--models", MODEL_IDS[0], "--isolation", "fork"]).isolation == "fork"
+        assert parser.parse_args(["sweep", "--models", MODEL_IDS[0]]).isolation is None
+        with pytest.raises(UserError, match="--isolation: invalid choice: 'thread'"):
+            parser.parse_args(["sweep", "--models", MODEL_IDS[0], "--isolation", "thread"])

@@ -92,3 +92,67 @@ def test_isolation_is_a_checked_board_setting_with_the_controller_s_default(monk
     monkeypatch.setenv(ISOLATION_ENV, "vfork")
     with pytest.raises(UserError, match=r"\$REQUESTFLOW_ISOLATION must be fresh or fork"):
         LocalBoard()
+
+
+@pytest.fixture
+def fork_by_point(store, tmp_path, monkeypatch):  # noqa: F811 - the imported fixture, by its name
+    """The retry tests' store, the board's isolation fresh: only the points say fork; its point servers stopped."""
+    monkeypatch.delenv(ISOLATION_ENV, raising=False)
+    monkeypatch.setenv(point_client.IDLE_ENV, "60")
+    yield store
+    point_client.stop(tmp_path / "board" / "cache" / "point-server")
+
+
+def test_a_forked_point_killed_while_its_sibling_measures_is_retried_once_and_leaves_nothing(fork_by_point, tmp_path,
+                                                                                             models_dir):
+    """The sweep's isolation (``fork`` on the points, the board's default fresh): two points of one sweep share the
+    board's point server; one's child SIGKILLed (the OOM killer) while the other measures: its attempt fails as a
+    killed runner's, nothing of it is left, the sibling's result is unharmed, and one retry completes the point."""
+    common = {"backend": "tflite", "mode": "performance", "warmup": 1, "threads": 1, "isolation": "fork"}
+    victim = {**common, "model": "mobilenet-v1-0.25-128", "repetitions": 1_000_000,
+              "weights": str(models_dir / "mobilenet_v1_0.25_128_quant.tflite")}
+    sibling = {**common, "model": "mobilenet-v1-0.25-160", "repetitions": 2000,
+               "weights": str(models_dir / "mobilenet_v1_0.25_160_quant.tflite")}
+    runs = tmp_path / "board" / "runs"
+    outcomes: dict = {}
+
+    def run(name: str, point: dict, try_number: int) -> None:
+        try:
+            outcomes[name] = RunPointOperator(task_id=name, board_conn_id="local", sweep_id=SWEEP,
+                                              point=point).execute({"ti": FakeTI(try_number)})
+        except Exception as exc:  # noqa: BLE001 - the outcome is asserted below
+            outcomes[name] = exc
+
+    threads = [threading.Thread(target=run, args=("victim", victim, 1))]
+    threads[0].start()
+    deadline = time.monotonic() + 120
+    while not (runs.is_dir() and any(runs.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (folder,) = runs.iterdir()
+    child = measuring_child(folder)
+    threads.append(threading.Thread(target=run, args=("sibling", sibling, 1)))
+    threads[1].start()
+    sibling_folder = next(f for f in _wait_for_two(runs) if f != folder)
+    sibling_child = measuring_child(sibling_folder)
+    os.kill(child, signal.SIGKILL)
+    for thread in threads:
+        thread.join(timeout=300)
+    assert isinstance(outcomes["victim"], RuntimeError) and "exited 137 without a result" in str(
+        outcomes["victim"])
+    assert gone(child) and gone(sibling_child)  # the victim's group at once; the sibling's once it ended
+    assert outcomes["sibling"]["status"] == "ok", outcomes["sibling"]
+    retry = RunPointOperator(task_id="victim", board_conn_id="local", sweep_id=SWEEP,
+                             point={**victim, "repetitions": 50})
+    assert retry.execute({"ti": FakeTI(2)})["status"] == "ok"
+    documents = [json.loads((f / "result.json").read_text()) for f in (folder, sibling_folder)]
+    assert {d["isolation"]["mode"] for d in documents} == {"fork"}
+    assert documents[0]["isolation"]["server_pid"] == documents[1]["isolation"]["server_pid"]
+    with fork_by_point.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM results WHERE status = 'ok'")).scalar() == 2
+
+
+def _wait_for_two(runs, timeout_s: float = 120.0) -> list:
+    deadline = time.monotonic() + timeout_s
+    while len(list(runs.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return list(runs.iterdir())
