@@ -13,7 +13,7 @@ from operators.results_hook import ResultsHook, user_errors_are_final
 from operators.sweep import plan, refusal
 from requestflow.board.catalogue import point_label
 from requestflow.results.query import read_only, render
-from requestflow.results.sweeps import record_failure, sweep_tally
+from requestflow.results.sweeps import build_label, record_failure, result_build_keys, sweep_tally
 
 
 def plan_task(board: str, context) -> list[dict]:
@@ -100,27 +100,35 @@ def summarize(context) -> dict:
     if p["dry_run"]:
         print("dry run: the points are listed in each board's plan task; nothing ran")
         return {"boards": {}, "failed_points": []}
+    plans = {board: ti.xcom_pull(task_ids=f"board_{board}.plan") or [] for board in inventory()}
+    builds = named_builds(ti, plans)  # several ArmCL builds: armcl points are labelled with theirs
+
+    def label(point: dict) -> str:
+        return build_label(point, point.get("armcl_build") if builds is not None else None)
+
     with ResultsHook().engine() as engine:
-        tally = sweep_tally(engine, run_id)
+        tally = sweep_tally(engine, run_id, builds)
         counts, bad = {}, []
-        for board in inventory():
-            planned = ti.xcom_pull(task_ids=f"board_{board}.plan") or []
+        for board, planned in plans.items():
             if not planned and board not in tally:  # not part of the sweep (a board whose every point was
                 continue                            # refused has them stored: they are counted below)
             runs = ti.xcom_pull(task_ids=f"board_{board}.run") or []
             runs = [runs] if isinstance(runs, dict) else list(runs)
-            already = {r["point"] for r in runs if r and r.get("status") == "already stored"}
+            stored = [r for r in runs if r and r.get("status") == "already stored"]
+            keys = result_build_keys(engine, [r["result_id"] for r in stored]) if builds is not None else {}
+            already = {f"{r['point']} {builds[keys[r['result_id']]]}" if keys.get(r["result_id"]) in (builds or {})
+                       else r["point"] for r in stored}
             t = tally.get(board, {"ok": [], "failed": [], "no_result": []})
             seen = {e["point"] for kind in t.values() for e in kind} | already
             for point in planned:
-                if point_label(point) not in seen:
+                if label(point) not in seen:
                     message = (f"board {board}: the point never ran (an earlier task of the board failed or the "
                                f"task was stopped; see the task logs of board_{board})")
                     record_failure(engine, run_id, dag_id, board, point, "NotRun", message, attempts=0)
-                    t["no_result"].append({"point": point_label(point), "error": f"NotRun: {message}"})
-            counts[board] = {"planned": len(planned), "ok": len(t["ok"]), "already_stored": len(already),
+                    t["no_result"].append({"point": label(point), "error": f"NotRun: {message}"})
+            counts[board] = {"planned": len(planned), "ok": len(t["ok"]), "already_stored": len(stored),
                              "failed": len(t["failed"]), "no_result": len(t["no_result"])}
-            print(f"board {board}: {len(planned)} point(s): {len(t['ok'])} ok, {len(already)} already stored, "
+            print(f"board {board}: {len(planned)} point(s): {len(t['ok'])} ok, {len(stored)} already stored, "
                   f"{len(t['failed'])} failed, {len(t['no_result'])} without a result")
             for entry in t["failed"] + t["no_result"]:
                 print(f"  FAILED {entry['point']}: {entry['error']}")
@@ -137,6 +145,21 @@ def summarize(context) -> dict:
                   f"below tf's {reference:.4f} on the same weights and images: a broken build or variant?")
         print_flagged_latencies(engine, run_id)
     return {"boards": counts, "failed_points": bad}
+
+
+def named_builds(ti, plans: dict[str, list[dict]]) -> dict[str, str] | None:
+    """When the sweep's points name several ArmCL builds: build key -> name, from each board's build task (its XCom's
+    ``key``; a failed build has none: its points are stored failures, which keep their ``armcl_build``), so that the
+    summary labels a stored armcl point with its build as it labels the planned one. None for one build or none."""
+    named = {(board, p["armcl_build"]) for board, points in plans.items() for p in points if p.get("armcl_build")}
+    if len({name for _, name in named}) < 2:
+        return None
+    keys = {}
+    for board, name in sorted(named):
+        built = ti.xcom_pull(task_ids=f"board_{board}.armcl_{name}") or {}  # the build's task (dags/factory.py)
+        if built.get("key"):
+            keys[built["key"]] = name
+    return keys
 
 
 def print_flagged_latencies(engine, run_id: str) -> list[str]:
