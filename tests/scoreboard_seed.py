@@ -48,9 +48,17 @@ class Seed:
     images: int = 500
     variant: dict = field(default_factory=dict, hash=False)
     random: bool = False
+    version: str | None = None  # its library's version; None: LIBRARIES' (not part of the key)
+    p90_s: float | None = None  # a tail: the p90 of its samples; None: samples_around's (1.24 x the median)
 
     def key(self) -> tuple:
-        return (self.board, self.model, self.backend, json.dumps(self.backend_variant(), sort_keys=True))
+        return (self.board, self.model, self.backend, json.dumps(self.backend_variant(), sort_keys=True)) + (
+            (self.version,) if self.version else ())
+
+    def library(self) -> tuple[str, str]:
+        """(library, version) its documents record."""
+        library, version = LIBRARIES[self.backend]
+        return library, self.version or version
 
     def backend_variant(self) -> dict:
         """The variant its documents record: its own, else the one its backend's runner records by default."""
@@ -103,6 +111,16 @@ def samples_around(median: float, n: int = 21, spread: float = 0.3) -> list[floa
     return out[1::2] + out[0::2]
 
 
+def samples_tailed(median: float, p90: float, n: int = 21) -> list[float]:
+    """``n`` (odd) samples whose median is exactly ``median`` and whose p90 (numpy's, linear) is ``p90``: the three
+    slowest are ``p90`` (which must be above 1.07 x the median), the rest within 15% of the median."""
+    half = n // 2
+    low = [median * (1 - 0.15 * (half - i) / half) for i in range(half)]
+    high = [median * (1 + 0.01 * (i + 1)) for i in range(half - 3)] + [p90] * 3
+    out = low + [median] + high
+    return out[1::2] + out[0::2]
+
+
 def command(seed: Seed, mode: str) -> list[str]:
     words = ["requestflow", "run", "--model", seed.model, "--backend", seed.backend, "--mode", mode,
              "--precision", seed.precision, "--out", "result.json", "--quiet", "--offline"]
@@ -121,14 +139,14 @@ def documents(seed: Seed, perf_template: dict, acc_template: dict) -> list[tuple
         context = document["context"]
         context["model"].update(id=model.id, width=model.width, resolution=model.resolution, macs=model.macs,
                                 params=model.params)
-        library, version = LIBRARIES[seed.backend]
+        library, version = seed.library()
         context["backend"].update(name=seed.backend, library=library, version=version, variant=seed.backend_variant())
         context["precision"] = seed.precision
         weights_sha = hashlib.sha256(f"{seed.model} {seed.precision} {seed.random}".encode()).hexdigest()
         context["weights"].update(sha256=weights_sha, random=seed.random)
         document["command"] = command(seed, mode)
         if mode == "performance":
-            samples = samples_around(seed.median_s)
+            samples = samples_around(seed.median_s) if seed.p90_s is None else samples_tailed(seed.median_s, seed.p90_s)
             document["performance"].update(statistics(samples, context["batch_size"]), repetitions=len(samples),
                                            warmup=5, quality=assess(samples))  # the verdict on these samples
             context.update(repetitions=len(samples), warmup=5)
@@ -147,10 +165,10 @@ def seed_store(engine, models_dir: Path, seeds=SEEDS) -> dict[tuple, str]:
         batch = [pair for seed in seeds if seed.board == board for pair in documents(seed, perf, acc)]
         load_documents(engine, batch, board=board, sweep=sweep, dag_id=dag_id)
         set_board(engine, board, **BOARDS[board])
-    _, rows = read_only(engine, "SELECT board, model, backend, variant, point_id FROM scoreboard")
-    ids = {(b, m, be, json.dumps(json.loads(v), sort_keys=True)): p for b, m, be, v, p in rows}
+    _, rows = read_only(engine, "SELECT board, model, backend, variant, library_version, point_id FROM scoreboard")
+    ids = {(b, m, be, json.dumps(json.loads(v), sort_keys=True), lv): p for b, m, be, v, lv, p in rows}
     assert len(ids) == len(seeds), (len(ids), len(seeds))
-    return {seed.key(): ids[seed.key()] for seed in seeds}
+    return {seed.key(): ids[seed.key()[:4] + (seed.library()[1],)] for seed in seeds}
 
 
 def frontier_by_hand(seeds, ids: dict[tuple, str]) -> set[str]:

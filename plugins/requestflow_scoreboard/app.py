@@ -1,9 +1,11 @@
 """The scoreboard page: a FastAPI app that Airflow's api-server serves under ``/requestflow`` (see
 ``requestflow_scoreboard_plugin.py``).
 
-- ``scoreboard/``: selectors (board, backend, variant, width, resolution, precision, sweep, dataset size, X and Y
-  metrics, log axes) in a GET form, so the whole state is the URL; the plot (the same figure as
-  ``requestflow plot``, inline SVG, each point linking to its page); the sortable table of every dimension;
+- ``scoreboard/``: selectors (board, backend, variant, width, resolution, precision, sweep, dataset size, library
+  version, X and Y metrics, log axes, the latency statistic (median or p90) the rows are ranked by and a latency axis
+  shows, the colour: backend or library version) in a GET form, so the whole state is the URL; the plot (the same
+  figure as ``requestflow plot``, inline SVG, each point linking to its page); the sortable table of every
+  dimension, each board's rows ranked fastest first;
 - ``scoreboard/plot.svg``, ``scoreboard/plot.png``, ``scoreboard/data.json``: the same selection as files / JSON;
 - ``scoreboard/point/<point id>``: one point, its provenance, the command that replays it and its raw latency
   samples as a histogram (``.../data.json``: the same as JSON); a reference board's caveats; a form choosing
@@ -115,6 +117,7 @@ def create_app() -> FastAPI:
     from requestflow.results import reference as reference_data
     from requestflow.results import scoreboard_data as data
     from requestflow.results.plot import METRICS, inline_svg, mark_id
+    from requestflow.results.query import LATENCY_STATS
     from requestflow.results.regressions import open_regressions
 
     # no /docs, /redoc or /openapi.json: nothing is served that the login middleware has not seen first
@@ -181,7 +184,8 @@ def create_app() -> FastAPI:
         regressions = read(open_regressions, rows)  # unacknowledged, of the selected points
         return page("scoreboard.html", selection=chosen, query=query, options=options, rows=rows,
                     point_link=lambda row: point_link(chosen, row),
-                    variant_labels=read(data.variant_labels),
+                    variant_labels=read(data.variant_labels), version_labels=read(data.version_labels),
+                    latency_stats=LATENCY_STATS, colours=data.colour_choices(),
                     references=references, regressions=regressions,
                     drawing=drawing, svg=inline_svg(drawing.data), filters=data.FILTERS,
                     filter_labels=data.FILTER_LABELS, metrics=METRICS, columns=data.COLUMNS,
@@ -199,7 +203,8 @@ def create_app() -> FastAPI:
         chosen = selection(request)
         rows, drawing = read(data.draw, chosen, "svg")
         return JSONResponse({"selection": {"x": chosen.x, "y": chosen.y, "log_x": chosen.log_x,
-                                           "log_y": chosen.log_y, "filters": chosen.filters},
+                                           "log_y": chosen.log_y, "filters": chosen.filters,
+                                           "latency_stat": chosen.latency_stat, "colour": chosen.colour},
                              "rows": [{**row, "mark": mark_id(row)} for row in rows],  # a point on an image set
                              "frontier": sorted(drawing.frontier), "drawn": drawing.drawn},  # marks
                             headers=NO_STORE)

@@ -83,10 +83,14 @@ def add_plot(sub) -> None:
     plot.add_argument("--y", default="top1", metavar="METRIC", help="default top1")
     for option, what in (("board", "boards"), ("backend", "backends"), ("variant", "backend variants (JSON text)"),
                          ("width", "width multipliers"), ("resolution", "resolutions"), ("precision", "precisions"),
-                         ("sweep", "sweeps (run ids)"), ("images", "dataset sizes (images of the accuracy run)")):
+                         ("sweep", "sweeps (run ids)"), ("images", "dataset sizes (images of the accuracy run)"),
+                         ("library-version", "library versions (the scoreboard's library_version, e.g. 24.11)")):
         plot.add_argument(f"--{option}", nargs="+", metavar="VALUE", help=f"only these {what}")
     plot.add_argument("--log-x", action="store_true", help="logarithmic X axis")
     plot.add_argument("--log-y", action="store_true", help="logarithmic Y axis")
+    plot.add_argument("--colour", "--color", default="backend", metavar="BY",
+                      help="colour the points by backend (default) or library_version (alias version: one colour "
+                           "per library and version, the legend naming them)")
     plot.add_argument("--out", required=True, metavar="FILE", help="FILE.svg or FILE.png")
     plot.add_argument("--db", help=DB_HELP)
     add_reader_option(plot)
@@ -146,7 +150,8 @@ def cmd_plot(args, argv) -> int:
     if not out.parent.resolve().is_dir():
         raise UserError(f"--out {args.out}: folder {out.parent} does not exist")
     query = listed_values(args, FILTERS)
-    query.update(x=[args.x], y=[args.y], log_x=["1"] if args.log_x else [], log_y=["1"] if args.log_y else [])
+    query.update(x=[args.x], y=[args.y], log_x=["1"] if args.log_x else [], log_y=["1"] if args.log_y else [],
+                 colour=[args.colour])
     selection = Selection.from_query(query)  # an unknown metric: one line naming the known ones
     engine, _ = open_store(args, "reader")
     rows, drawing = draw(engine, selection, fmt)

@@ -2,7 +2,8 @@
 
 One function, :func:`scatter`, draws for both the CLI (``requestflow plot``) and the scoreboard page inside Airflow
 (``plugins/requestflow_scoreboard``), so the two always agree. The encoding is the seed notebook's (ReQuEST-ASPLOS'18
-``analysis.ipynb``): colour by backend, marker size by input resolution (resolution / 16), marker shape by width
+``analysis.ipynb``): colour by backend (or by library version, as the seed's plots of ArmCL releases: ``colour``,
+the legend naming each library and version), marker size by input resolution (resolution / 16), marker shape by width
 multiplier, Pareto-optimal points marked with black pluses. The frontier is also drawn as a staircase.
 
 The frontier follows the rule of the ``pareto_frontier`` view (``sql/views/pareto_frontier.v2.sql``), generalised
@@ -27,6 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from requestflow.errors import UserError
+from requestflow.results.plot_colours import colour_by, colour_key, colours
 
 
 @dataclass(frozen=True)
@@ -61,11 +63,8 @@ ALIASES = {"median": "latency_median_s", "min": "latency_min_s", "p90": "latency
            "throughput": "throughput_ips", "size": "model_size_bytes", "energy": "energy_est_j",
            "joules": "energy_j", "cost": "cost_per_million_images_usd"}
 
-BACKEND_COLOURS = {"tflite": "tab:orange", "tf": "tab:blue", "armcl": "tab:green"}
-OTHER_COLOURS = ("tab:purple", "tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
 WIDTH_MARKERS = {1.0: "p", 0.75: "s", 0.5: "^", 0.25: "o"}  # the notebook's markers (its DIRECT set)
 OTHER_MARKER = "D"
-
 SVG_NS = "http://www.w3.org/2000/svg"
 XLINK_NS = "http://www.w3.org/1999/xlink"
 _RENDER_LOCK = threading.Lock()  # matplotlib's rcParams are process-wide: one figure saved at a time
@@ -160,12 +159,6 @@ def _bar(m: Metric, row: dict) -> tuple[float, float] | None:
     return value * mid / hi, value * mid / lo  # throughput: batch / latency
 
 
-def backend_colour(backend: str) -> str:
-    if backend in BACKEND_COLOURS:
-        return BACKEND_COLOURS[backend]
-    return OTHER_COLOURS[sum(backend.encode()) % len(OTHER_COLOURS)]  # stable across requests and filters
-
-
 def width_marker(width) -> str:
     return WIDTH_MARKERS.get(float(width), OTHER_MARKER) if width is not None else OTHER_MARKER
 
@@ -190,14 +183,15 @@ def _number(value: float) -> str:
 
 
 def scatter(rows: list[dict], x: str, y: str, fmt: str = "svg", *, title: str | None = None, log_x: bool = False,
-            log_y: bool = False, point_href: Callable[[dict], str] | None = None) -> Drawing:
-    """Draw ``rows`` (scoreboard rows as dicts) as metric ``y`` against metric ``x``: SVG or PNG bytes, and which
-    points were drawn and are on the frontier."""
+            log_y: bool = False, point_href: Callable[[dict], str] | None = None, colour: str = "backend") -> Drawing:
+    """Draw ``rows`` (scoreboard rows as dicts) as metric ``y`` against metric ``x``, coloured by ``colour``
+    (:data:`COLOUR_BY`): SVG or PNG bytes, and which points were drawn and are on the frontier."""
     if fmt not in ("svg", "png"):
         raise UserError(f"a plot is written as svg or png, not {fmt!r}")
-    mx, my = metric(x), metric(y)
+    mx, my, by = metric(x), metric(y), colour_by(colour)
     on_frontier = frontier_marks(rows, mx.column, my.column)
     drawable = [r for r in rows if r.get(mx.column) is not None and r.get(my.column) is not None]
+    palette = colours(drawable, by)
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
@@ -210,7 +204,7 @@ def scatter(rows: list[dict], x: str, y: str, fmt: str = "svg", *, title: str | 
             for row in drawable:
                 px, py = float(row[mx.column]) * mx.scale, float(row[my.column]) * my.scale
                 size = (row.get("resolution") or 160) / 16
-                colour = backend_colour(row["backend"])
+                colour = palette[colour_key(row, by)]
                 ax.plot([px], [py], linestyle="none", marker=width_marker(row.get("width")), markersize=size,
                         markerfacecolor="none" if row.get("random_weights") else colour, markeredgecolor=colour,
                         markeredgewidth=1.2 if row.get("random_weights") else 0.6, alpha=0.9,
@@ -251,8 +245,8 @@ def scatter(rows: list[dict], x: str, y: str, fmt: str = "svg", *, title: str | 
             if not drawable:
                 ax.text(0.5, 0.5, f"no point has both {mx.label} and {my.label}", transform=ax.transAxes,
                         ha="center", va="center", color="gray")
-            handles = [Line2D([], [], linestyle="none", marker="s", markersize=8, color=backend_colour(b), label=b)
-                       for b in sorted({r["backend"] for r in drawable})]
+            handles = [Line2D([], [], linestyle="none", marker="s", markersize=8, color=palette[key], label=key)
+                       for key in palette]
             handles += [Line2D([], [], linestyle="none", marker=width_marker(w), markersize=8, color="gray",
                                label=f"width {_number(float(w))}")
                         for w in sorted({r["width"] for r in drawable if r.get("width") is not None})]
@@ -272,13 +266,13 @@ def scatter(rows: list[dict], x: str, y: str, fmt: str = "svg", *, title: str | 
             fig.savefig(out, format=fmt, dpi=110, metadata={"Date": None} if fmt == "svg" else None)
     data = out.getvalue()
     if fmt == "svg":
-        data = _annotate_svg(data, {mark_id(r): r for r in drawable}, mx, my, on_frontier, point_href)
+        data = _annotate_svg(data, {mark_id(r): r for r in drawable}, mx, my, on_frontier, point_href, by)
     return Drawing(data=data, fmt=fmt, frontier=on_frontier, drawn=[mark_id(r) for r in drawable],
                    missing=len(rows) - len(drawable))
 
 
 def _annotate_svg(data: bytes, rows: dict[str, dict], mx: Metric, my: Metric, on_frontier: set[str],
-                  point_href: Callable[[dict], str] | None) -> bytes:
+                  point_href: Callable[[dict], str] | None, by: str = "backend") -> bytes:
     """Give every point group its data attributes and a tooltip, and a link when ``point_href`` is given."""
     ET.register_namespace("", SVG_NS)
     ET.register_namespace("xlink", XLINK_NS)
@@ -300,6 +294,8 @@ def _annotate_svg(data: bytes, rows: dict[str, dict], mx: Metric, my: Metric, on
         group.set("data-board", str(row["board"]))
         group.set("data-backend", str(row["backend"]))
         group.set("data-model", str(row["model"]))
+        group.set("data-library-version", str(row.get("library_version") or ""))
+        group.set("data-colour", colour_key(row, by))  # what its colour stands for: a backend, or a version
         group.set("data-x", repr(x))
         group.set("data-y", repr(y))
         group.set("data-frontier", "true" if mark in on_frontier else "false")

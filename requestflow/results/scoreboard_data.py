@@ -6,6 +6,7 @@ tables below, never from a request.
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 import shlex
@@ -17,7 +18,8 @@ from sqlalchemy.engine import Engine
 
 from requestflow.errors import UserError
 from requestflow.results.plot import METRICS, Drawing, metric, scatter
-from requestflow.results.query import json_value, read_only
+from requestflow.results.plot_colours import COLOUR_BY, colour_by
+from requestflow.results.query import LATENCY_STATS, json_value, read_only
 
 # every column of the scoreboard the page shows, in the table's order
 COLUMNS = ("board", "backend", "variant", "variant_label", "library", "library_version", "model", "width",
@@ -31,10 +33,11 @@ COLUMNS = ("board", "backend", "variant", "variant_label", "library", "library_v
 
 # selector (URL parameter) -> scoreboard column; compared as PostgreSQL's text form of the value
 FILTERS = {"board": "board", "backend": "backend", "variant": "variant", "width": "width",
-           "resolution": "resolution", "precision": "precision", "sweep": "sweep", "images": "image_count"}
+           "resolution": "resolution", "precision": "precision", "sweep": "sweep", "images": "image_count",
+           "library_version": "library_version"}
 FILTER_LABELS = {"board": "board", "backend": "backend", "variant": "variant", "width": "width",
                  "resolution": "resolution", "precision": "precision", "sweep": "sweep",
-                 "images": "dataset size (images)"}
+                 "images": "dataset size (images)", "library_version": "library version"}
 DEFAULT_X, DEFAULT_Y = "latency_median_s", "top1"
 POINT_ID = re.compile(r"^[0-9a-f]{64}$")
 MAX_VALUES = 200  # values of one selector in a request
@@ -42,14 +45,17 @@ MAX_VALUES = 200  # values of one selector in a request
 
 @dataclass
 class Selection:
-    """What is shown: the filters (selector -> accepted values; none = all), the axes, log scales. The page keeps it
-    in its URL (:meth:`query`) so that a view can be shared."""
+    """What is shown: the filters (selector -> accepted values; none = all), the axes, log scales, the latency
+    statistic the rows are ranked by (and a latency axis shows), what colours the marks. The page keeps it in its
+    URL (:meth:`query`) so that a view can be shared."""
 
     filters: dict[str, tuple[str, ...]] = field(default_factory=dict)
     x: str = DEFAULT_X
     y: str = DEFAULT_Y
     log_x: bool = False
     log_y: bool = False
+    latency_stat: str = "median"  # query.LATENCY_STATS
+    colour: str = "backend"  # plot_colours.COLOUR_BY
 
     @classmethod
     def from_query(cls, params: Mapping[str, Iterable[str]]) -> Selection:
@@ -65,17 +71,21 @@ class Selection:
                 raise UserError(f"too many values for {key} ({len(chosen)}; at most {MAX_VALUES})")
             if chosen:
                 filters[key] = chosen
-        x = (values("x") or [DEFAULT_X])[-1]
-        y = (values("y") or [DEFAULT_Y])[-1]
-        return cls(filters=filters, x=metric(x).column, y=metric(y).column,
+        x = metric((values("x") or [DEFAULT_X])[-1]).column
+        y = metric((values("y") or [DEFAULT_Y])[-1]).column
+        stat, x, y = latency_axes(x, y, (values("latency_stat") or [None])[-1])
+        return cls(filters=filters, x=x, y=y,
                    log_x=(values("log_x") or ["0"])[-1] in ("1", "true", "on"),
-                   log_y=(values("log_y") or ["0"])[-1] in ("1", "true", "on"))
+                   log_y=(values("log_y") or ["0"])[-1] in ("1", "true", "on"), latency_stat=stat,
+                   colour=colour_by((values("colour") or ["backend"])[-1]))
 
     def query(self, **changes) -> str:
         """The URL query of this selection (``changes`` replace fields), e.g. ``x=...&y=...&backend=tflite``."""
         s = Selection(**{**self.__dict__, **changes})
         pairs = [("x", s.x), ("y", s.y)] + [(k, v) for k in FILTERS for v in s.filters.get(k, ())]
         pairs += [("log_x", "1")] * s.log_x + [("log_y", "1")] * s.log_y
+        pairs += [("latency_stat", s.latency_stat)] * (s.latency_stat != "median")
+        pairs += [("colour", s.colour)] * (s.colour != "backend")
         return urlencode(pairs)
 
     def describe(self) -> str:
@@ -86,8 +96,9 @@ class Selection:
         """The ``requestflow plot`` command line that writes this view's figure."""
         words = ["requestflow", "plot", "--x", self.x, "--y", self.y]
         for key, values in self.filters.items():
-            words += [f"--{key}", *values]
-        words += ["--log-x"] * self.log_x + ["--log-y"] * self.log_y + ["--out", out]
+            words += [f"--{key.replace('_', '-')}", *values]
+        words += ["--log-x"] * self.log_x + ["--log-y"] * self.log_y
+        words += ["--colour", self.colour] * (self.colour != "backend") + ["--out", out]
         return shlex.join(words)
 
     def title(self) -> str:
@@ -95,15 +106,48 @@ class Selection:
         return f"{METRICS[self.y].label} vs {METRICS[self.x].label}: {self.describe()}"
 
 
+def latency_axes(x: str, y: str, stat: str | None) -> tuple[str, str, str]:
+    """(statistic, x, y): the page's latency statistic (``median`` or ``p90``, issue #19) and the axes it gives. An
+    axis on the median or p90 latency shows the chosen statistic, unless both axes are latency statistics (a median
+    against p90 plot). Not chosen: ``p90`` when an axis shows the p90 (and none the median), else ``median``."""
+    latencies = set(LATENCY_STATS.values())
+    if stat is None:
+        stat = "p90" if LATENCY_STATS["p90"] in (x, y) and LATENCY_STATS["median"] not in (x, y) else "median"
+    if stat not in LATENCY_STATS:
+        raise UserError(f"unknown latency statistic {stat!r}; known: {', '.join(LATENCY_STATS)}")
+    if not (x in latencies and y in latencies):
+        x, y = (LATENCY_STATS[stat] if axis in latencies else axis for axis in (x, y))
+    return stat, x, y
+
+
 def draw(engine: Engine, selection: Selection, fmt: str, point_href=None) -> tuple[list[dict], Drawing]:
-    """The selected rows and their figure: what ``requestflow plot`` writes and the scoreboard page shows."""
-    rows = read_rows(engine, selection.filters)
+    """The selected rows, ranked by the selection's latency statistic (:func:`rank`), and their figure: what
+    ``requestflow plot`` writes and the scoreboard page shows."""
+    rows = rank(read_rows(engine, selection.filters, selection.latency_stat), selection.latency_stat)
     return rows, scatter(rows, selection.x, selection.y, fmt, title=selection.title(), log_x=selection.log_x,
-                         log_y=selection.log_y, point_href=point_href)
+                         log_y=selection.log_y, point_href=point_href, colour=selection.colour)
 
 
-def read_rows(engine: Engine, filters: Mapping[str, Iterable[str]] | None = None) -> list[dict]:
-    """The scoreboard rows matching ``filters`` (selector -> accepted values), as dicts. Unless dataset sizes
+def rank(rows: list[dict], latency_stat: str = "median") -> list[dict]:
+    """``rows`` with ``rank``: 1 for each board's fastest on ``latency_stat`` (median or p90), rows as fast sharing
+    a rank (1, 2, 2, 4); None without that latency."""
+    column = LATENCY_STATS[latency_stat]
+    by_board: dict[str, list[float]] = {}
+    for row in rows:
+        if row.get(column) is not None:
+            by_board.setdefault(row["board"], []).append(row[column])
+    for values in by_board.values():
+        values.sort()
+    for row in rows:
+        value = row.get(column)
+        row["rank"] = None if value is None else 1 + bisect.bisect_left(by_board[row["board"]], value)
+    return rows
+
+
+def read_rows(engine: Engine, filters: Mapping[str, Iterable[str]] | None = None,
+              latency_stat: str | None = None) -> list[dict]:
+    """The scoreboard rows matching ``filters`` (selector -> accepted values), as dicts; by board, then (with
+    ``latency_stat``: ``median``, ``p90``) fastest first on that statistic, rows without it last. Unless dataset sizes
     (``images``) are chosen, each configuration's row of its largest image set (``largest_image_set``): a quick
     20-image check does not stand beside, or replace, the same configuration's 500-image figure."""
     clauses, parameters = [], {}
@@ -117,8 +161,10 @@ def read_rows(engine: Engine, filters: Mapping[str, Iterable[str]] | None = None
             clauses.append(f"{FILTERS[key]}::text = ANY(%({key})s)")
             parameters[key] = chosen
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    ranked = f"{LATENCY_STATS[latency_stat]} NULLS LAST, " if latency_stat else ""
     columns, rows = read_only(engine, f"SELECT {', '.join(COLUMNS)} FROM scoreboard {where} "
-                                      "ORDER BY board, model, backend, precision, threads, point_id", parameters)
+                                      f"ORDER BY board, {ranked}model, backend, precision, threads, point_id",
+                              parameters)
     return [{c: json_value(v) for c, v in zip(columns, row, strict=True)} for row in rows]
 
 
@@ -132,6 +178,14 @@ def variant_labels(engine: Engine) -> dict[str, str]:
         count[label or ""] = count.get(label or "", 0) + 1
     return {variant: (label or variant) if count[label or ""] == 1 else f"{label} {variant}"
             for variant, label in rows}
+
+
+def version_labels(engine: Engine) -> dict[str, str]:
+    """What the page shows for each library version (the selector's value): the version and its libraries, e.g.
+    ``24.11 (armcl)``, ``2.3.0 (ai-edge-litert, tensorflow)``."""
+    _, rows = read_only(engine, "SELECT library_version, string_agg(DISTINCT library, ', ' ORDER BY library) "
+                                "FROM scoreboard WHERE library_version IS NOT NULL GROUP BY library_version")
+    return {version: f"{version} ({libraries})" if libraries else version for version, libraries in rows}
 
 
 def options(engine: Engine) -> dict[str, list[str]]:
@@ -220,3 +274,8 @@ def pretty_json(value) -> str:
 def metric_choices() -> list[tuple[str, str]]:
     """(column, label) of every metric an axis can show."""
     return [(m.column, f"{m.label} ({m.unit})") for m in METRICS.values()]
+
+
+def colour_choices() -> list[tuple[str, str]]:
+    """(value, label) of what can colour the marks."""
+    return list(COLOUR_BY.items())

@@ -325,5 +325,6 @@ class TestMigration0009:
                     "SELECT indexname FROM pg_indexes WHERE tablename = 'scoreboard'")).scalars())
             assert indexes == {"ux_scoreboard_point_image_set", "ix_scoreboard_board_latency", "ix_scoreboard_sweep",
                                "ix_scoreboard_reference_group", "ix_scoreboard_references",
-                               "ix_scoreboard_frontier"}  # the table of 0013
+                               "ix_scoreboard_frontier",  # the table of 0013
+                               "ix_scoreboard_frontier_p90"}  # and pareto_frontier v7's (0016)
             engine.dispose()

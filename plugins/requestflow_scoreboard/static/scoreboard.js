@@ -5,7 +5,19 @@
 
   var form = document.getElementById("selectors");
   if (form) {
-    form.addEventListener("change", function () { form.submit(); });
+    // an axis set to the median or p90 latency chooses that statistic (unless the other axis shows a latency
+    // statistic too): the server would otherwise show the statistic still chosen (scoreboard_data.latency_axes)
+    var stat = document.getElementById("latency_stat");
+    form.addEventListener("change", function (event) {
+      var target = event.target;
+      if (stat && (target.id === "x" || target.id === "y")) {
+        var other = document.getElementById(target.id === "x" ? "y" : "x");
+        var columns = Array.prototype.map.call(stat.options, function (o) { return o.getAttribute("data-column"); });
+        var chosen = columns.indexOf(target.value);
+        if (chosen >= 0 && columns.indexOf(other.value) < 0) { stat.selectedIndex = chosen; }
+      }
+      form.submit();
+    });
   }
 
   function sortValue(cell, type) {
