@@ -177,12 +177,7 @@ def debian_binary_build(cache_dir: str | os.PathLike | None = None, *, suite: st
                     os.rename(path, out / "lib" / path.name)
             libraries = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
                          for p in sorted((out / "lib").iterdir()) if p.is_file() and not p.is_symlink()}
-            (out / "runtime").mkdir()
-            for name in RUNTIME_FILES:  # the file itself under its soname (the packages' are symlinks to it)
-                shutil.copyfile((unpacked / _LIB / name).resolve(), out / "runtime" / name)
-            (out / "runtime" / RUNTIME_FILES[0]).chmod(0o755)
-            runtime = {name: {"bytes": (out / "runtime" / name).stat().st_size,
-                              "sha256": sha256_file(out / "runtime" / name)} for name in RUNTIME_FILES}
+            runtime = copy_runtime(unpacked, out / "runtime")
             main = next((out / "lib" / n for n in libraries if n.startswith("libarm_compute.so")), None)
             if main is None or not any(n.startswith("libarm_compute_graph.so") for n in libraries):
                 raise ToolchainError(f"the packages hold no libarm_compute/libarm_compute_graph ({sorted(libraries)})")
@@ -210,6 +205,20 @@ def debian_binary_build(cache_dir: str | os.PathLike | None = None, *, suite: st
         log(f"ArmCL {version} for arm64 from Debian's packages: build {key[:16]} "
             f"({' '.join(f'{k}={v}' for k, v in options.items() if k in ('arch', 'neon', 'opencl'))})")
         return final
+
+
+def copy_runtime(unpacked: Path, into: Path) -> dict:
+    """``RUNTIME_FILES`` from the unpacked runtime packages into ``into`` (each file under its soname, the
+    packages' symlinks resolved; the loader executable): name -> ``{"bytes", "sha256"}``, as ``build.json``'s
+    ``runtime`` records them."""
+    from requestflow.board.files import sha256_file
+
+    into.mkdir()
+    for name in RUNTIME_FILES:
+        shutil.copyfile((unpacked / _LIB / name).resolve(), into / name)
+    (into / RUNTIME_FILES[0]).chmod(0o755)
+    return {name: {"bytes": (into / name).stat().st_size, "sha256": sha256_file(into / name)}
+            for name in RUNTIME_FILES}
 
 
 def check_build(folder: Path) -> str | None:

@@ -103,8 +103,8 @@ class ArmclBuildOperator(BaseOperator):
 
         spec = self.spec
         board = self._board = board_for(self.board_conn_id)
-        if spec.source.kind == "debian-binary":
-            return self._debian_binary(board)
+        if spec.source.kind == "debian-binary" or spec.cross:
+            return self._shipped(board)
         name = board.settings.name
         # scons and a compiler (installed where the board's install_packages allows it), else a refusal naming them
         ensure_build_tools(board, spec, what=f"ArmCL {spec.version}'s build", log=self.log.info)
@@ -162,14 +162,17 @@ class ArmclBuildOperator(BaseOperator):
                 "build_seconds": outcome["build_seconds"], "library_bytes": outcome["library_bytes"],
                 "path": outcome.get("path"), "library_build_id": build_id, "program": program}
 
-    def _debian_binary(self, board) -> dict:
-        """``source: debian-binary``: Debian's prebuilt packages for the board's architecture made into a build
-        folder, with the program cross-compiled for the folder's place on the board, on the controller
-        (``operators.arm64_debian``), shipped as one tar (content-addressed, checked on arrival), unpacked into the
-        board's build cache and its ``SHA256SUMS`` checked there (also on reuse). Nothing compiles on the board."""
+    def _shipped(self, board) -> dict:
+        """A build made on the controller for an aarch64 board: ``source: debian-binary`` (Debian's prebuilt
+        packages for the board's architecture, ``operators.arm64_debian``) or ``cross: true`` (the verified source
+        cross-built in the toolchain environment, ``operators.arm64_cross``), with the program cross-compiled for
+        the folder's place on the board, shipped as one tar (content-addressed, checked on arrival), unpacked into
+        the board's build cache and its ``SHA256SUMS`` checked there (also on reuse). Nothing compiles on the
+        board."""
         from airflow.sdk.exceptions import AirflowSkipException
 
         from operators import deploy
+        from operators.arm64_cross import cross_build, cross_options
         from operators.arm64_debian import board_shipment, debian_binary_build
         from operators.arm64_toolchain import toolchain
         from operators.armcl_spec import MACHINES
@@ -183,16 +186,28 @@ class ArmclBuildOperator(BaseOperator):
         started = time.monotonic()
         python, work = deploy.runner_location(board)
         arch = str(board_cli(board, ["platform", "--root", board.settings.sysfs_root]).get("arch") or "unknown")
-        if MACHINES.get(arch.lower()) != "aarch64":
-            why = f"ArmCL from Debian's binaries is made for aarch64 boards (arm64 packages), not for a {arch} board"
+        try:
+            if spec.cross:
+                cross_options(spec, arch)
+            elif MACHINES.get(arch.lower()) != "aarch64":
+                raise UserError(f"ArmCL from Debian's binaries is made for aarch64 boards (arm64 packages), not for "
+                                f"a {arch} board")
+        except UserError as exc:
             if not self.points:  # board_provision: a build this board has no use for
-                raise AirflowSkipException(f"board {name}: {why}")
-            raise UserError(why)
+                raise AirflowSkipException(f"board {name}: {exc}") from None
+            raise
         chain = toolchain(log=log)
-        build = debian_binary_build(suite=spec.source.suite, log=log)
+        if spec.cross:
+            build, cached = cross_build(spec, arch, source_cache_dir=self.source_cache_dir,
+                                        timeout_s=self.build_timeout_s, log=log)
+            origin = f"cross-built from source ({'reused' if cached else 'built'} on the controller)"
+        else:
+            build = debian_binary_build(suite=spec.source.suite, log=log)
+            origin = f"from Debian's {spec.source.suite} arm64 packages"
         provenance = json.loads((build / "build.json").read_text())
         if provenance["version"] != spec.version:
-            raise UserError(f"Debian {spec.source.suite} has ArmCL {provenance['version']}, not {spec.version}")
+            raise UserError(f"the {'source' if spec.cross else f'Debian {spec.source.suite} build'} is ArmCL "
+                            f"{provenance['version']}, not {spec.version}")
         cache = shell_path(self.cache_dir or board.settings.armcl_cache or f"{work}/armcl/builds")
         found = board.run(f"mkdir -p {cache} && cd {cache} && pwd -P", warn=True)
         if found.return_code != 0:
@@ -217,7 +232,7 @@ class ArmclBuildOperator(BaseOperator):
         provenance = {**provenance, "path": at, "shipped": {"tar_sha256": sha, "program": shipped["program"]}}
         with ResultsHook(self.results_conn_id).engine() as engine:
             build_id = record_build(engine, provenance, board=name)
-        log(f"board {name}: ArmCL {provenance['version']} from Debian's {spec.source.suite} arm64 packages, build "
+        log(f"board {name}: ArmCL {provenance['version']} {origin}, build "
             f"{provenance['key'][:16]} {'reused on the board' if reused else 'shipped'} "
             f"({time.monotonic() - started:.1f} s), library_builds id {build_id}")
         return {"board": name, "key": provenance["key"], "reused": reused, "version": provenance["version"],

@@ -127,6 +127,7 @@ class ArmclSpec:
     source: ArmclSource | dict | str = "debian"
     options: dict = field(default_factory=dict)
     jobs: int | None = None
+    cross: bool = False  # built from source on the controller for an aarch64 board (``operators.arm64_cross``)
 
     def __post_init__(self) -> None:
         plain_version(self.version)
@@ -147,12 +148,13 @@ class ArmclSpec:
         if source.kind == "debian-binary" and self.options:
             raise UserError(f"ArmCL from Debian's binaries is built with Debian's options (read from the library), "
                             f"not {', '.join(self.options)}: drop them, or build from source")
+        check_cross(self.cross, source.kind, self.options)
         if self.jobs is not None and (not isinstance(self.jobs, int) or isinstance(self.jobs, bool) or self.jobs < 1):
             raise UserError(f"ArmCL build jobs must be a positive integer, got {self.jobs!r}")
 
     def to_dict(self) -> dict:
         return {"version": self.version, "source": self.source.to_dict(), "options": dict(self.options),
-                "jobs": self.jobs}
+                "jobs": self.jobs, **({"cross": True} if self.cross else {})}
 
     @classmethod
     def from_value(cls, value: ArmclSpec | dict) -> ArmclSpec:
@@ -162,10 +164,28 @@ class ArmclSpec:
             raise UserError(f"an ArmCL spec is an ArmclSpec or a dict, got {type(value).__name__}")
         provisioned(value)  # checked; where a build is made, not what it is
         value = {k: v for k, v in value.items() if k != "provision"}
-        unknown = set(value) - {"version", "source", "options", "jobs"}
+        unknown = set(value) - {"version", "source", "options", "jobs", "cross"}
         if unknown:
             raise UserError(f"unknown ArmCL spec field {sorted(unknown)[0]!r}")
         return cls(**value)
+
+
+def check_cross(cross, kind: str, options: dict) -> None:
+    """``cross: true`` is a source build (``debian`` or ``tarball``: a source the controller holds and verifies)
+    for an aarch64 target (trixie's ``aarch64-linux-gnu`` toolchain): an explicit ``arch`` must be an aarch64 one."""
+    if not isinstance(cross, bool):
+        raise UserError(f"ArmCL spec field cross: true or false, not {cross!r}")
+    if not cross:
+        return
+    if kind == "debian-binary":
+        raise UserError("ArmCL cross: true builds from source on the controller; a debian-binary build is Debian's "
+                        "own, already built: drop cross, or use source debian")
+    if kind not in ("debian", "tarball"):
+        raise UserError(f"ArmCL cross: true needs a source the controller fetches and verifies (debian or tarball), "
+                        f"not {kind}")
+    if "arch" in options and options["arch"] not in ARCHES["aarch64"]:
+        raise UserError(f"ArmCL cross: true builds for aarch64 (trixie's aarch64-linux-gnu toolchain): arch "
+                        f"{options['arch']} is not one of {', '.join(ARCHES['aarch64'])}")
 
 
 def provisioned(spec: dict) -> bool:
