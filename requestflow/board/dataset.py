@@ -15,14 +15,12 @@ from __future__ import annotations
 import json
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from requestflow.board.files import atomic_write_text, cache_dir, canonical_json, sha256_file, sha256_text
-from requestflow.board.files import progress as show_progress
+from requestflow.board.files import cache_dir, canonical_json, sha256_file, sha256_text
 from requestflow.errors import UserError
 
 IMAGE_PATTERN = re.compile(r"^ILSVRC2012_val_\d+\.JPEG$", re.IGNORECASE)
@@ -134,64 +132,15 @@ class Preprocessed:
     cached: bool
 
 
-def preprocess_dataset(dataset: Dataset, resolution: int, progress: bool = True, workers: int | None = None,
-                       use_cache: bool = True) -> Preprocessed:
-    """uint8 tensors of every readable image, from the cache when present. Unreadable images are listed.
-
-    The tensors are written to the cache file as they are made (a memory map), so 50,000 images need disk, not
-    memory: a board with 2 GB preprocesses the whole validation set.
-    """
+def cache_folder(dataset: Dataset, resolution: int) -> Path:
+    """The preprocessed cache's entry of ``dataset`` at ``resolution``: keyed by the selected files (names, sizes,
+    classes) and every preprocessing parameter (the uint8 pixels: the same for every precision)."""
     parameters = preprocessing_parameters(resolution, "uint8")
-    key = sha256_text(canonical_json({"files": dataset.file_list_sha256, "parameters": parameters}))
-    folder = cache_dir("preprocessed") / key
-    if use_cache:
-        cached = _load(folder)
-        if cached is not None:
-            return cached
-    shape = (len(dataset.files), resolution, resolution, 3)
-    staging = folder / f".pixels.{os.getpid()}.npy"
-    if use_cache:
-        folder.mkdir(parents=True, exist_ok=True)
-        pixels = np.lib.format.open_memmap(staging, mode="w+", dtype=np.uint8, shape=shape)
-    else:
-        pixels = np.empty(shape, np.uint8)
-    ok, failed = [], []
-
-    def work(index: int):
-        try:
-            return index, preprocess_image(dataset.images_dir / dataset.files[index], resolution), None
-        except Exception as exc:  # any decoder error: the image is counted, named, and the run goes on
-            return index, None, f"{type(exc).__name__}: {exc}"
-
-    bar = show_progress(total=len(dataset.files), description=f"preprocess {resolution}px", enabled=progress,
-                        unit="img", leave=False)
-    try:
-        with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
-            for chunk in range(0, len(dataset.files), _CHUNK):  # bounded: results never pile up in memory
-                indices = range(chunk, min(chunk + _CHUNK, len(dataset.files)))
-                for index, array, error in pool.map(work, indices):
-                    if error is None:
-                        pixels[len(ok)] = array
-                        ok.append(index)
-                    else:
-                        failed.append({"file": dataset.files[index], "error": error})
-                    bar.update(1)
-        bar.close()
-        if not use_cache:
-            return Preprocessed(pixels[: len(ok)], ok, failed, False)
-        pixels.flush()
-        del pixels
-        os.replace(staging, folder / "pixels.npy")
-        atomic_write_text(folder / "meta.json", json.dumps({"ok": ok, "failed": failed}))
-    finally:
-        staging.unlink(missing_ok=True)
-    return Preprocessed(_load(folder).pixels, ok, failed, False)
+    return cache_dir("preprocessed") / sha256_text(canonical_json({"files": dataset.file_list_sha256,
+                                                                   "parameters": parameters}))
 
 
-_CHUNK = 256
-
-
-def _load(folder: Path) -> Preprocessed | None:
+def load_cached(folder: Path) -> Preprocessed | None:
     """The cache entry in ``folder``; None when absent or damaged (it is then rebuilt)."""
     try:
         meta = json.loads((folder / "meta.json").read_text())
@@ -201,5 +150,3 @@ def _load(folder: Path) -> Preprocessed | None:
     except (OSError, ValueError, KeyError):
         pass
     return None
-
-

@@ -17,7 +17,8 @@ import time
 PRELOADS = {"tflite": ("numpy", "PIL.Image", "tflite"), "tf": ("numpy", "PIL.Image", "tensorflow"),
             "armcl": ("numpy", "PIL.Image")}
 BOARD_MODULES = ("requestflow.board.board_commands", "requestflow.board.runner", "requestflow.board.backends",
-                 "requestflow.board.machine", "requestflow.board.dataset", "requestflow.board.resolve",
+                 "requestflow.board.machine", "requestflow.board.dataset", "requestflow.board.image_stream",
+                 "requestflow.board.resolve",
                  "requestflow.board.weights", "requestflow.board.quality", "requestflow.board.latency_stats",
                  "requestflow.board.calibration", "requestflow.board.power", "tqdm")
 

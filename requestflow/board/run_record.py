@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import os
 import time
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -99,33 +100,49 @@ class Heartbeat:
             handle.write(json.dumps(line) + "\n")
 
 
-def classify(backend, pixels: np.ndarray, ok: list[int], failed: list[dict], dataset, batch: int,
-             heartbeat: Heartbeat, show_progress: bool) -> tuple[dict, list[dict]]:
-    """Accuracy mode: every readable image (``ok``: indices into ``dataset``) once, in batches of ``batch``; the
-    document's ``accuracy`` and ``predictions`` (each image's top-5)."""
+def classify(backend, images: Iterable[tuple[int, np.ndarray | None]], total: int, failed: list[dict], dataset,
+             batch: int, heartbeat: Heartbeat, show_progress: bool) -> tuple[dict, list[dict]]:
+    """Accuracy mode: every readable image once, in batches of ``batch`` readable images in dataset order;
+    ``images`` gives ``(index into dataset, uint8 pixels)`` (``total`` of them; pixels None for an unreadable one,
+    which ``failed`` names by the end: ``image_stream.PixelStream``). The document's ``accuracy`` and
+    ``predictions`` (each image's top-5)."""
     predictions, top1, top5 = [], 0, 0
-    buffer = np.zeros((batch, *pixels.shape[1:]), np.uint8)
-    bar = progress(total=len(ok), description="classify", enabled=show_progress, unit="img", leave=False)
-    heartbeat.stage("classify", len(ok))
-    for start in range(0, len(ok), batch):
-        count = min(batch, len(ok) - start)
-        buffer[:count] = pixels[start:start + count]
-        backend.set_input(buffer)
+    buffer, indices = None, []
+    bar = progress(total=total, description="classify", enabled=show_progress, unit="img", leave=False)
+    heartbeat.stage("classify", total)
+
+    def run_batch() -> None:
+        nonlocal top1, top5
+        backend.set_input(buffer)  # rows past a short last batch keep the batch before's images, as they always did
         backend.invoke()
+        count = len(indices)
         scores = backend.scores()[:count]
         best = top_k(scores)
-        for row in range(count):
-            index = ok[start + row]
+        for row, index in enumerate(indices):
             label = dataset.labels[index]
             classes = [int(c) for c in best[row]]
             top1 += classes[0] == label
             top5 += label in classes
             predictions.append({"file": dataset.files[index], "label": label,
                                 "top5": [[c, round(float(scores[row, c]), 6)] for c in classes]})
-        bar.update(count)
-        heartbeat.beat(start + count)
+        indices.clear()
+
+    for seen, (index, pixels) in enumerate(images, start=1):
+        if pixels is not None:
+            if buffer is None:
+                buffer = np.zeros((batch, *pixels.shape), np.uint8)
+            buffer[len(indices)] = pixels
+            indices.append(index)
+            if len(indices) == batch:
+                run_batch()
+        bar.update(1)
+        heartbeat.beat(seen)
+    if indices:
+        run_batch()
     bar.close()
     n = len(predictions)
+    if n == 0:
+        raise RuntimeError(f"none of the {len(dataset.files)} images could be read")
     accuracy = {"n": n, "top1": top1 / n, "top5": top5 / n, "correct_top1": top1, "correct_top5": top5,
                 "selected": len(dataset.files), "failed_count": len(failed), "failed_images": failed,
                 "label_offset": "model class k+1 = ImageNet class k" if backend.classes == 1001 else "none"}

@@ -135,13 +135,16 @@ class Runner:
             document["context"] = self._context(backend.info(), backend.precision, backend.input_dtype.name,
                                                 backend.classes)
             start = time.perf_counter()
-            pixels, ok, failed = self._pixels()
-            self.timings["images_load_s"] = time.perf_counter() - start
-            start = time.perf_counter()
             if config.mode == "performance":
+                pixels = self._pixels()
+                self.timings["images_load_s"] = time.perf_counter() - start
+                start = time.perf_counter()
                 document["performance"] = self._performance(backend, pixels)
-            else:
-                document["accuracy"], document["predictions"] = self._accuracy(backend, pixels, ok, failed)
+            else:  # the images decoded while the backend classifies them: images_load_s opens the cache only
+                with self._image_stream() as images:
+                    self.timings["images_load_s"] = time.perf_counter() - start
+                    start = time.perf_counter()
+                    document["accuracy"], document["predictions"] = self._accuracy(backend, images)
             self.timings["run_s"] = time.perf_counter() - start
         except UserError:
             raise
@@ -208,25 +211,29 @@ class Runner:
             "warmup": config.warmup if config.mode == "performance" else None,
         }
 
-    def _pixels(self):
-        from requestflow.board.dataset import preprocess_dataset
+    def _pixels(self) -> np.ndarray:
+        """A performance run's input: the first batch of its images, or deterministic noise without images."""
+        from requestflow.board.dataset import Dataset
+        from requestflow.board.image_stream import preprocess_dataset
 
         config, res = self.config, self.model.resolution
         if self.dataset is None:  # performance on synthetic input: deterministic noise
             rng = np.random.default_rng(0)
-            return rng.integers(0, 256, (config.batch_size, res, res, 3), dtype=np.uint8), [], []
-        dataset = self.dataset
-        if config.mode == "performance":  # only the first batch is needed
-            from requestflow.board.dataset import Dataset
-            dataset = Dataset(dataset.images_dir, dataset.files[: config.batch_size],
-                              dataset.labels[: config.batch_size], dataset.val_txt, dataset.val_txt_sha256,
-                              dataset.class_names)
+            return rng.integers(0, 256, (config.batch_size, res, res, 3), dtype=np.uint8)
+        dataset = self.dataset  # only the first batch is needed
+        dataset = Dataset(dataset.images_dir, dataset.files[: config.batch_size], dataset.labels[: config.batch_size],
+                          dataset.val_txt, dataset.val_txt_sha256, dataset.class_names)
         prepared = preprocess_dataset(dataset, res, progress=config.progress)
-        if config.mode == "performance" and prepared.failed:
+        if prepared.failed:
             raise RuntimeError(f"cannot read {prepared.failed[0]['file']}: {prepared.failed[0]['error']}")
-        if config.mode == "accuracy" and not prepared.ok:
-            raise RuntimeError(f"none of the {len(dataset.files)} images could be read")
-        return prepared.pixels, prepared.ok, prepared.failed
+        return prepared.pixels
+
+    def _image_stream(self):
+        """An accuracy run's images (``image_stream.PixelStream``): the board's preprocessed cache's, else decoded on
+        every CPU of the run's affinity while the backend classifies them, and cached for the points after it."""
+        from requestflow.board.image_stream import PixelStream
+
+        return PixelStream(self.dataset, self.model.resolution)
 
     def _performance(self, backend, pixels: np.ndarray) -> dict:
         from requestflow.board.calibration import Calibration
@@ -373,9 +380,9 @@ class Runner:
             first = self.first_inference_s
             cold["first_inference_s"] = first
             cold["first_over_median"] = first / performance["median"] if first and performance["median"] > 0 else None
-    def _accuracy(self, backend, pixels: np.ndarray, ok: list[int], failed: list[dict]):
-        return classify(backend, pixels, ok, failed, self.dataset, self.config.batch_size, self.heartbeat,
-                        self.config.progress)
+    def _accuracy(self, backend, images):
+        return classify(backend, images, images.total, images.failed, self.dataset, self.config.batch_size,
+                        self.heartbeat, self.config.progress)
 
 
 def run(config: RunConfig) -> dict:

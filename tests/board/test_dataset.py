@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from requestflow.board.dataset import load_dataset, preprocess_dataset, preprocess_image
+from requestflow.board.dataset import load_dataset, preprocess_image
+from requestflow.board.image_stream import preprocess_dataset
 from requestflow.errors import UserError
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from requestflow.board.backends.tf_network import export_tflite, forward_function
 from requestflow.board.catalogue import get_model
-from requestflow.board.dataset import load_dataset, preprocess_dataset
+from requestflow.board.dataset import load_dataset
+from requestflow.board.image_stream import preprocess_dataset
 from requestflow.board.importers import import_weights
 from requestflow.board.runner import RunConfig, run
 from requestflow.board.schema import validate_document
