@@ -8,7 +8,8 @@ overlap, whichever DAG they belong to; boards run in parallel. ``board_tasks`` m
 for ``board_provision`` alike.
 
 A sweep (``sweep_dag``), per board: ``plan`` (the board's points; skipped when the board is not chosen or on a dry
-run) >> ``provision`` (runner, platform, data) >> ``armcl_<build>`` (one per build of ``config/armcl.json``: built
+run) >> ``provision`` (runner, platform, data; a runtime spec's runner that cannot be installed fails only its
+points, whose run tasks skip themselves) >> ``armcl_<build>`` (one per build of ``config/armcl.json``: built
 or reused on the board, with requestflow's MobileNet program compiled against it; skipped when no armcl point names
 it) >> ``builds_done`` (waits for the builds however they end: a failed build has stored its points as failed with
 its error, their run tasks skip themselves, and the board's other points run; skipped when no build failed) >>
@@ -107,7 +108,7 @@ def sweep_dag(dag_id: str, schedule, overrides: dict | None, doc: str, tags: lis
                 runs = RunPointOperator.partial(
                     task_id="run", board_conn_id=board, pool=pool_name(board), queue=site_queue(board),
                     resume="{{ params.resume }}", cooldown_c="{{ params.cooldown_c or '' }}",
-                    armcl_build_tasks=build_tasks,
+                    armcl_build_tasks=build_tasks, provision_task=steps.provision.task_id,
                     map_index_template=RUN_NAME,
                 ).expand(point=points)
                 steps.pin >> runs >> steps.restore

@@ -4,7 +4,8 @@ Three operators, used by the ``board_provision`` DAG and by every sweep (each in
 that nothing else runs on the board meanwhile):
 
 * ``ProvisionBoardOperator`` deploys the runner (``operators.deploy``: the project's wheel and a wheelhouse built
-  here, so boards need no internet) and one runner per runtime spec the points name (``operators.runtime_spec``),
+  here, so boards need no internet) and one runner per runtime spec the points name (``operators.runtime_spec``; a
+  spec that cannot be installed fails only its points, stored with ``RuntimeInstallFailed``),
   detects the platform with the deployed runner (``requestflow platform``) and
   stores that snapshot in the results store, and copies the weights and images the sweep's points need into the
   board's work dir (keyed by sha256: copied once).
@@ -25,6 +26,7 @@ import shlex
 from typing import TYPE_CHECKING
 
 from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
 
 from operators.board_hook import board_for
 from requestflow.results.database import CONN_ID
@@ -65,23 +67,42 @@ def describe_platform(snapshot: dict) -> str:
             f"{snapshot.get('cpu_count')} CPUs ({clusters}), {snapshot.get('os')}, {snapshot.get('arch')}")
 
 
-def provision_runtimes(board, points, base: Bundle | None, log=print) -> dict[str, str]:
-    """Every runtime the board's ``points`` name, deployed on ``board`` (reused while unchanged): spec -> the
-    board-side Python of its runner. ``base``: the board's runner bundle (None for the local board: this
-    machine's is built here)."""
-    from operators.bundle import build_bundle
-    from operators.deploy import deploy_runner
-    from operators.runtime_spec import point_specs, runtime_bundle
+def provision_runtimes(board, points, base: Bundle | None, log=print,
+                       failed=None) -> tuple[dict[str, str], dict[str, str]]:
+    """Every runtime the board's ``points`` name, deployed on ``board`` (reused while unchanged): (spec -> the
+    board-side Python of its runner, spec -> why it could not be installed). ``base``: the board's runner bundle
+    (None for the local board: this machine's is built here, once a spec needs it: a spec requestflow excludes on
+    this machine is refused before). A spec that fails (issue #17) fails only its points: ``failed(spec, points,
+    error)`` decides (it re-raises an error a retry may fix, unless it is the task's last attempt, and stores the
+    points failed); the others are deployed."""
+    import platform
+    import sys
 
-    specs = point_specs(points)
-    if not specs:
-        return {}
-    base = base or build_bundle(None, log=log)
-    pythons = {}
-    for spec in specs:
-        pythons[spec.text] = deploy_runner(board, runtime_bundle(base, spec, log=log), log=log)
+    from operators.bundle import build_bundle, normalize_arch
+    from operators.deploy import deploy_runner
+    from operators.runtime_spec import check_target, point_specs, runtime_bundle
+
+    pythons, failures = {}, {}
+    for spec in point_specs(points):
+        try:
+            if base is None:  # this machine: what requestflow excludes here is known before a bundle is built
+                check_target(spec, normalize_arch(platform.machine()), f"{sys.version_info[0]}.{sys.version_info[1]}")
+                base = build_bundle(None, log=log)
+            pythons[spec.text] = deploy_runner(board, runtime_bundle(base, spec, log=log), log=log)
+        except Exception as exc:
+            if failed is None:
+                raise
+            failed(spec.text, [p for p in points if p.get("runtime") == spec.text], exc)
+            failures[spec.text] = f"{type(exc).__name__}: {exc}"
+            log(f"board {board.settings.name}: runtime {spec} NOT installed, its points stored failed: {exc}")
+            continue
         log(f"board {board.settings.name}: runtime {spec}: {pythons[spec.text]}")
-    return pythons
+    return pythons, failures
+
+
+class RuntimeInstallFailed(AirflowFailException):
+    """A runtime spec's runner could not be installed on a board (issue #17): the error its points are stored with;
+    the board's other points run."""
 
 
 class ProvisionBoardOperator(BaseOperator):
@@ -103,12 +124,30 @@ class ProvisionBoardOperator(BaseOperator):
     def execute(self, context) -> dict:
         from operators.results_hook import fail_points_on_last_attempt, user_errors_are_final
 
+        self._stored: list[dict] = []  # points already stored failed (a runtime that could not be installed)
         try:
             with user_errors_are_final():
                 return self._provision(context)
         except Exception as exc:  # no attempt left (or a user error): the points fail
-            fail_points_on_last_attempt(self, context, self.points, exc)
+            fail_points_on_last_attempt(self, context, [p for p in self.points or [] if p not in self._stored], exc)
             raise
+
+    def _runtime_failed(self, context):
+        """``provision_runtimes``' ``failed``: a runtime spec that cannot be installed fails its points only, stored
+        with its error (``RunPointOperator`` skips them), once no retry can help (a refusal, or the last attempt);
+        before that, the error fails the task, which Airflow retries."""
+        from operators.results_hook import fail_points_on_last_attempt
+        from requestflow.errors import UserError
+
+        def failed(spec: str, points: list[dict], exc: Exception) -> None:
+            ti = context.get("ti")
+            if not (isinstance(exc, UserError) or ti is None or ti.try_number > self.retries):
+                raise exc
+            error = RuntimeInstallFailed(f"board {self.board_conn_id}: runtime {spec} could not be installed: "
+                                         f"{type(exc).__name__}: {exc}")
+            fail_points_on_last_attempt(self, context, points, error)
+            self._stored += points
+        return failed
 
     def _provision(self, context) -> dict:
         from operators import point_data
@@ -126,7 +165,8 @@ class ProvisionBoardOperator(BaseOperator):
             bundle = None if isinstance(board, LocalBoard) else build_bundle(board_target(board), log=self.log.info)
             python = deploy_runner(board, bundle, log=self.log.info)
             self.log.info("board %s: runner %s", name, python)
-            runtimes = provision_runtimes(board, self.points, bundle, log=self.log.info)  # the points' specs
+            runtimes, failed = provision_runtimes(board, self.points, bundle, log=self.log.info,
+                                                  failed=self._runtime_failed(context))  # the points' specs
             self._collect_garbage(board)
             snapshot = board_cli(board, ["platform", "--root", board.settings.sysfs_root])
             self.log.info("board %s: %s", name, describe_platform(snapshot))
@@ -138,7 +178,7 @@ class ProvisionBoardOperator(BaseOperator):
                 data = push_data(board, shipment.data, log=self.log.info, cache_files=shipment.cache)
                 self.log.info("board %s: %d data file(s) in %s, %d downloaded weights file(s) in its cache", name,
                               len(shipment.data), data, len(shipment.cache))
-            return {"board": name, "python": python, "runtimes": runtimes, "data_dir": data,
+            return {"board": name, "python": python, "runtimes": runtimes, "failed_runtimes": failed, "data_dir": data,
                     "known_board": (snapshot.get("board") or {}).get("id"), "arch": snapshot.get("arch")}
         finally:
             board.close()

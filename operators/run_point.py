@@ -49,7 +49,8 @@ class RunPointOperator(BaseOperator):
 
     def __init__(self, *, board_conn_id: str, point: dict, sweep_id: str = "{{ run_id }}", resume: bool = False,
                  cooldown_c: float | None = None, cooldown_timeout_s: float = 600,
-                 armcl_build_tasks: dict[str, str] | None = None, results_conn_id: str = CONN_ID,
+                 armcl_build_tasks: dict[str, str] | None = None, provision_task: str | None = None,
+                 results_conn_id: str = CONN_ID,
                  mode_caps_s: dict[str, float] | None = None, setup_s: float = SETUP_S,
                  heartbeat_s: float = HEARTBEAT_S, **kwargs) -> None:
         self.mode_caps_s = {**MODE_CAPS_S, **(mode_caps_s or {})}
@@ -61,6 +62,7 @@ class RunPointOperator(BaseOperator):
         super().__init__(**kwargs)
         self.board_conn_id = board_conn_id
         self.armcl_build_tasks = armcl_build_tasks or {}
+        self.provision_task = provision_task  # its XCom's failed_runtimes: the runtime specs not installed
         self.point = point
         self.sweep_id = sweep_id
         self.resume = resume
@@ -156,6 +158,11 @@ class RunPointOperator(BaseOperator):
                 context["ti"].xcom_pull(task_ids=self.armcl_build_tasks[name]) or {}).get("path"):
             raise AirflowSkipException(f"the ArmCL build {name} of board {self.board_conn_id} failed: the point is "
                                        "stored failed with the build's error (see the build's task)")
+        runtime = self.point.get("runtime")  # a runtime spec provisioning could not install (issue #17): likewise
+        if runtime and self.provision_task and runtime in (
+                context["ti"].xcom_pull(task_ids=self.provision_task) or {}).get("failed_runtimes", {}):
+            raise AirflowSkipException(f"runtime {runtime} could not be installed on board {self.board_conn_id}: "
+                                       "the point is stored failed with its error (see the provision task)")
 
     def _armcl_build(self, context) -> str | None:
         """The board's folder of the ArmCL build the point names: what its build task returned (XCom)."""
