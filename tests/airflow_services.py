@@ -78,13 +78,7 @@ class AirflowServices:
                 connection.execute(text(f'CREATE DATABASE "{self.names["results"]}"'))
             set_pools(self.env, {pool: f"one point at a time ({pool})" for pool in self.pools})
             for service in self.services:
-                args = [service] + (["--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
-                                    if service == "api-server" else [])
-                log = open(self.home / f"{service}.log", "wb")  # noqa: SIM115 - the child process keeps it
-                self.processes[service] = subprocess.Popen([AIRFLOW, *args], env=self.env, stdout=log,
-                                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                           start_new_session=True)
-                log.close()
+                self._start(service, self.env)
             self.wait_for_api(timeout=120)
         except BaseException:
             self.close()
@@ -93,6 +87,27 @@ class AirflowServices:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def _start(self, service: str, env: dict[str, str], mode: str = "wb") -> None:
+        args = [service] + (["--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+                            if service == "api-server" else [])
+        log = open(self.home / f"{service}.log", mode)  # noqa: SIM115 - the child process keeps it
+        self.processes[service] = subprocess.Popen([AIRFLOW, *args], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+
+    def restart(self, service: str, **settings: str) -> None:
+        """Stop ``service`` (SIGTERM to its group, then SIGKILL) and start it again with ``settings`` on top of
+        the services' environment (e.g. a scheduler setting for one test); its log goes on in the same file."""
+        process = self.processes.pop(service)
+        _signal_group(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        _signal_group(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+        self._start(service, {**self.env, **settings}, mode="ab")
 
     def close(self) -> None:
         for process in self.processes.values():
