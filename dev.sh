@@ -169,12 +169,14 @@ bench() {
 }
 
 # ./dev.sh farm up arm64: the test farm's arm64 board (sshd in a network namespace, every command arm64 code under
-# qemu-user) started for you, its AIRFLOW_CONN_ARM64 / REQUESTFLOW_BOARDS lines printed; ./dev.sh farm down stops it
+# qemu-user) started for you, its AIRFLOW_CONN_ARM64 / REQUESTFLOW_BOARDS lines printed; ./dev.sh farm down stops it.
+# ./dev.sh farm up arm64-vm: a full arm64 VM (qemu-system-aarch64, TCG; image made once, cached) as board arm64_vm
 farm() {
     ensure_venv
     if [ "$(id -u)" -eq 0 ]; then
         bash "$ROOT/tests/farm-setup.sh"
         apt_install qemu-user-static mmdebstrap
+        if [ "${2:-}" = arm64-vm ]; then apt_install qemu-system-arm arch-test; fi  # tests/arm64_vm.py
     fi
     cd "$ROOT"
     "$VENV/bin/python" -m tests.farm_cli "$@"

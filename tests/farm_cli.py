@@ -2,7 +2,8 @@
 that make it a board of requestflow; ``./dev.sh farm down`` stops it.
 
     python -m tests.farm_cli up arm64     start (or find running) the board ``arm64``; print its export lines
-    python -m tests.farm_cli down         stop it (and everything it runs)
+    python -m tests.farm_cli up arm64-vm  the arm64 VM board ``arm64_vm`` (a full arm64 VM: ``tests.arm64_vm_cli``)
+    python -m tests.farm_cli down         stop it (and everything it runs), and the VM board
 
 ``up`` makes (or reuses, checked) bookworm's arm64 userland (``operators.arm64_runner.python_userland``), then
 starts a detached keeper process (``serve``) that holds the ``tests.farm.Farm`` (the machine's farm lock, the
@@ -28,7 +29,7 @@ from pathlib import Path
 from tests.keeper import alive, stop
 from tests.keeper import running as keeper_running
 
-BOARDS = ("arm64",)
+BOARDS = ("arm64", "arm64-vm")
 BOARD_PYTHON = "/usr/bin/python3.11"  # bookworm's arm64 CPython in the board's userland
 
 
@@ -131,11 +132,17 @@ def serve(name: str, rootfs: str) -> int:
 
 
 def down() -> int:
-    return stop(farm_dir(), "farm board")
+    from tests import arm64_vm_cli
+
+    return max(stop(farm_dir(), "farm board"), arm64_vm_cli.down())
 
 
 def main(argv: list[str]) -> int:
-    usage = "usage: ./dev.sh farm up arm64 | ./dev.sh farm down"
+    usage = "usage: ./dev.sh farm up arm64 | ./dev.sh farm up arm64-vm | ./dev.sh farm down"
+    if argv == ["up", "arm64-vm"]:
+        from tests import arm64_vm_cli
+
+        return arm64_vm_cli.up()
     if argv[:1] == ["up"] and len(argv) == 2 and argv[1] in BOARDS:
         return up(argv[1])
     if argv == ["down"]:
