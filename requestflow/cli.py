@@ -72,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     process = argv is None
     argv = sys.argv[1:] if argv is None else argv
     try:
-        added = added_commands()
+        # a command of this package's own (a board's run: on the local board, every point of a sweep) does not
+        # import the controller's commands to parse its arguments; anything else (--help) lists them all
+        added = {} if argv[:1] and argv[0] in COMMANDS else added_commands()
         args = build_parser(added).parse_args(argv)
         if args.command in ("run", "classify"):
             quiet_tensorflow()

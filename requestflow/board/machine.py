@@ -20,7 +20,7 @@ from pathlib import Path
 
 from requestflow.board import emulation
 from requestflow.board.cpu_isa import isa
-from requestflow.board.opencl_probe import PROBE_TIMEOUT_S, opencl
+from requestflow.board.opencl_probe import PROBE_TIMEOUT_S, opencl_remembered
 from requestflow.errors import UserError
 
 
@@ -261,7 +261,7 @@ def machine_info(root: str | os.PathLike = "/", with_opencl: bool = True) -> dic
         "emulated": emulation.detect(),
     }
     if with_opencl:
-        info["opencl"] = opencl()
+        info["opencl"] = opencl_remembered()
     return info
 
 

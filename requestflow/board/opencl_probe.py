@@ -32,6 +32,63 @@ def opencl() -> dict:
     return opencl_here()
 
 
+def opencl_remembered() -> dict:
+    """``opencl()``, remembered in the board's cache for as long as what it depends on is unchanged: this boot, this
+    Python, the ICD files and the libraries they name, the installed packages (dpkg's status), pyopencl and clinfo,
+    and the OpenCL variables of the environment. A point's document gets the answer its board's first point got
+    (probing loads the driver: PoCL takes 0.2-0.7 s of a 2-core board's every point, issue #20); anything changed is
+    a new key, probed afresh. A point server's children take their server's answer (``probe_for_children``)."""
+    if _known is not None:
+        return opencl()
+    from requestflow.board.files import atomic_write_text, cache_dir, canonical_json, sha256_text
+
+    path = cache_dir("opencl") / f"{sha256_text(canonical_json(_driver_state()))}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    answer = opencl()
+    atomic_write_text(path, json.dumps(answer))
+    return answer
+
+
+_LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib/arm-linux-gnueabihf",
+                 "/usr/lib64", "/usr/lib", "/usr/local/lib")  # where an ICD's bare library name is usually found
+
+
+def _driver_state() -> dict:
+    """What an OpenCL probe's answer depends on, cheaply read (no driver loaded)."""
+    import importlib.util
+    import os
+
+    def stat(path) -> list | None:
+        try:
+            found = os.stat(path)
+            return [found.st_size, found.st_mtime_ns]
+        except OSError:
+            return None
+
+    icds = {}
+    for vendors in ("/etc/OpenCL/vendors", os.environ.get("OCL_ICD_VENDORS") or ""):
+        for icd in sorted(Path(vendors).glob("*.icd")) if vendors else ():
+            try:
+                library = icd.read_text().strip()
+            except OSError:
+                continue
+            icds[str(icd)] = [library, stat(icd), stat(library) if library.startswith("/") else
+                              [stat(Path(folder, library)) for folder in _LIBRARY_DIRS]]
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = None
+    spec = importlib.util.find_spec("pyopencl")
+    return {"boot": boot, "python": sys.executable, "icds": icds, "dpkg": stat("/var/lib/dpkg/status"),
+            "pyopencl": stat(spec.origin) if spec and spec.origin else None, "clinfo": shutil.which("clinfo"),
+            "tensorflow": "tensorflow" in sys.modules,
+            "env": {k: v for k, v in os.environ.items()
+                    if k.startswith(("OCL_", "POCL_", "OPENCL", "RUSTICL", "LD_LIBRARY_PATH", "CL_"))}}
+
+
 def probe_for_children() -> dict:
     """Probe once, in a fresh interpreter (no driver or thread of it in this process), for the children this process
     will fork: ``opencl()`` answers with it from then on."""

@@ -142,3 +142,14 @@ def test_a_consumer_that_stops_leaves_no_cache_entry(images, tmp_path, monkeypat
                 break  # a backend error mid-run
     assert not [p for p in (tmp_path / "cache" / "preprocessed").rglob("*") if p.is_file()]
     assert not PixelStream(dataset, 128).cached
+
+
+def test_val_txt_read_in_one_pass_or_line_by_line_gives_the_same_classes(tmp_path):
+    from requestflow.board.dataset import read_truth
+
+    common = tmp_path / "common.txt"
+    common.write_text("a.JPEG 0\n\nb.JPEG 999\n  c.JPEG\t12 \n")
+    unusual = tmp_path / "unusual.txt"  # CRLF and a class with a leading zero: the line-by-line reading's
+    unusual.write_text("a.JPEG 0\r\nb.JPEG 0999\r\n  c.JPEG\t12 \r\n")
+    assert read_truth(common) == {"a.JPEG": "0", "b.JPEG": "999", "c.JPEG": "12"}
+    assert {k: int(v) for k, v in read_truth(unusual).items()} == {"a.JPEG": 0, "b.JPEG": 999, "c.JPEG": 12}
