@@ -10,6 +10,10 @@ in a throwaway PostgreSQL database) with this checkout's plugins folder, on a se
 - A point measured on two image sets (a quick 20-image check after the 500-image figures), both dataset sizes
   ticked: one mark and one table row per image set, each with its own top-1, its own place on its image set's
   frontier, its own highlight and its own link.
+- The latency statistic (issue #19) and the library version (issue #17): ``latency_stat=p90`` ranks the rows and puts
+  the plot and its frontier (the view's p90 rows) on the p90, choosing the p90 as the X axis in the browser chooses
+  it; ``colour=library_version`` gives each library and version its colour, named in the legend, as ``requestflow
+  plot --colour version`` draws it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -32,6 +37,7 @@ from sqlalchemy import create_engine
 
 from requestflow.results.database import sqlalchemy_url, upgrade
 from requestflow.results.load import load_documents
+from requestflow.results.query import read_only
 from tests.airflow_services import AirflowServices
 from tests.scoreboard_seed import SEEDS, Seed, command, documents, frontier_by_hand, seed_store, templates
 
@@ -327,6 +333,31 @@ class TestTheEndpoints:
                                       accept="text/html")
         assert status == 400 and "no result with library version &#39;9.9&#39;" in body.decode()
 
+    def test_the_latency_statistic_and_the_colour_by_library_version_are_in_the_url(self, airflow, run_cli, tmp_path):
+        token = airflow.token("viewer")
+        status, _, body = airflow.get(f"{PAGE}data.json?latency_stat=p90&board=hikey960", token=token)
+        data = json.loads(body)
+        assert status == 200 and (data["selection"]["latency_stat"], data["selection"]["x"]) == ("p90", "latency_p90_s")
+        timed = [r["latency_p90_s"] for r in data["rows"] if r["latency_p90_s"] is not None]
+        assert timed == sorted(timed) and [r["rank"] for r in data["rows"]][:2] == [1, 2]  # fastest first
+        engine = create_engine(airflow.results_url)
+        _, view = read_only(engine, "SELECT point_id FROM pareto_frontier WHERE latency_stat = 'p90' "
+                                    "AND board = 'hikey960' AND largest_image_set")  # what the page shows
+        engine.dispose()
+        assert {r["point_id"] for r in data["rows"] if r["mark"] in data["frontier"]} == {p for (p,) in view}
+        status, _, body = airflow.get(f"{PAGE}?colour=library_version", token=token, accept="text/html")
+        page = body.decode()
+        assert status == 200 and '<option value="library_version" selected>' in page
+        assert all(f"> {label}</label>" in page for label in ("24.11 (armcl)", "2.21.0 (tensorflow)",
+                                                              "2.3.0 (ai-edge-litert)"))
+        status, _, served = airflow.get(f"{PAGE}plot.svg?colour=library_version", token=token)
+        assert status == 200 and set(re.findall(rb'data-colour="([^"]+)"', served)) == {
+            b"armcl 24.11", b"tensorflow 2.21.0", b"ai-edge-litert 2.3.0"}
+        code, _, stderr = run_cli("plot", "--colour", "version", "--out", tmp_path / "v.svg", "--db",
+                                  airflow.results_url)
+        assert code == 0, stderr
+        assert (tmp_path / "v.svg").read_bytes() == served
+
     def test_selector_values_are_bound_parameters_not_sql(self, airflow):
         token = airflow.token("viewer")
         quote = urllib.parse.quote
@@ -452,6 +483,30 @@ class TestInABrowser:
         context.close()
         if os.environ.get("REQUESTFLOW_UPDATE_DOCS_SCREENSHOT"):
             shutil.copy(ARTIFACTS / "scoreboard.png", ROOT / "docs" / "scoreboard.png")
+
+    def test_an_axis_on_the_p90_ranks_by_it_and_the_colour_can_be_the_library_version(self, airflow, browser):
+        context = browser.new_context(viewport={"width": 1500, "height": 1000})
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        log_in(page, airflow, f"{PAGE}?board=hikey960")
+        assert page.input_value("#latency_stat") == "median"
+        page.select_option("#x", "latency_p90_s")  # the page's script chooses the p90 with it
+        page.wait_for_url("**latency_stat=p90**")
+        assert page.input_value("#latency_stat") == "p90" and page.input_value("#x") == "latency_p90_s"
+        assert page.inner_text("#points th[data-column=rank]") == "rank (p90)"
+        cells = page.eval_on_selector_all("#points tbody tr", "rows => rows.map(r => [r.querySelector("
+                                          "'td[data-column=rank]').dataset.value, r.querySelector("
+                                          "'td[data-column=latency_p90_s]').dataset.value])")
+        timed = [(int(rank), float(p90)) for rank, p90 in cells if p90]
+        assert [p90 for _, p90 in timed] == sorted(p90 for _, p90 in timed) and timed[0][0] == 1
+        page.select_option("#colour", "library_version")
+        page.wait_for_url("**colour=library_version**")
+        assert {g["data-colour"] for g in drawn(page).values()} == {"armcl 24.11", "tensorflow 2.21.0",
+                                                                    "ai-edge-litert 2.3.0"}
+        assert "library version" in page.inner_text("#plot figcaption")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "scoreboard-p90-versions.png"), full_page=True)
+        context.close()
 
     def test_a_point_on_two_image_sets_is_two_marks_each_with_its_figures_frontier_highlight_and_link(self, airflow,
                                                                                                      browser):
