@@ -11,10 +11,10 @@ from sqlalchemy.engine import Engine
 from requestflow.errors import UserError
 
 # quality: the performance measurement's verdict (VALID / FLAGGED); its reasons last, being long
-SCOREBOARD_COLUMNS = ("board", "isa", "backend", "variant_label", "model", "precision", "threads", "latency_min_s",
-                      "latency_median_s", "latency_p90_s", "throughput_ips", "quality", "top1", "top5", "image_count",
-                      "accuracy_check", "energy_est_j", "cost_per_million_images_usd", "random_weights", "sweep",
-                      "quality_reasons")
+SCOREBOARD_COLUMNS = ("board", "isa", "backend", "variant_label", "library_version", "model", "precision", "threads",
+                      "latency_min_s", "latency_median_s", "latency_p90_s", "throughput_ips", "quality", "top1", "top5",
+                      "image_count", "accuracy_check", "energy_est_j", "cost_per_million_images_usd", "random_weights",
+                      "sweep", "quality_reasons")
 
 
 def read_only(engine: Engine, sql: str, parameters: dict | None = None) -> tuple[list[str], list[tuple]]:
@@ -57,15 +57,17 @@ LATENCY_STATS = {"median": "latency_median_s", "p90": "latency_p90_s"}
 
 
 def scoreboard(engine: Engine, board: str | None = None, columns=SCOREBOARD_COLUMNS,
-               latency_stat: str | None = None) -> tuple[list[str], list[tuple]]:
-    """The scoreboard's rows (of ``board``), by board, model, backend...; with ``latency_stat`` (``median``,
-    ``p90``) each board's rows ranked by that statistic, fastest first (rows without a latency last)."""
-    where = "WHERE s.board = %(board)s" if board else ""
+               latency_stat: str | None = None, library_versions=()) -> tuple[list[str], list[tuple]]:
+    """The scoreboard's rows (of ``board``; of the ``library_versions`` when given), by board, model, backend...;
+    with ``latency_stat`` (``median``, ``p90``) each board's rows ranked by that statistic, fastest first (rows
+    without a latency last)."""
+    clauses = ["s.board = %(board)s"] * bool(board) + ["s.library_version = ANY(%(versions)s)"] * bool(library_versions)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     ranked = f"s.{LATENCY_STATS[latency_stat]} NULLS LAST, " if latency_stat else ""
     selected = ", ".join(ISA_SQL if column == "isa" else f"s.{column}" for column in columns)
     return read_only(engine, f"SELECT {selected} FROM scoreboard s {ISA_JOIN if 'isa' in columns else ''} {where} "
                              f"ORDER BY s.board, {ranked}s.model, s.backend, s.precision, s.threads",
-                     {"board": board})
+                     {"board": board, "versions": list(library_versions)})
 
 
 # the CPU's ISA extensions (issue #20), from the machine block of the row's result (performance, else accuracy):

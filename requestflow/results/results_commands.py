@@ -53,6 +53,8 @@ def add_scoreboard(sub) -> None:
     board.add_argument("--latency-stat", choices=("median", "p90"),
                        help="rank each board's rows by this latency statistic, fastest first (default: by model, "
                             "backend, precision, threads)")
+    board.add_argument("--library-version", nargs="+", metavar="VERSION",
+                       help="only these library versions (the library_version column, e.g. 20.08 24.11)")
     board.add_argument("--db", help=DB_HELP)
     add_reader_option(board)
 
@@ -146,7 +148,8 @@ def cmd_scoreboard(args, argv) -> int:
     from requestflow.results.reference import notes
 
     engine, _ = open_store(args, "reader")
-    columns, rows = scoreboard(engine, args.board, latency_stat=args.latency_stat)
+    versions = [v for value in args.library_version or () for v in value.split(",") if v]
+    columns, rows = scoreboard(engine, args.board, latency_stat=args.latency_stat, library_versions=versions)
     print(render(columns, rows, args.format))
     caveats = notes(engine, {row[columns.index("board")] for row in rows})
     if caveats:  # beside a table; on stderr when the output is CSV or JSON for programs

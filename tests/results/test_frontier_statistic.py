@@ -13,6 +13,7 @@ The store is the seeded one (tests/scoreboard_seed.py) with a tail on one point 
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 from urllib.parse import parse_qs
@@ -196,3 +197,13 @@ class TestThePageAndThePlot:
         code, _, stderr = run_cli("plot", "--colour", "board", "--out", tmp_path / "b.svg", "--db", url)
         assert code == 2 and "unknown colour 'board'" in stderr and len(stderr.strip().splitlines()) == 1
         assert not (tmp_path / "b.svg").exists()
+
+    def test_requestflow_scoreboard_shows_the_version_and_selects_by_it(self, seeded, run_cli):
+        url, _, _ = seeded
+        code, stdout, stderr = run_cli("scoreboard", "--library-version", "20.08,1.4.0", "--format", "json",
+                                       "--db", url)
+        assert code == 0, stderr
+        assert sorted((r["backend"], r["library_version"], r["model"]) for r in json.loads(stdout)) == sorted(
+            (s.backend, s.version, s.model) for s in OTHER_VERSIONS)
+        code, stdout, _ = run_cli("scoreboard", "--board", "hikey960", "--db", url)
+        assert code == 0 and "library_version" in stdout.splitlines()[0] and " 20.08 " in stdout
