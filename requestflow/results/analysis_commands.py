@@ -162,7 +162,8 @@ def cmd_plot(args, argv) -> int:
     for row in rows:
         if mark_id(row) in drawing.frontier:  # a point shown on two image sets is two rows, each on its own frontier
             images = f"  {row['image_count']} images" if "images" in selection.filters and row["image_count"] else ""
-            print(f"  {row['board']}  {row['model']}  {row['backend']}  {row['precision']}  "
+            version = f"  {row['library']} {row['library_version']}" if selection.colour == "library_version" else ""
+            print(f"  {row['board']}  {row['model']}  {row['backend']}{version}  {row['precision']}  "
                   f"{selection.x}={row[selection.x]:.6g}  {selection.y}={row[selection.y]:.6g}{images}")
     return 0
 

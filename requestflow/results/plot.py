@@ -6,7 +6,8 @@ One function, :func:`scatter`, draws for both the CLI (``requestflow plot``) and
 the legend naming each library and version), marker size by input resolution (resolution / 16), marker shape by width
 multiplier, Pareto-optimal points marked with black pluses. The frontier is also drawn as a staircase.
 
-The frontier follows the rule of the ``pareto_frontier`` view (``sql/views/pareto_frontier.v2.sql``), generalised
+The frontier follows the rule of the ``pareto_frontier`` view (``sql/views/pareto_frontier.v2.sql``; since version 7
+a frontier per latency statistic: on the p90 as an axis, this is its ``latency_stat = 'p90'`` rows), generalised
 from (median latency, top-1) to any pair of metrics, each with its own better direction: per board, a point is on the
 frontier when no other point of that board is at least as good on both metrics and strictly better on one; points
 equal on both are all kept; random-weight points and points missing either figure take no part.

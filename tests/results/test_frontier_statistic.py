@@ -194,6 +194,7 @@ class TestThePageAndThePlot:
             f"{{{SVG_NS}}}g") if g.get("data-colour")}
         assert sorted(marks.values()) == ["armcl 20.08", "armcl 24.11", "armcl 24.11"]
         assert ids[OTHER_VERSIONS[0].key()] in marks
+        assert "  armcl  armcl 20.08  fp32  " in stdout  # the frontier's lines name the version
         code, _, stderr = run_cli("plot", "--colour", "board", "--out", tmp_path / "b.svg", "--db", url)
         assert code == 2 and "unknown colour 'board'" in stderr and len(stderr.strip().splitlines()) == 1
         assert not (tmp_path / "b.svg").exists()
