@@ -78,16 +78,17 @@ def cross_key(source_id: str, options: dict, chain: Toolchain) -> str:
 
 
 def cross_build(spec: ArmclSpec, board_arch: str = "aarch64", *, cache_dir: str | os.PathLike | None = None,
-                source_cache_dir: str | os.PathLike | None = None, timeout_s: float = 6 * 3600,
-                log: Log = print) -> tuple[Path, bool]:
+                source_cache_dir: str | os.PathLike | None = None, chain: Toolchain | None = None,
+                timeout_s: float = 6 * 3600, log: Log = print) -> tuple[Path, bool]:
     """The build folder of a ``cross: true`` spec for a ``board_arch`` board, made once and checked on each use:
-    (``builds/<key>``, reused). What ``board_shipment`` takes, as a Debian binary build is."""
+    (``builds/<key>``, reused). What ``board_shipment`` takes, as a Debian binary build is. ``chain``: the
+    toolchain environment when the caller has just checked it (else ``toolchain()`` checks it)."""
     from operators.arm64_debian import check_build
     from operators.file_lock import file_lock
 
     plan = cross_options(spec, board_arch)  # refused before anything is fetched
     require_root("ArmCL cross-built in the toolchain environment")
-    chain = toolchain(cache_dir, log=log)
+    chain = chain or toolchain(cache_dir, log=log)
     tarball = resolve_source(spec, source_cache_dir, log=log)
     if tarball is None:
         raise UserError("ArmCL cross: true needs a source the controller holds (debian or tarball)")
@@ -116,7 +117,7 @@ def cross_build(spec: ArmclSpec, board_arch: str = "aarch64", *, cache_dir: str 
         if outcome.get("key") != key:
             raise ToolchainError(f"the builder's key {str(outcome.get('key'))[:16]} is not the expected {key[:16]} "
                                  "(the compiler in the environment changed?)")
-        assemble(raw, final, outcome, chain, cache_dir, log)
+        assemble(raw, final, outcome, chain, log)
     return final, False
 
 
@@ -206,34 +207,34 @@ def in_environment(chain: Toolchain, mounts: list[tuple[Path, bool]], command: l
                 pass
 
 
-def assemble(raw: Path, final: Path, outcome: dict, chain: Toolchain, cache_dir, log: Log) -> None:
-    """``builds/<key>``: the builder's libraries and headers, trixie's runtime (each .deb checked against the signed
-    index), ``build.json`` with the builder's provenance, the runtime and how it was cross-built; written staged,
-    renamed into place."""
-    from operators.arm64_debian import RUNTIME_PACKAGES, check_build, copy_runtime, fetch_debs
-    from operators.arm64_toolchain import run_tool
+def assemble(raw: Path, final: Path, outcome: dict, chain: Toolchain, log: Log) -> None:
+    """``builds/<key>``: the builder's libraries and headers, the runtime the compiler built them for (the
+    environment's own arm64 loader, glibc, libstdc++ and libgcc_s: its packages checked against trixie's signed
+    index when it was made, its files with ``dpkg --verify`` on each use), ``build.json`` with the builder's
+    provenance, the runtime and how it was cross-built; written staged, renamed into place."""
+    from operators.arm64_debian import RUNTIME_PACKAGES, check_build, copy_runtime
     from requestflow.board.files import atomic_write_text
 
     problem = check_raw(raw)
     if problem is not None:
         raise ToolchainError(f"the cross build {raw.name[:16]} is not usable: {problem}")
-    debs = fetch_debs(cache_dir, packages=RUNTIME_PACKAGES, log=log)
+    packages = {name: chain.record.get("packages", {}).get(f"{name}:arm64") for name in RUNTIME_PACKAGES}
+    if None in packages.values():
+        raise ToolchainError(f"the toolchain environment {chain.key} lacks the arm64 runtime ({packages})")
     staged = Path(tempfile.mkdtemp(prefix=f".cross-{raw.name[:16]}-", dir=final.parent))
     try:
-        for deb in debs:
-            run_tool(["dpkg-deb", "-x", deb["path"], str(staged / "unpacked")], f"dpkg-deb -x {deb['file']}")
         out = staged / "out"
         out.mkdir()
         shutil.copytree(raw / "lib", out / "lib", symlinks=True)
         shutil.copytree(raw / "include", out / "include", symlinks=True)
         shutil.copyfile(raw / "build.log", out / "build.log")
-        runtime = copy_runtime(staged / "unpacked", out / "runtime")
+        runtime = copy_runtime(chain.path, out / "runtime")
         built_on = outcome.get("machine") or {}
         provenance = {
             **{k: v for k, v in outcome.items() if k not in ("reused", "path", "machine")},
             "target_arch": "aarch64", "runtime": runtime, "path": str(final),
-            "runtime_packages": [{k: d[k] for k in ("package", "version", "architecture", "sha256", "url",
-                                                    "verified_against")} for d in debs],
+            "runtime_packages": {"packages": packages, "from": f"the toolchain environment {chain.key}",
+                                 "verified_by": chain.record.get("verified_by")},
             "machine": {"arch": "aarch64", "built_by": f"cross_compile on {built_on.get('arch')} "
                                                       f"({built_on.get('hostname')})", "built_on": built_on},
             "cross": {"toolchain": chain.key, "compiler": chain.record["compiler"], "environment": str(chain.path),

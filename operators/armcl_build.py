@@ -198,7 +198,7 @@ class ArmclBuildOperator(BaseOperator):
             raise
         chain = toolchain(log=log)
         if spec.cross:
-            build, cached = cross_build(spec, arch, source_cache_dir=self.source_cache_dir,
+            build, cached = cross_build(spec, arch, source_cache_dir=self.source_cache_dir, chain=chain,
                                         timeout_s=self.build_timeout_s, log=log)
             origin = f"cross-built from source ({'reused' if cached else 'built'} on the controller)"
         else:

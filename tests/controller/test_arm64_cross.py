@@ -6,7 +6,9 @@ toolchain stood in for (the real cross build: tests/integration/test_arm64_cross
 from __future__ import annotations
 
 import json
-import subprocess
+import os
+import shutil
+import uuid
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ from requestflow.errors import UserError
 NAME = "armcl_24_11_neon_cross_arm64"
 GCC = "aarch64-linux-gnu-g++ (Debian 14.2.0-19) 14.2.0"
 GIB = 2**30
+ARM64_CACHE = Path(os.environ.get("REQUESTFLOW_ARM64_CACHE") or Path.home() / ".cache" / "requestflow" / "arm64")
 
 
 def spec(**options) -> ArmclSpec:
@@ -110,33 +113,23 @@ class TestTheBuilderCommand:
 
 
 def toolchain(path: Path, compiler: str = GCC) -> Toolchain:
-    return Toolchain("t" * 16, path, {"compiler": compiler, "suite": "trixie"}, True)
-
-
-def runtime_deb(folder: Path) -> dict:
-    """A stand-in for trixie's runtime packages: one .deb with the files ``RUNTIME_FILES`` names."""
-    tree = folder / "tree"
-    lib = tree / "usr/lib/aarch64-linux-gnu"
-    lib.mkdir(parents=True)
-    for name in arm64_debian.RUNTIME_FILES:
-        (lib / name).write_text(f"stand-in {name}\n")
-    (tree / "DEBIAN").mkdir()
-    (tree / "DEBIAN/control").write_text("Package: runtime\nVersion: 1\nArchitecture: arm64\nMaintainer: t <t@t>\n"
-                                         "Description: stand-in\n")
-    deb = folder / "runtime.deb"
-    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(tree), str(deb)], check=True,
-                   capture_output=True)
-    return {"package": "libc6", "version": "1", "architecture": "arm64", "sha256": sha256_file(deb), "url": "u",
-            "verified_against": "a stand-in", "file": deb.name, "path": str(deb)}
+    """A stand-in environment: its record, and the arm64 runtime files (``RUNTIME_FILES``) when ``path`` exists."""
+    if path.exists():
+        lib = path / "usr/lib/aarch64-linux-gnu"
+        lib.mkdir(parents=True)
+        for name in arm64_debian.RUNTIME_FILES:
+            (lib / name).write_text(f"stand-in {name}\n")
+    packages = {f"{name}:arm64": "14" for name in arm64_debian.RUNTIME_PACKAGES}
+    return Toolchain("t" * 16, path, {"compiler": compiler, "suite": "trixie", "packages": packages}, True)
 
 
 @pytest.fixture
 def stand_ins(tmp_path, monkeypatch):
-    """cross_build with the toolchain, the source, the runtime .debs and the builder stood in for: the builder
+    """cross_build with the toolchain (and its runtime files), the source and the builder stood in for: the builder
     writes a build in its cache as ``requestflow.board.armcl`` does; ``calls`` counts its runs."""
     tarball = SourceTarball(tmp_path / "acl.tar.xz", "d" * 64, "24.11", "a stand-in")
+    (tmp_path / "env").mkdir()
     chain = toolchain(tmp_path / "env")
-    deb = runtime_deb(tmp_path / "debs")
     calls: list[str] = []
 
     def builder(chain_, tarball_, version, plan, cache, timeout_s, log):
@@ -162,7 +155,6 @@ def stand_ins(tmp_path, monkeypatch):
     monkeypatch.setattr(arm64_cross, "toolchain", lambda cache_dir, log: chain)
     monkeypatch.setattr(arm64_cross, "resolve_source", lambda spec_, cache_dir, log: tarball)
     monkeypatch.setattr(arm64_cross, "run_builder", builder)
-    monkeypatch.setattr(arm64_debian, "fetch_debs", lambda cache_dir, packages, log: [deb])
     return calls
 
 
@@ -186,7 +178,8 @@ class TestTheCache:
         assert record["options"]["build"] == "cross_compile" and record["cross"]["compiler"] == GCC
         assert record["cross"]["build"] == str(tmp_path / "arm64/cross" / stand_ins[0])
         assert set(record["runtime"]) == set(arm64_debian.RUNTIME_FILES) and record["path"] == str(folder)
-        assert [p["package"] for p in record["runtime_packages"]] == ["libc6"]
+        assert record["runtime_packages"]["packages"] == {"libc6": "14", "libstdc++6": "14", "libgcc-s1": "14"}
+        assert (folder / "runtime/libc.so.6").read_text() == "stand-in libc.so.6\n"
         assert make(tmp_path) == (folder, True) and len(stand_ins) == 1
 
     def test_a_damaged_build_is_assembled_again_from_the_builders_and_a_damaged_builders_is_built_again(
@@ -247,4 +240,58 @@ class TestTheOperatorOnThisX86Board:
             finally:
                 engine.dispose()
         assert len(messages) == 1 and "controller's own" in messages[0]
-        assert not (tmp_path / "nothing-fetched").exists() and not (tmp_path / "nothing-built").exists()
+        assert not (tmp_path / "nothing-fetched" / "armcl").exists() and not (tmp_path / "nothing-built").exists()
+
+
+# --- a real cross build of a stand-in ArmCL source, in the real toolchain environment ---------------------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the toolchain environment needs root (chroot, a mount namespace)")
+class TestARealCrossBuildOfAStandIn:
+    def test_makes_aarch64_libraries_in_the_environment_and_repairs_them(self, tmp_path):
+        """ArmCL's stand-in (tests/integration/test_armcl_build.py's, with the two cross options) built by the real
+        builder chrooted in the toolchain environment (the machine's, as the NEON tests use it): aarch64 libraries,
+        trixie's runtime beside them; reused, then a damaged library assembled again without building."""
+        from operators.arm64_toolchain import cache_root
+        from operators.armcl_spec import ArmclSource
+        from tests.integration.test_armcl_build import FAKE_SCONSTRUCT, fake_tarball
+
+        for tool in ("mmdebstrap", "unshare", "dpkg-deb"):
+            if shutil.which(tool) is None:
+                pytest.fail(f"{tool} not installed (./dev.sh test installs mmdebstrap)")
+        sconstruct = FAKE_SCONSTRUCT.replace('    ("compiler_cache", "", ""),\n', '    ("compiler_cache", "", ""),\n'
+                                             '    ("toolchain_prefix", "", "auto"), ("compiler_prefix", "", "auto"),\n')
+        # a source of its own (a key of its own, built cold), removed from the machine's cache afterwards
+        path, sha = fake_tarball(tmp_path, "cross", SConstruct=sconstruct,
+                                 **{"arm_compute/graph.h": f"#pragma once // {uuid.uuid4()}\n"})
+        stand_in = ArmclSpec("24.11", ArmclSource.tarball(str(path), sha), {"opencl": 1}, cross=True)
+        root, lines = cache_root(ARM64_CACHE), []
+        chain = arm64_cross.toolchain(ARM64_CACHE, log=lines.append)
+        key = cross_key(f"sha256:{sha}", cross_options(stand_in, "aarch64").options, chain)
+
+        def build() -> tuple[Path, bool]:
+            return cross_build(stand_in, "aarch64", cache_dir=ARM64_CACHE, chain=chain, log=lines.append)
+
+        try:
+            self.check(build, root / "builds" / key, lines)
+        finally:
+            for folder in (root / "builds" / key, root / "cross" / key):
+                shutil.rmtree(folder, ignore_errors=True)
+
+    @staticmethod
+    def check(build, expected: Path, lines: list[str]) -> None:
+        from requestflow.board.emulation import elf_arch
+
+        folder, reused = build()
+        assert (folder, reused) == (expected, False), lines[-20:]
+        assert {elf_arch(folder / "lib" / name) for name in ("libarm_compute.so", "libarm_compute_graph.so")} == \
+            {"aarch64"}
+        assert "CXX=aarch64-linux-gnu-g++" not in " ".join(lines)  # the environment's, not the log's business
+        record = json.loads((folder / "build.json").read_text())
+        assert record["options"]["build"] == "cross_compile" and record["compiler"]["name"] == "aarch64-linux-gnu-g++"
+        assert elf_arch(folder / "runtime" / "libc.so.6") == "aarch64" and arm64_debian.check_build(folder) is None
+        assert build() == (folder, True)
+        damage(folder / "lib" / "libarm_compute.so")
+        lines.clear()
+        assert build() == (folder, False) and arm64_debian.check_build(folder) is None
+        assert any("reused (assembled again)" in line for line in lines), lines
