@@ -69,13 +69,13 @@ def set_pools(env: dict, pools: dict[str, str]) -> None:
 
 
 def run_dag(env: dict, conf: dict, dag_id: str = "mobilenets_sweep", expect: str | None = "success",
-            retries: int | None = None) -> dict:
+            retries: int | None = None, timeout_s: float = 1500) -> dict:
     """Run ``dag_id`` once with ``conf`` through ``dag.test()``: {"state", "run_id", "output"}. ``retries``: every
-    task's retries instead of the DAG's (0: a failed attempt is its task's last)."""
+    task's retries instead of the DAG's (0: a failed attempt is its task's last); ``timeout_s``: the whole run's."""
     if retries is not None:
         env = {**env, RETRIES_ENV: str(retries)}
     result = subprocess.run([sys.executable, str(ROOT / "tests" / "airflow_run.py"), dag_id, json.dumps(conf)],
-                            env=env, capture_output=True, text=True, timeout=1500)
+                            env=env, capture_output=True, text=True, timeout=timeout_s)
     last = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
     output = result.stdout + result.stderr
     assert result.returncode == 0 and last.startswith("{"), output[-6000:]
