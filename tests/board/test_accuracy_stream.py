@@ -153,3 +153,21 @@ def test_val_txt_read_in_one_pass_or_line_by_line_gives_the_same_classes(tmp_pat
     unusual.write_text("a.JPEG 0\r\nb.JPEG 0999\r\n  c.JPEG\t12 \r\n")
     assert read_truth(common) == {"a.JPEG": "0", "b.JPEG": "999", "c.JPEG": "12"}
     assert {k: int(v) for k, v in read_truth(unusual).items()} == {"a.JPEG": 0, "b.JPEG": 999, "c.JPEG": 12}
+
+
+def test_the_decoding_threads_are_nicer_than_the_consumer(images, monkeypatch):
+    import threading
+
+    from requestflow.board import image_stream
+
+    seen = []
+
+    def recording(path, resolution):
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return np.zeros((resolution, resolution, 3), np.uint8)
+
+    monkeypatch.setattr(image_stream, "preprocess_image", recording)
+    list(image_stream.decoded(load_dataset(images), 8, workers=2, ahead=4))
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert set(seen) == {min(19, mine + image_stream.DECODER_NICENESS)}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine  # the consumer's own unchanged
