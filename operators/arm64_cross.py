@@ -22,10 +22,12 @@ NAME`` builds a spec of ``config/armcl.json`` explicitly, without a board (as ro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -43,6 +45,7 @@ CROSS_CC = f"{PREFIX}gcc"
 # the builder sets these (never a spec: armcl_spec.REFUSED); CXX and CC in the builder's environment name the compilers
 CROSS_OPTIONS = {"build": "cross_compile", "toolchain_prefix": PREFIX, "compiler_prefix": ""}
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+RUNNING: set[subprocess.Popen] = set()  # what in_environment runs now (stop_all stops it)
 
 
 def cross_options(spec: ArmclSpec, board_arch: str, controller_arch: str | None = None,
@@ -189,22 +192,50 @@ def in_environment(chain: Toolchain, mounts: list[tuple[Path, bool]], command: l
     argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", sh, "sh",
             *(str(path) for path, _ in mounts), *command]
     try:
+        # a session of its own: stopping it (a timeout, Ctrl-C, the task's on_kill) reaches every process of it
         with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                              text=True, errors="replace", env={**os.environ, "RF_ENV": str(chain.path)}) as process:
-            deadline = time.monotonic() + timeout_s
-            assert process.stdout is not None
-            for line in process.stdout:
-                log(line.rstrip("\n"))
-                if time.monotonic() > deadline:
-                    process.kill()
-                    raise ToolchainError(f"the cross build did not finish in {timeout_s:.0f} s")
-            return process.wait()
+                              text=True, errors="replace", env={**os.environ, "RF_ENV": str(chain.path)},
+                              start_new_session=True) as process:
+            RUNNING.add(process)
+            try:
+                deadline = time.monotonic() + timeout_s
+                assert process.stdout is not None
+                for line in process.stdout:
+                    log(line.rstrip("\n"))
+                    if time.monotonic() > deadline:
+                        raise ToolchainError(f"the cross build did not finish in {timeout_s:.0f} s")
+                return process.wait()
+            except BaseException:
+                stop(process)
+                raise
+            finally:
+                RUNNING.discard(process)
     finally:
         for path in sorted(created, key=lambda p: len(p.parts), reverse=True):
             try:
                 path.rmdir()
             except OSError:
                 pass
+
+
+def stop(process: subprocess.Popen, grace_s: float = 30.0) -> None:
+    """SIGTERM to the command's whole process group (unshare, chroot, the builder, scons, the compilers; the builder
+    removes its half-built folder on the way out), SIGKILL after ``grace_s``."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def stop_all(log: Log = print) -> None:
+    """Stop every command ``in_environment`` runs now in this process (``ArmclBuildOperator.on_kill``)."""
+    for process in list(RUNNING):
+        log(f"stopping the ArmCL cross build (process group {process.pid})")
+        stop(process)
 
 
 def assemble(raw: Path, final: Path, outcome: dict, chain: Toolchain, log: Log) -> None:

@@ -256,6 +256,9 @@ class ArmclBuildOperator(BaseOperator):
         return {key: program.get(key) for key in ("path", "sha256", "compile_s", "reused")}
 
     def on_kill(self) -> None:
+        from operators.arm64_cross import stop_all
+
+        stop_all(self.log.info)  # a cross build on the controller (cross: true), if one is running
         if self._board is not None and self._job_dir is not None:
             from operators import board_jobs
 

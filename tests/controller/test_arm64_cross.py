@@ -8,6 +8,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -246,9 +249,46 @@ class TestTheOperatorOnThisX86Board:
 # --- a real cross build of a stand-in ArmCL source, in the real toolchain environment ---------------------------
 
 
+@pytest.fixture(scope="class")
+def chain() -> Toolchain:
+    """The machine's toolchain environment (made once, as the NEON tests use it)."""
+    for tool in ("mmdebstrap", "unshare", "dpkg-deb"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} not installed (./dev.sh test installs mmdebstrap)")
+    return arm64_cross.toolchain(ARM64_CACHE, log=lambda line: None)
+
+
+def group_alive(pgid: int) -> bool:
+    return subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True).returncode == 0
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="the toolchain environment needs root (chroot, a mount namespace)")
 class TestARealCrossBuildOfAStandIn:
-    def test_makes_aarch64_libraries_in_the_environment_and_repairs_them(self, tmp_path):
+    def test_a_command_in_the_environment_is_stopped_whole(self, chain):
+        """What runs in the environment is stopped with its whole process group: when its caller fails (here its
+        log callback; a timeout or Ctrl-C alike) and by stop_all (the task's on_kill)."""
+        started: list[int] = []
+
+        def fail(line: str) -> None:
+            started.append(next(iter(arm64_cross.RUNNING)).pid)
+            raise RuntimeError(f"the caller failed on {line!r}")
+
+        with pytest.raises(RuntimeError, match="the caller failed on 'started'"):
+            arm64_cross.in_environment(chain, [], ["sh", "-c", "echo started; exec sleep 300"], fail, 60)
+        assert not arm64_cross.RUNNING and not group_alive(started[0])
+        outcome: dict = {}
+        thread = threading.Thread(target=lambda: outcome.update(code=arm64_cross.in_environment(
+            chain, [], ["sleep", "300"], lambda line: None, 600)))
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not arm64_cross.RUNNING and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (process,) = arm64_cross.RUNNING
+        arm64_cross.stop_all(lambda line: None)
+        thread.join(60)
+        assert not thread.is_alive() and outcome["code"] == -15 and not group_alive(process.pid)
+
+    def test_makes_aarch64_libraries_in_the_environment_and_repairs_them(self, chain, tmp_path):
         """ArmCL's stand-in (tests/integration/test_armcl_build.py's, with the two cross options) built by the real
         builder chrooted in the toolchain environment (the machine's, as the NEON tests use it): aarch64 libraries,
         trixie's runtime beside them; reused, then a damaged library assembled again without building."""
@@ -256,9 +296,6 @@ class TestARealCrossBuildOfAStandIn:
         from operators.armcl_spec import ArmclSource
         from tests.integration.test_armcl_build import FAKE_SCONSTRUCT, fake_tarball
 
-        for tool in ("mmdebstrap", "unshare", "dpkg-deb"):
-            if shutil.which(tool) is None:
-                pytest.fail(f"{tool} not installed (./dev.sh test installs mmdebstrap)")
         sconstruct = FAKE_SCONSTRUCT.replace('    ("compiler_cache", "", ""),\n', '    ("compiler_cache", "", ""),\n'
                                              '    ("toolchain_prefix", "", "auto"), ("compiler_prefix", "", "auto"),\n')
         # a source of its own (a key of its own, built cold), removed from the machine's cache afterwards
@@ -266,7 +303,6 @@ class TestARealCrossBuildOfAStandIn:
                                  **{"arm_compute/graph.h": f"#pragma once // {uuid.uuid4()}\n"})
         stand_in = ArmclSpec("24.11", ArmclSource.tarball(str(path), sha), {"opencl": 1}, cross=True)
         root, lines = cache_root(ARM64_CACHE), []
-        chain = arm64_cross.toolchain(ARM64_CACHE, log=lines.append)
         key = cross_key(f"sha256:{sha}", cross_options(stand_in, "aarch64").options, chain)
 
         def build() -> tuple[Path, bool]:
