@@ -26,7 +26,9 @@ from tests.farm import farm_fixture
 from tests.integration.test_scheduler import alive
 
 DAG_ID = "mobilenets_sweep"
-SITES = {"a": [1, 2], "b": [3, 4]}  # site -> farm boards rfb<n>
+SITES = {"a": [1, 3], "b": [2, 4]}  # site -> farm boards rfb<n>
+# (interleaved: rfb1 and rfb2 usually have their runner from tests/controller/test_dags.py, and a worker provisions
+# one board at a time: a new runner for rfb3 and one for rfb4, each minutes on 2 cores, are installed side by side)
 SITE_OF = {f"rfb{n}": site for site, boards in SITES.items() for n in boards}
 BOARDS = tuple(SITE_OF)
 MODELS = ["mobilenet-v1-0.25-128", "mobilenet-v1-0.25-160"]
@@ -139,7 +141,7 @@ def test_a_sweep_over_two_sites_runs_every_board_task_on_its_sites_worker(stack)
 def test_a_site_without_a_worker_leaves_its_tasks_queued_while_the_other_site_finishes(stack):
     stack.stop_worker("b")
     try:
-        run_id = sweep(stack, ["rfb1", "rfb3"], "no_worker_b", threads=2)  # other points than the first sweep's
+        run_id = sweep(stack, ["rfb1", "rfb2"], "no_worker_b", threads=2)  # other points than the first sweep's
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:  # until site a's board is done (its teardown ran)
             stack.services.check_alive()
@@ -158,7 +160,7 @@ def test_a_site_without_a_worker_leaves_its_tasks_queued_while_the_other_site_fi
         assert shown.returncode == 0, shown.stderr
         site_b = shown.stdout.split("site b: ", 1)[-1].split("\nsite ", 1)[0].splitlines()
         assert site_b[0].startswith("1 task(s) queued, the oldest for "), shown.stdout
-        assert site_b[1:] == [f"  {DAG_ID}  {run_id}  board_rfb3.provision"], shown.stdout
+        assert site_b[1:] == [f"  {DAG_ID}  {run_id}  board_rfb2.provision"], shown.stdout
         with stack.services.metadata.connect() as connection:
             run_state = connection.execute(text("SELECT state FROM dag_run WHERE run_id = :r"), {"r": run_id}).scalar()
         assert run_state == "running"
@@ -170,8 +172,8 @@ def test_a_site_without_a_worker_leaves_its_tasks_queued_while_the_other_site_fi
     assert states == {run_id: "success"}, board_tasks(stack, run_id)
     # the board's own work on its site's worker (plan touches no board: the default queue, any worker serving it)
     assert {r.hostname for r in board_tasks(stack, run_id)
-            if r.task_id.startswith("board_rfb3.") and r.task_id.split(".")[-1] in TOUCHING} == {"worker-b"}
-    assert stored(stack, run_id) == {(board, model): 1 for board in ("rfb1", "rfb3") for model in MODELS}
+            if r.task_id.startswith("board_rfb2.") and r.task_id.split(".")[-1] in TOUCHING} == {"worker-b"}
+    assert stored(stack, run_id) == {(board, model): 1 for board in ("rfb1", "rfb2") for model in MODELS}
 
 
 def test_a_worker_host_killed_mid_point_has_the_point_retried_when_it_is_back_and_stored_once(stack, board_work_root):
@@ -215,7 +217,7 @@ def test_a_worker_host_killed_mid_point_has_the_point_retried_when_it_is_back_an
 
 
 def test_redis_restarted_mid_sweep_and_a_resume_leave_every_point_stored_once(stack, board_work_root):
-    boards = ["rfb2", "rfb4"]
+    boards = ["rfb3", "rfb4"]  # one board of each site
     params = {"repetitions": 3000, "threads": 4}
     # a task queued in Redis when it dies is lost with it: the scheduler requeues a task queued for longer than
     # task_queued_timeout (default 600 s, checked every 120 s; the third time, it fails the task). This test's own
