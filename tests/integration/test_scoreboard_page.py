@@ -39,6 +39,7 @@ from requestflow.results.database import sqlalchemy_url, upgrade
 from requestflow.results.load import load_documents
 from requestflow.results.query import read_only
 from tests.airflow_services import AirflowServices
+from tests.asgi import asgi_get
 from tests.scoreboard_seed import SEEDS, Seed, command, documents, frontier_by_hand, seed_store, templates
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -226,25 +227,10 @@ class TestNobodyGetsInWithoutAirflowsLogin:
         assert "Plugin" not in body.decode()
 
 
-def asgi_get(app, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+def asgi_json(app, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict]:
     """One GET through an ASGI app, in this process: (status, JSON body)."""
-    import asyncio
-
-    messages = []
-
-    async def receive():
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message):
-        messages.append(message)
-
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
-             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-             "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
-             "client": ("127.0.0.1", 50000), "server": ("testserver", 80)}
-    asyncio.run(app(scope, receive, send))
-    status = next(m["status"] for m in messages if m["type"] == "http.response.start")
-    return status, json.loads(b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body"))
+    status, body = asgi_get(app, path, headers)
+    return status, json.loads(body)
 
 
 class TestFailingClosedInProcess:
@@ -262,11 +248,11 @@ class TestFailingClosedInProcess:
                  for route in app.routes]
         assert len(paths) >= 7
         for path in paths + ["/", "/docs", "/openapi.json"]:
-            assert asgi_get(app, path) == (401, {"detail": "Not authenticated"}), path
+            assert asgi_json(app, path) == (401, {"detail": "Not authenticated"}), path
 
     def test_a_token_that_cannot_be_checked_is_refused(self, app):
         # no auth manager in this process: checking the token fails, and the request is refused, not let through
-        status, body = asgi_get(app, "/scoreboard/data.json", {"Authorization": "Bearer eyJ.e30.x"})
+        status, body = asgi_json(app, "/scoreboard/data.json", {"Authorization": "Bearer eyJ.e30.x"})
         assert status == 403 and "could not be checked" in body["detail"]
 
 

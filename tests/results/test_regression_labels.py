@@ -14,6 +14,7 @@ from pathlib import Path
 from requestflow.results import regressions
 from requestflow.results.query import read_only
 from requestflow.results.regression_compare import variant_text
+from tests.asgi import html_get, page_app
 from tests.generated_runs import HISTORY_LEVELS, LEVEL, at, latencies, load_history, load_sweep, with_samples
 from tests.results import test_regressions
 from tests.scoreboard_seed import Seed, armcl_variant, documents, templates
@@ -74,17 +75,7 @@ def test_a_regression_names_its_variant_by_the_label_in_the_report_the_command_a
     code, out, _ = run_cli("regressions", "--format", "json", "--db", database)
     assert [row["variant"] for row in json.loads(out)] == [label]
 
-    monkeypatch.syspath_prepend(str(ROOT / "plugins"))
-    from requestflow_scoreboard import app as app_module
-    from requestflow_scoreboard import auth
-
-    async def authenticate(request):
-        return "tester"
-
-    monkeypatch.setattr(auth, "authenticate", authenticate)
-    monkeypatch.setattr(auth, "authorize", lambda user: None)
-    monkeypatch.setattr(app_module, "_engine", store)
-    status, html = test_regressions.html_get(app_module.create_app(), "/scoreboard/")
+    status, html = html_get(page_app(monkeypatch, store), "/scoreboard/")
     section = html[html.index('<section id="regressions"'):]
     section = section[:section.index("</section>")]
     assert status == 200 and f'data-regression-id="{finding.id}"' in section

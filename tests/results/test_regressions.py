@@ -29,6 +29,7 @@ from requestflow.results import regressions
 from requestflow.results.database import check, sqlalchemy_url
 from requestflow.results.query import read_only
 from requestflow.results.stats import SLOWER, compare_samples
+from tests.asgi import html_get, page_app
 from tests.databases import throwaway_database
 from tests.generated_runs import (
     LEVEL,
@@ -439,19 +440,8 @@ class TestTheCommands:
 class TestTheScoreboardPage:
     @pytest.fixture
     def page(self, monkeypatch, store):
-        """The plugin's app in this process on ``store``, with Airflow's login check replaced by a fixed user (the
-        real login is tests/integration/test_scoreboard_page.py's subject)."""
-        monkeypatch.syspath_prepend(str(ROOT / "plugins"))
-        from requestflow_scoreboard import app as app_module
-        from requestflow_scoreboard import auth
-
-        async def authenticate(request):
-            return "tester"
-
-        monkeypatch.setattr(auth, "authenticate", authenticate)
-        monkeypatch.setattr(auth, "authorize", lambda user: None)
-        monkeypatch.setattr(app_module, "_engine", store)
-        return app_module.create_app()
+        """The plugin's app in this process on ``store`` (tests/asgi.py)."""
+        return page_app(monkeypatch, store)
 
     def test_unacknowledged_regressions_are_listed_until_acknowledged(self, page, store, history, template):
         load_history(store, history)
@@ -471,24 +461,3 @@ class TestTheScoreboardPage:
         status, html = html_get(page, "/scoreboard/")
         assert status == 200 and "No unacknowledged regression among these points" in html
         assert f'data-regression-id="{finding.id}"' not in html
-
-
-def html_get(app, path: str) -> tuple[int, str]:
-    """One GET through the ASGI app, in this process: (status, body text)."""
-    import asyncio
-
-    path, _, query = path.partition("?")
-    messages = []
-
-    async def receive():
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message):
-        messages.append(message)
-
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
-             "path": path, "raw_path": path.encode(), "query_string": query.encode(), "root_path": "",
-             "headers": [(b"accept", b"text/html")], "client": ("127.0.0.1", 50000), "server": ("testserver", 80)}
-    asyncio.run(app(scope, receive, send))
-    status = next(m["status"] for m in messages if m["type"] == "http.response.start")
-    return status, b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body").decode()
