@@ -9,6 +9,11 @@ from its start to its exit (what a sweep pays per point on the board); the share
 (backend load to document, without the interpreter's start and imports) is printed beside it. Each figure is the
 median over ``--rounds`` processes.
 
+Since the calibration also takes samples during the timed region (between two runs, one every few), the runs just
+after a sample are compared with the others in the same document (``after_sample``: the median of the runs that
+directly follow a sample / the median of the rest; 1.0: a sample between runs does not disturb the next run's
+timing), the median of that over the rounds printed too.
+
 Goal: cost / point wall time <= 3%. Usage:
 
     python bench/bench_calibration.py [--rounds N] [--cpu N] [--json FILE]
@@ -43,7 +48,16 @@ def run_once(weights: Path, out: Path, cpu: int) -> dict:
     cost = document["performance"]["calibration"]["cost_s"]
     return {"wall_s": wall, "total_s": document["timings"]["total_s"], "cost_s": cost,
             "of_wall": cost / wall, "of_total": cost / document["timings"]["total_s"],
-            "median_ms": document["performance"]["median"] * 1e3}
+            "median_ms": document["performance"]["median"] * 1e3, "after_sample": after_sample(document)}
+
+
+def after_sample(document: dict) -> float:
+    """The median of the timed runs that directly follow a calibration sample during the region / the others'."""
+    samples = document["performance"]["samples"]
+    every = document["performance"]["calibration"]["during"]["every"]
+    follows = [s for i, s in enumerate(samples) if i and i % every == 0]
+    rest = [s for i, s in enumerate(samples) if not (i and i % every == 0)]
+    return statistics.median(follows) / statistics.median(rest)
 
 
 def main() -> int:
@@ -72,6 +86,8 @@ def main() -> int:
     print(f"  cost / point wall time: {figures['of_wall']:.2%} (rounds {result['spread_of_wall'][0]:.2%}-"
           f"{result['spread_of_wall'][1]:.2%}; goal <= {GOAL:.0%}: {'ok' if result['ok'] else 'MISSED'}); "
           f"cost / runner total_s: {figures['of_total']:.2%}")
+    print(f"  runs just after a sample during the region / the others (median): x{figures['after_sample']:.3f} "
+          f"(rounds x{min(r['after_sample'] for r in rounds):.3f}-x{max(r['after_sample'] for r in rounds):.3f})")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     return 0 if result["ok"] else 1

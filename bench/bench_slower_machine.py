@@ -3,12 +3,13 @@
 one point: one on the normal machine, then one on a slowed CPU; for each pair the raw, calibration and calibrated
 ratios (slowed / normal, ``requestflow.results.calibrated.judge``), whether the pair is judged SAME, and whether
 the same pair with the slowed run's samples x1.2 (a planted 20% regression, its calibration as measured) is judged
-slower. docs/trust.md has the table these gave (2026-12-07) and why no real-run test asserts them yet.
+slower. docs/trust.md has the table these gave (2026-12-07); tests/integration/test_slower_machine.py asserts the
+same on one pair each.
 
-The slowing: a process at real-time priority (SCHED_FIFO 2) pinned to the point's CPU, busy ``--busy-us`` then
-asleep ``--gap-us``, over and over. The runner runs at real-time priority too (``chrt -f 1``, below it) on both
-runs, so the shared machine's other work does not take the gaps (``--normal-priority``: it does). Needs root or
-CAP_SYS_NICE. Usage:
+The slowing (``tests/slower_machine.py``, as the real-run tests slow it): a process at real-time priority
+(SCHED_FIFO 2) pinned to the point's CPU, busy ``--busy-us`` then asleep ``--gap-us``, over and over. The runner
+runs at real-time priority too (``chrt -f 1``, below it) on both runs, so the shared machine's other work does not
+take the gaps (``--normal-priority``: it does). Needs root or CAP_SYS_NICE. Usage:
 
     python bench/bench_slower_machine.py [--pairs N] [--busy-us 10] [--gap-us 40] [--model mobilenet-v1-0.5-160]
 """
@@ -17,12 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from bench_machine import load_average
@@ -30,18 +29,6 @@ from bench_power import shared_models
 
 ROOT = Path(__file__).resolve().parents[1]
 REALTIME = ["chrt", "-f", "1"]
-
-
-def take_cycles(cpu: int, busy_s: float, gap_s: float, ready) -> None:
-    os.sched_setaffinity(0, {cpu})
-    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(2))
-    clock = time.perf_counter
-    ready.set()
-    while True:
-        until = clock() + busy_s
-        while clock() < until:
-            pass
-        time.sleep(gap_s)
 
 
 def run(args, out: Path, cpu: int) -> dict:
@@ -56,20 +43,11 @@ def run(args, out: Path, cpu: int) -> dict:
 
 def pair(args, folder: Path, i: int, cpu: int) -> dict:
     from requestflow.results.calibrated import Run, judge, of
+    from tests.slower_machine import slower_machine
 
     normal = run(args, folder / f"{i}-normal.json", cpu)
-    context = multiprocessing.get_context("spawn")
-    ready = context.Event()
-    slowing = context.Process(target=take_cycles, args=(cpu, args.busy_us * 1e-6, args.gap_us * 1e-6, ready),
-                              daemon=True)
-    slowing.start()
-    try:
-        if not ready.wait(60):
-            raise RuntimeError("the slowing process did not start")
+    with slower_machine(cpu, args.busy_us * 1e-6, args.gap_us * 1e-6):
         slowed = run(args, folder / f"{i}-slowed.json", cpu)
-    finally:
-        slowing.kill()
-        slowing.join()
     judged = judge([of(normal)], of(slowed))
     new = of(slowed)
     planted = judge([of(normal)], Run([s * 1.2 for s in new.samples], new.calibration))

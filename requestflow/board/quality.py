@@ -57,6 +57,8 @@ The checks and their limits (:class:`Limits`), chosen for what the scoreboard do
   before and after its timed region): the workload's median after against before. Flagged when they moved apart by
   more than the point's own noise (its robust CV, at least **2%**) *and* the two sides' 95% median intervals are
   disjoint: the machine's speed changed during the run (other load, clocks, heat), so its latency mixes two machines.
+  Where the runner also sampled the workload during the timed region (``calibration.during``, at least 16 samples),
+  the first half of those samples against the second half instead: the same question, asked inside the region.
 
 - **emulated** (issue #15): a run under an emulator (``machine.emulated`` or the backend's ``emulated``: qemu-user
   running arm64 code on an x86 host) gets the verdict **EMULATED** whatever its samples look like, its first reason
@@ -298,11 +300,14 @@ def repetitions(samples: np.ndarray, limits: Limits = DEFAULT_LIMITS, suggest: b
 
 
 def machine_change(calibration: dict, noise: float | None, limits: Limits = DEFAULT_LIMITS) -> dict:
-    """The calibration workload's median after the timed region against before it: flagged when they moved apart by
+    """The calibration workload's median after the timed region against before it (where it has 16 samples or more
+    during the region: their second half against their first): flagged when they moved apart by
     more than the point's own noise (its robust CV ``noise``, at least ``calibration_floor``) *and* their 95%
     median confidence intervals are disjoint (the move is not the calibration's own noise)."""
-    before = np.asarray(calibration["before"]["samples"], np.float64)
-    after = np.asarray(calibration["after"]["samples"], np.float64)
+    during = (calibration.get("during") or {}).get("samples") or []
+    halves = len(during) >= 16  # each half's 95% median interval narrower than its min..max
+    before = np.asarray(during[: len(during) // 2] if halves else calibration["before"]["samples"], np.float64)
+    after = np.asarray(during[len(during) // 2:] if halves else calibration["after"]["samples"], np.float64)
     old, new = float(np.median(before)), float(np.median(after))
     if not (old > 0 and new > 0):
         return _check(None, limits.calibration_floor, True, "unknown: the calibration's median is not positive")
@@ -311,11 +316,14 @@ def machine_change(calibration: dict, noise: float | None, limits: Limits = DEFA
     intervals = [median_ci(side, limits.confidence) for side in (before, after)]
     apart = None not in intervals and (intervals[0][1] < intervals[1][0] or intervals[1][1] < intervals[0][0])
     ok = not (abs(drift) > limit and apart)
-    where = f"{_ms(old)} before, {_ms(new)} after ({drift:+.1%}; limit ±{limit:.1%}, the point's own noise)"
+    sides = ("in the region's first half", "in its second half") if halves else ("before", "after")
+    where = (f"{_ms(old)} {sides[0]}, {_ms(new)} {sides[1]} ({drift:+.1%}; limit ±{limit:.1%}, the point's own "
+             "noise)")
     detail = (f"the machine's speed held during the run: calibration {where}" if ok else
               f"the machine changed during the run: the calibration workload took {where}: other load, clocks "
               "or heat moved during the timed region")
-    return _check(_finite(drift), limit, ok, detail, before_s=old, after_s=new)
+    return _check(_finite(drift), limit, ok, detail, before_s=old, after_s=new,
+                  compared="halves during" if halves else "sides")
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------

@@ -262,6 +262,7 @@ class Runner:
             runs = progress(range(config.repetitions), description="repetitions", enabled=config.progress,
                             leave=False, mininterval=0.5)  # made before the timed region: tqdm's import is not in it
             like = self._cpu_of_one_run(backend) if config.warmup else None  # one more warm-up run
+            every, between = self.calibration.every_for(config.repetitions), self.calibration.between
             self.calibration.time("before", like)  # the machine's speed just before and after the timed region
             self._mark("active_start")
             region = clock()
@@ -270,6 +271,8 @@ class Runner:
                 invoke()
                 samples[i] = clock() - start
                 beat.beat(i + 1)  # outside the timed region
+                if i % every == every - 1:  # and during it, between two runs: it sees what the runs see
+                    between()
             samples += self._until(invoke, clock, region)
             self.duration_s = (clock() - region) / 1e9
             self._mark("active_end")
@@ -297,8 +300,9 @@ class Runner:
             start = clock()
             invoke()
             append(clock() - start)
-            if len(more) % 64 == 0:
+            if len(more) % 64 == 0:  # calibration.EVERY_AFTER
                 self.heartbeat.beat(self.config.repetitions + len(more))  # outside the timed region
+                self.calibration.between()
         return more
 
     def _measure(self, backend) -> list[float]:

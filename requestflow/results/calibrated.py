@@ -18,8 +18,15 @@ uncertainty, else on the raw one; the calibrated verdict's minimum effect is rai
 run next to a CPU hog: the point x11.3, its calibration x10.6 with sides 52% apart: calibrated x1.07, within
 reach of the machine's noise, not a change). The verdict says which it was: ``machine 12% faster; calibrated: no
 significant difference``. Without a calibration on every side (documents from before it), only the raw comparison
-exists and the verdict says so. The calibrated judgement assumes the machine's drift scales the point and the
-workload alike; a drift that hits one more than the other (memory bandwidth against compute) is not corrected.
+exists and the verdict says so.
+
+Where every run compared also has samples taken *during* its timed region (``calibration.during``: one between two
+runs every few runs), those are the machine's speed instead of the sides: they see the episodes the point's runs
+see (a slowed CPU here: a dozen runs 15-30% slower at a time, which a side can sit in and the point's median
+filters out), and the uncertainty is then the largest relative half-width of a compared run's 95% median interval
+of its ``during`` samples (too few for one: its before/after move, as without them). The calibrated judgement
+assumes the machine's drift scales the point and the workload alike; a drift that hits one more than the other
+(memory bandwidth against compute) is not corrected.
 """
 
 from __future__ import annotations
@@ -44,9 +51,28 @@ class Run:
 
     @property
     def calibration_samples(self) -> list[float]:
+        return self.machine_samples()
+
+    def machine_samples(self, during: bool = False) -> list[float]:
+        """The calibration samples: both sides', or ``during``: those taken during the timed region."""
         from requestflow.board.calibration import samples
 
-        return samples(self.calibration)
+        return samples(self.calibration, during)
+
+    @property
+    def has_during(self) -> bool:
+        return bool(self.machine_samples(during=True))
+
+    def uncertainty(self, during: bool = False) -> float:
+        """How uncertain this run's machine speed is: its :attr:`drift`, or ``during``: the relative half-width of
+        its ``during`` samples' 95% median interval (the drift when too few samples for one)."""
+        from requestflow.board.rank_stats import median_ci
+
+        values = np.asarray(self.machine_samples(during), np.float64)
+        interval = median_ci(values) if during else None
+        if interval is None:
+            return self.drift
+        return (interval[1] - interval[0]) / 2 / float(np.median(values))
 
     @property
     def drift(self) -> float:
@@ -56,7 +82,10 @@ class Run:
 
     @property
     def calibration_median(self) -> float | None:
-        values = self.calibration_samples
+        return self.machine_median()
+
+    def machine_median(self, during: bool = False) -> float | None:
+        values = self.machine_samples(during)
         return float(np.median(values)) if values else None
 
 
@@ -130,11 +159,12 @@ def judge(old: Sequence[Run], new: Run, alpha: float = 0.01, min_effect: float =
     methods = {(r.calibration or {}).get("method") for r in (*old, new)}
     if len(methods) != 1 or None in methods:
         return Judged(raw=raw, machine=None, calibrated=None, threshold=raw_threshold)
-    machine = compare_samples([s for r in old for s in r.calibration_samples], new.calibration_samples, alpha,
-                              MACHINE_MIN_EFFECT)
-    uncertainty = max(r.drift for r in (*old, new))
-    reference = new.calibration_median
-    scaled = [[s * reference / r.calibration_median for s in r.samples] for r in old]
+    during = all(r.has_during for r in (*old, new))  # samples during every timed region: those, else the sides
+    machine = compare_samples([s for r in old for s in r.machine_samples(during)], new.machine_samples(during),
+                              alpha, MACHINE_MIN_EFFECT)
+    uncertainty = max(r.uncertainty(during) for r in (*old, new))
+    reference = new.machine_median(during)
+    scaled = [[s * reference / r.machine_median(during) for s in r.samples] for r in old]
     threshold = max(min_effect, run_to_run_spread(scaled)) + uncertainty
     calibrated = compare_samples([s for run in scaled for s in run], new.samples, alpha, threshold)
     judged = Judged(raw, machine, calibrated, threshold, uncertainty)

@@ -54,6 +54,13 @@ def run(monkeypatch, events: list[str], **settings) -> dict:
         timed(self, side, like_cpu_s)
 
     monkeypatch.setattr(calibration.Calibration, "time", recorded)
+    between = calibration.Calibration.between
+
+    def recorded_between(self):
+        events.append("calibration during")
+        between(self)
+
+    monkeypatch.setattr(calibration.Calibration, "between", recorded_between)
     runner = Runner(RunConfig(model="mobilenet-v1-0.25-128", backend="tflite", weights=["random"], progress=False,
                               **settings))
     runner.prepare()
@@ -66,21 +73,63 @@ def test_every_performance_point_times_the_calibration_just_before_and_just_afte
     events: list[str] = []
     document = run(monkeypatch, events, repetitions=10, warmup=2)
     # 2 warm-up runs, one more (its CPU time sizes the calibration's samples), the calibration, the 10 timed runs
-    assert events == ["invoke"] * 3 + ["calibration before"] + ["invoke"] * 10 + ["calibration after"]
+    # with a sample between every other two of them (calibration.MIN_EVERY), the calibration after
+    during = ["invoke", "invoke", "calibration during"] * 5
+    assert events == ["invoke"] * 3 + ["calibration before"] + during + ["calibration after"]
     found = document["performance"]["calibration"]
     assert found["method"] == calibration.METHOD and found["unit"] == "s"
-    for side in ("before", "after"):
-        assert len(found[side]["samples"]) == calibration.SAMPLES and min(found[side]["samples"]) > 0
+    for side in ("before", "after"):  # fewer beside the region when the runner samples during it too
+        assert len(found[side]["samples"]) == calibration.SIDE_SAMPLES and min(found[side]["samples"]) > 0
         assert found[side]["median"] == pytest.approx(float(np.median(found[side]["samples"])))
     assert found["drift"] == pytest.approx(found["after"]["median"] / found["before"]["median"] - 1)
     assert found["per_sample"] >= calibration.MIN_PER_SAMPLE and found["cost_s"] > 0
     assert document["performance"]["quality"]["checks"]["calibration"]["before_s"] == found["before"]["median"]
+    assert found["during"]["every"] == 2 and len(found["during"]["samples"]) == 5
+    assert found["during"]["median"] == pytest.approx(float(np.median(found["during"]["samples"])))
+
+
+def test_the_samples_during_the_timed_region_come_between_runs_never_inside_a_runs_timing(monkeypatch):
+    """One sample every repetitions // DURING runs (every 3 of 100 here), between two runs."""
+    events: list[str] = []
+    document = run(monkeypatch, events, repetitions=100, warmup=1)
+    timed = events[events.index("calibration before") + 1: events.index("calibration after")]
+    assert timed == (["invoke"] * 3 + ["calibration during"]) * 33 + ["invoke"]
+    assert document["performance"]["calibration"]["during"]["every"] == 3
+
+
+def test_a_sample_between_runs_is_not_in_any_runs_timing(monkeypatch):
+    """Samples that take 0.2 s each (the stand-in's runs: 1 ms): no timed run took 0.2 s."""
+    between = calibration.Calibration.between
+
+    def slow_between(self):
+        import time
+
+        between(self)
+        time.sleep(0.2)
+
+    monkeypatch.setattr(calibration.Calibration, "between", slow_between)
+    monkeypatch.setattr(backends, "create_backend", lambda *args, **kwargs: RecordingBackend([]))
+    runner = Runner(RunConfig(model="mobilenet-v1-0.25-128", backend="tflite", weights=["random"], progress=False,
+                              repetitions=10, warmup=1))
+    runner.prepare()
+    document = runner.run()
+    assert len(document["performance"]["calibration"]["during"]["samples"]) == 5
+    assert max(document["performance"]["samples"]) < 0.2, document["performance"]["samples"]
+
+
+def test_a_duration_bound_run_keeps_sampling_during_its_extra_runs(monkeypatch):
+    events: list[str] = []
+    document = run(monkeypatch, events, repetitions=4, warmup=1, min_duration_s=0.3)
+    extra = document["performance"]["calibration"]["during"]["samples"][2:]  # 2 among the 4 repetitions
+    runs = len(document["performance"]["samples"])
+    assert runs > 4 + calibration.EVERY_AFTER and len(extra) == (runs - 4) // calibration.EVERY_AFTER
 
 
 def test_without_warm_up_the_calibration_does_not_run_the_point_before_its_timed_region(monkeypatch):
     events: list[str] = []
     document = run(monkeypatch, events, repetitions=5, warmup=0)
-    assert events == ["calibration before"] + ["invoke"] * 5 + ["calibration after"]
+    assert events == ["calibration before"] + ["invoke", "invoke", "calibration during"] * 2 + ["invoke"] + [
+        "calibration after"]
     assert document["performance"]["calibration"]["per_sample"] == calibration.MIN_PER_SAMPLE
 
 
@@ -129,6 +178,21 @@ class TestTheQualityCheck:
         noisy = calibrated(1e-4, 1.04e-4)
         noisy["before"] = side(1e-4, 1, noise=0.3)
         assert quality.assess(point(0.01), calibration=noisy)["checks"]["calibration"]["ok"]
+
+    def test_with_samples_during_the_region_their_halves_are_compared_instead_of_the_sides(self):
+        """32 samples during the region, the second half 10% slower: flagged, though the sides agree; the same
+        samples steady: not flagged, though the sides are 10% apart. Fewer than 16: the sides, as without them."""
+        moved = calibrated(1e-4, 1.0e-4)
+        moved["during"] = {"samples": side(1e-4, 3)["samples"] + side(1.1e-4, 4)["samples"], "every": 6}
+        check = quality.assess(point(0.01), calibration=moved)["checks"]["calibration"]
+        assert not check["ok"] and check["compared"] == "halves during" and "in its second half" in check["detail"]
+        assert check["value"] == pytest.approx(0.1, abs=0.01)
+        steady = calibrated(1e-4, 1.1e-4)
+        steady["during"] = {"samples": side(1e-4, 3)["samples"] + side(1e-4, 4)["samples"], "every": 6}
+        assert quality.assess(point(0.01), calibration=steady)["checks"]["calibration"]["ok"]
+        steady["during"]["samples"] = steady["during"]["samples"][:15]
+        check = quality.assess(point(0.01), calibration=steady)["checks"]["calibration"]
+        assert not check["ok"] and check["compared"] == "sides"
 
     def test_a_point_without_calibration_has_no_calibration_check(self):
         assert "calibration" not in quality.assess(point(0.01))["checks"]

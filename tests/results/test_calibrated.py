@@ -30,7 +30,15 @@ from requestflow.results.database import sqlalchemy_url
 from requestflow.results.replay import StoredPoint, compare, render
 from requestflow.results.stats import FASTER, SAME, SLOWER
 from tests.databases import throwaway_database
-from tests.generated_runs import LEVEL, generated, latencies, load_history, load_sweep, on_machine
+from tests.generated_runs import (
+    CALIBRATION_LEVEL,
+    LEVEL,
+    generated,
+    latencies,
+    load_history,
+    load_sweep,
+    on_machine,
+)
 
 MODEL = "mobilenet-v1-0.25-128"
 WEIGHTS = "mobilenet_v1_0.25_128_quant.tflite"
@@ -55,6 +63,16 @@ def run(template: dict, level: float, machine: float, seed: int, hours: float = 
     """A generated run: the point at ``LEVEL * level`` on a machine ``machine`` times as slow as at speed 1."""
     return on_machine(generated(template, LEVEL * level, seed=seed, hours=hours), machine, seed=500 + seed,
                       drift=drift)
+
+
+def sampled_during(document: dict, machine: float, seed: int, noise: float = 0.01) -> dict:
+    """``document`` with 33 calibration samples during its timed region too (one every 6 runs), saying the machine
+    ran ``machine`` times as slow as at speed 1 during it (whatever its sides say)."""
+    copied = json.loads(json.dumps(document))
+    values = latencies(33, CALIBRATION_LEVEL * machine, seed, noise, outliers=0.0)
+    copied["performance"]["calibration"]["during"] = {"samples": values, "median": float(sorted(values)[16]),
+                                                      "every": 6}
+    return copied
 
 
 def uncalibrated(document: dict) -> dict:
@@ -111,6 +129,49 @@ class TestTheJudgement:
         assert judged.raw.min_effect > 0.05 and judged.calibrated.min_effect < 0.06
         assert judged.judged == "calibrated" and judged.verdict == SLOWER
         assert judged.calibrated_ratio == pytest.approx(1.09, rel=0.03)
+
+
+class TestSamplesDuringTheTimedRegion:
+    """The sides beside the timed region can sit in an episode of the machine that its runs' median filters out (a
+    slowed CPU here: sides 42 against 33 us a product, the point unmoved): the samples taken during the region, one
+    between two runs every few runs, see what the runs saw."""
+
+    def test_a_new_run_whose_sides_sat_in_a_slow_episode_is_same_judged_on_its_samples_during_the_region(
+            self, template):
+        old = sampled_during(run(template, 1.0, 1.0, 1), 1.0, 11)
+        new = sampled_during(run(template, 2.0, 2.4, 2), 2.0, 12)  # the machine x2 during the region, x2.4 beside
+        judged = judge([of(old)], of(new))
+        assert judged.judged == "calibrated" and judged.verdict == SAME, judged.summary()
+        assert judged.machine.ratio == pytest.approx(2.0, rel=0.02)
+        assert judged.calibrated_ratio == pytest.approx(1.0, abs=0.03)
+        assert judged.uncertainty < 0.02  # the during samples' median intervals, not the sides' move
+        sides = judge([of(run(template, 1.0, 1.0, 1))], of(run(template, 2.0, 2.4, 2)))  # no samples during
+        assert sides.verdict == FASTER and sides.calibrated_ratio == pytest.approx(2.0 / 2.4, rel=0.03)
+
+    def test_a_planted_twenty_percent_regression_is_found_against_samples_during_the_region(self, template):
+        old = sampled_during(run(template, 1.0, 1.0, 1), 1.0, 11)
+        new = sampled_during(run(template, 1.2 * 2.0, 1.7, 2), 2.0, 12)  # the sides say x1.7: they hide it
+        judged = judge([of(old)], of(new))
+        assert judged.judged == "calibrated" and judged.verdict == SLOWER, judged.summary()
+        assert judged.calibrated_ratio == pytest.approx(1.2, rel=0.03)
+
+    def test_a_run_without_samples_during_its_region_is_compared_on_the_sides_as_before(self, template):
+        """An older document (sides only) against a new one: both on their sides, with the sides' move as the
+        uncertainty."""
+        old, new = run(template, 1.0, 1.0, 1), run(template, 2.0, 2.0, 2, drift=0.05)
+        judged = judge([of(old)], of(sampled_during(new, 1.5, 12)))
+        assert judged == judge([of(old)], of(new))
+        assert judged.machine.ratio == pytest.approx(2.05, rel=0.03) and judged.uncertainty == pytest.approx(
+            0.05, abs=0.01)
+
+    def test_noisy_samples_during_the_region_widen_what_counts(self, template):
+        """Samples during the region spread 30%: the machine's speed is known only to the width of their median's
+        interval, which becomes the uncertainty and raises the calibrated verdict's minimum effect."""
+        old = sampled_during(run(template, 1.0, 1.0, 1), 1.0, 11)
+        new = sampled_during(run(template, 1.6, 1.5, 2), 1.5, 12, noise=0.3)
+        judged = judge([of(old)], of(new))
+        assert 0.05 < judged.uncertainty < 0.3 and judged.threshold >= 0.05 + judged.uncertainty
+        assert of(new).uncertainty(during=True) == judged.uncertainty
 
 
 class TestReplay:
