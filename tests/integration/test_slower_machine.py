@@ -5,9 +5,10 @@ is still found (judged calibrated).
 The slower machine and why the runner runs at real-time priority here: ``tests/slower_machine.py``. The point is
 mobilenet-v1-0.5-160 tflite (1.6 ms a run, one thread, one CPU): runs many times longer than the slowing grain.
 Measured before these tests were written (docs/trust.md, ``bench/bench_slower_machine.py``): with the calibration
-sampled during the timed region (one sample between two runs every 6 runs), 20 real pairs, the point x1.80-x3.08
-slower raw, its calibration alike, calibrated x0.93-x1.02: SAME 20 of 20, the planted 20% found 20 of 20 (with
-the calibration's two bursts beside the region only, the same session: SAME 19, found 14).
+sampled during the timed region (one sample between two runs every 6 runs), 80 real pairs, the point x1.70-x3.07
+slower raw, its calibration alike, calibrated x0.90-x1.10: SAME 78 of 80, the planted 20% found 73 of 80, every
+miss with an uncertain calibration (what :func:`record_certain` rerecords); with the calibration's two bursts
+beside the region only, the same session: SAME 19 of 20, found 14 of 20.
 """
 
 from __future__ import annotations
@@ -57,6 +58,24 @@ def record(models_dir, out) -> dict:
     return json.loads(out.read_text())
 
 
+UNCERTAIN = 0.1  # a run whose calibration's median is known only to +-10% or worse is recorded again
+
+
+def record_certain(models_dir, out, attempts: int = 3) -> dict:
+    """A run whose calibration during the region is certain to better than :data:`UNCERTAIN` (the relative
+    half-width of its samples' 95% median interval, ``calibrated.Run.uncertainty``), recorded again up to
+    ``attempts`` times if not: the comparison adds that uncertainty to its minimum effect, so a planted 20% is then
+    beyond what it can tell (measured: every one of the 7 misses among 80 real pairs had an uncertainty of 0.12-0.25,
+    docs/trust.md). Still uncertain after that: the last run, compared as it is."""
+    from requestflow.results.calibrated import of
+
+    for _ in range(attempts):
+        document = record(models_dir, out)
+        if of(document).uncertainty(during=True) < UNCERTAIN:
+            break
+    return document
+
+
 def test_a_replay_on_a_slower_machine_is_the_same_once_calibrated(database, models_dir, tmp_path, capsys,
                                                                    monkeypatch):
     """The stored point ran on the normal CPU; its replay (the real one: the local board's detached job) on the
@@ -87,14 +106,14 @@ def test_a_replay_on_a_slower_machine_is_the_same_once_calibrated(database, mode
 def test_a_planted_regression_on_a_slower_machine_is_still_found(models_dir, tmp_path):
     """The history: one real run on the normal CPU. The new run: a real run on the slowed CPU, then planted: its
     samples x1.2 (slower software; its calibration, the machine's speed, as measured). Found, judged calibrated,
-    at about x1.2 (the unplanted run judged SAME is the replay test's business). Neither run is rerun when its
-    quality verdict flags it: the calibration's samples during the region see the episodes its runs see."""
+    at about x1.2 (the unplanted run judged SAME is the replay test's business). Each run is one whose calibration
+    is certain enough (:func:`record_certain`)."""
     from requestflow.results import regressions
     from tests.results.test_regressions import scaled
 
-    history = record(models_dir, tmp_path / "history.json")
+    history = record_certain(models_dir, tmp_path / "history.json")
     with slower_machine(CPU):
-        slowed = record(models_dir, tmp_path / "slowed.json")
+        slowed = record_certain(models_dir, tmp_path / "slowed.json")
     with throwaway_database() as url:
         engine = create_engine(sqlalchemy_url(url))
         try:
