@@ -567,6 +567,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "script running an older commit's sources), paired with this runner's")
     parser.add_argument("--skip", choices=("latency", "throughput"), action="append", default=[],
                         help="leave out one part (repeatable)")
+    parser.add_argument("--backend", choices=sorted({point.backend for point in POINTS}), action="append",
+                        help="latency: only this backend's points (repeatable; default: every point)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     if args.threads < 1:
@@ -621,7 +623,7 @@ def main(argv: list[str]) -> int:
         print(f"requestflow: {requestflow}\nreferences: {sys.executable}\ndata: {settings.data}")
         tool_state: dict = {}
         if "latency" not in args.skip:
-            for point in POINTS:
+            for point in (p for p in POINTS if not args.backend or p.backend in args.backend):
                 try:
                     rows.extend(bench_latency(settings, point, tool_state))
                 except BenchError as exc:

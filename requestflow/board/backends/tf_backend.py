@@ -58,7 +58,7 @@ class TensorFlowBackend(FloatBackend):
         canonical = self.weights.canonical_for(self.model)
         resolution = self.model.resolution
         spec = tf.TensorSpec([self.batch_size, resolution, resolution, 3], tf.float32)
-        self._fn = tf.function(forward_function(canonical), input_signature=[spec],
+        self._fn = tf.function(forward_function(canonical, for_onednn=True), input_signature=[spec],
                                jit_compile=self.jit).get_concrete_function()
         self._x = tf.zeros(spec.shape, tf.float32)
         self._out = self._fn(self._x)  # compiles: part of the setup, not of any timed run
