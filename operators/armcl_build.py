@@ -21,7 +21,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from operators.armcl_spec import ArmclSpec, options_for, provisioned, resolve_source
-from operators.board_hook import board_for
+from operators.board_hook import board_for, last_said
 from requestflow.errors import UserError
 from requestflow.results.database import CONN_ID
 
@@ -225,9 +225,8 @@ class ArmclBuildOperator(BaseOperator):
                       f'rm -rf {final}; mv "$staged" {final}; trap - EXIT')
             result = board.run(script, warn=True, timeout=900)
             if result.return_code != 0:
-                reason = ((result.stderr or result.stdout).strip().splitlines() or [f"exit {result.return_code}"])
                 raise RuntimeError(f"board {name}: unpacking the ArmCL build {provenance['key'][:16]} failed: "
-                                   f"{reason[-1]}")
+                                   f"{last_said(result)}")
         program = self._compile_program(board, python, at) if self.program else None
         provenance = {**provenance, "path": at, "shipped": {"tar_sha256": sha, "program": shipped["program"]}}
         with ResultsHook(self.results_conn_id).engine() as engine:
@@ -247,7 +246,7 @@ class ArmclBuildOperator(BaseOperator):
         command = [python, "-m", "requestflow.board.armcl_program", "compile", "--build", build_path]
         result = board.run(" ".join(shlex.quote(a) for a in command), warn=True, timeout=900)
         if result.return_code != 0:
-            reason = ((result.stderr or result.stdout).strip().splitlines() or [f"exit {result.return_code}"])[-1]
+            reason = last_said(result)
             raise ArmclBuildFailed(f"board {name}: the ArmCL MobileNet program did not compile against "
                                    f"{Path(build_path).name[:16]}: {reason.removeprefix('error: ')}")
         program = json.loads(result.stdout.strip().splitlines()[-1])

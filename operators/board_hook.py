@@ -187,3 +187,10 @@ class LocalBoard:
 def board_for(conn_id: str):
     """The board behind a name: ``local`` is this machine, anything else an Airflow Connection."""
     return LocalBoard() if conn_id == LOCAL_BOARD else BoardHook(board_conn_id=conn_id)
+
+
+def last_said(result, *, silent: str | None = None) -> str:
+    """The last line a board command printed (stderr, else stdout): what a failure message quotes. With no output,
+    ``silent``, else ``exit N``."""
+    lines = (result.stderr or result.stdout).strip().splitlines()
+    return lines[-1] if lines else (silent if silent is not None else f"exit {result.return_code}")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
+from operators.board_hook import last_said
 from requestflow.errors import UserError
 
 INSTALL_TIMEOUT_S = 1800  # an update and an install on a slow board's mirror
@@ -178,7 +179,7 @@ def install(board, probe: Probe, packages: list[str], *, log=print) -> None:
                             f"install them as root ({probe.manager} install {listed})")
         check = board.run("sudo -n true </dev/null", warn=True, timeout=60)
         if check.return_code != 0:
-            said = ((check.stderr or check.stdout).strip().splitlines() or [f"exit {check.return_code}"])[-1]
+            said = last_said(check)
             raise UserError(f"cannot install {listed}: `sudo -n` refused user {probe.user} ({said}); provisioning "
                             "never types a password: give the user passwordless sudo for "
                             f"{probe.manager}, or install them by hand (sudo {probe.manager} install {listed})")
@@ -186,6 +187,6 @@ def install(board, probe: Probe, packages: list[str], *, log=print) -> None:
     for command in install_commands(probe.manager, packages, root=probe.root):
         result = board.run(command, warn=True, timeout=INSTALL_TIMEOUT_S)
         if result.return_code != 0:
-            said = ((result.stderr or result.stdout).strip().splitlines() or ["no output"])[-1]
+            said = last_said(result, silent="no output")
             raise RuntimeError(f"board {name}: `{command.removesuffix(' </dev/null')}` exited {result.return_code}: "
                                f"{said}")
