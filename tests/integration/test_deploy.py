@@ -320,6 +320,38 @@ class TestDeployRunner:
         assert not (tmp_path / "work" / "runner" / "0000broken000000" / ".deployed").exists()
         assert not (tmp_path / "work" / "runner" / "current").exists()
 
+    def test_a_new_runner_with_the_same_dependencies_is_made_from_the_deployed_ones_venv(self, farm, deployed,
+                                                                                           bundle):
+        """Only requestflow's code changed (a new digest, the same other wheels): the new venv is the deployed
+        one's, hard-linked, with the new project wheel installed over it; each venv is still its own."""
+        board = farm.boards[0]
+        new = _replace(bundle, digest="0000samedeps0000")
+        hook = BoardHook(settings=settings_for(board))
+        lines: list[str] = []
+        started = time.monotonic()
+        try:
+            python = deploy_runner(hook, new, log=lines.append)
+            TIMINGS["deploy made from a runner's venv"] = time.monotonic() - started
+            here = hook.run(f"{python} -c 'import numpy, requestflow; print(requestflow.__file__, numpy.__file__)'")
+            there = hook.run(f"{deployed[board.name]} -c 'import requestflow; print(requestflow.__file__)'")
+            assert deploy_runner(hook, bundle, log=lambda line: None) == deployed[board.name]  # current back
+        finally:
+            hook.close()
+        ours, theirs = board.work_dir / "runner" / new.digest / "venv", board.work_dir / "runner" / bundle.digest
+        assert any(f"runner cloned from {bundle.digest}" in line for line in lines), lines[-15:]
+        assert not any("Successfully installed absl" in line for line in lines)  # no dependency installed again
+        assert python == f"{ours}/bin/python"
+        assert [Path(p).parent.parent.parent for p in here.stdout.split()] == [ours / "lib" / f"python{PYTHON}"] * 2
+        assert there.stdout.strip() == f"{theirs}/venv/lib/python{PYTHON}/site-packages/requestflow/__init__.py"
+        site = f"lib/python{PYTHON}/site-packages"
+        for package, shared in (("numpy", True), ("requestflow", False)):
+            assert (ours / site / package / "__init__.py").samefile(
+                theirs / "venv" / site / package / "__init__.py") is shared, package
+        for path in [ours / "pyvenv.cfg", *(p for p in (ours / "bin").iterdir() if p.is_file() and not p.is_symlink())]:
+            assert str(theirs).encode() not in path.read_bytes(), f"{path} names the donor's folder"
+        assert (theirs / "venv" / "bin" / "pip").read_text().startswith(f"#!{theirs}/venv/bin/")  # donor untouched
+        shutil.rmtree(ours.parent)
+
     def test_the_local_board_is_this_installation(self, bundle, tmp_path):
         board = LocalBoard(work_dir=str(tmp_path / "local"))
         assert deploy_runner(board, bundle, log=lambda line: None) == sys.executable

@@ -41,13 +41,18 @@ def sweep(tmp_path_factory, farm, data_dir):
                             "litert_specs": list(SPECS.values())})
         output = run["output"]
         print(f"\nthe sweep took {time.monotonic() - started:.0f} s; runners: "
-              f"{output.count('already deployed')} reused, {output.count('Successfully installed absl')} installed, "
-              f"{output.count('Successfully installed requestflow-')} updated in place")
+              f"{output.count('already deployed')} reused, {output.count('Successfully installed absl')} installed "
+              f"in a new venv, {output.count('runner cloned from ')} made from another runner's venv, "
+              f"{output.count('runner updated in place')} updated in place")
         yield run, store
 
 
+def work_dir(board: str) -> Path:
+    return KEPT / "state" / "board" if board == "local" else KEPT / "boards" / board
+
+
 def documents(board: str, run_id: str) -> list[dict]:
-    root = KEPT / "state" / "board" if board == "local" else KEPT / "boards" / board
+    root = work_dir(board)
     slug = "".join(c if c.isalnum() or c in "_.-" else "_" for c in run_id)
     return [json.loads(p.read_text()) for p in root.glob(f"runs/{slug}_*/result.json")]
 
@@ -98,3 +103,28 @@ def test_the_version_report_pairs_the_two_litert_versions(sweep):
     assert accuracy.images == 20 and accuracy.top1_delta == 0 and accuracy.broken == accuracy.fixed == []
     assert performance.ratio > 0 and performance.latency in ("slower", "faster", "no significant difference")
     assert "configuration(s) with both 1.4.0 (a) and 2.3.0 (b)" in report.render()
+
+
+@pytest.mark.parametrize("board", ["local", "rfb1"])
+def test_each_specs_venv_holds_its_version_and_names_only_itself(sweep, board):
+    """A spec's venv may be made from another runner's (hard links, operators.deploy.clone_script): it must still
+    be its own: the spec's version installed and recorded in it, its scripts and pyvenv.cfg naming its own folder
+    only, and no file of its requestflow shared with another venv."""
+    from operators.runtime_spec import parse
+
+    runners = work_dir(board) / "runner"
+    venvs = {}
+    for spec in SPECS.values():
+        venv = (runners / parse(spec).link).resolve() / "venv"
+        venvs[spec] = venv
+        assert (venv / "requestflow-runtime").read_text().strip() == spec
+        installed = [p.name for p in (venv / "lib").glob("python3.*/site-packages/ai_edge_litert-*.dist-info")]
+        assert installed == [f"ai_edge_litert-{spec.split('==')[1]}.dist-info"], (venv, installed)
+    others = {str(d) for d in runners.iterdir() if d.is_dir() and not d.is_symlink()}
+    for venv in venvs.values():
+        for path in [venv / "pyvenv.cfg", *(p for p in (venv / "bin").iterdir() if p.is_file() and not p.is_symlink())]:
+            text = path.read_bytes()
+            named = [o for o in others if o != str(venv.parent) and f"{o}/".encode() in text]
+            assert not named, f"{path} names {named}"
+        own = next(venv.glob("lib/python3.*/site-packages/requestflow/__init__.py"))
+        assert own.stat().st_nlink == 1, f"{own} is shared with another venv"
