@@ -41,7 +41,7 @@ with dag("board_provision", doc=DOC, tags=["requestflow", "provisioning"],
                 if not context["params"]["build_armcl"]:
                     raise AirflowSkipException("Build ArmCL is off")
 
-            steps = board_tasks(board, build_prefix="")  # the builds' task ids are their names here
+            steps = board_tasks(board)  # one build task per build of config/armcl.json, named after it
             chosen() >> steps.provision
             if steps.builds:
                 steps.provision >> armcl_wanted() >> list(steps.builds.values())

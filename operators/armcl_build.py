@@ -6,6 +6,11 @@ board (``requestflow/board/armcl.py`` through ``board_jobs``: its output in the 
 and is cached there by its key (source sha256 + full options + compiler): a second run reuses it in seconds. The
 provenance goes into ``library_builds`` (``requestflow.results.builds``). A failed build fails the task with the
 compiler's or scons's error, without retries, and stores every point that needed it in ``point_failures``.
+
+In a sweep (``dags/factory.py``) each board's task group lists the builds its points name (``NEEDED_TASK``,
+``needed_builds``) and builds them with one mapped task (``BUILD_TASK``, an instance per build, named after it in
+the UI): a sweep without armcl points expands it to nothing and starts no build task. ``sweep_builds`` is how the
+gate, the run tasks and the summary find what each build returned.
 """
 
 from __future__ import annotations
@@ -25,6 +30,10 @@ from operators.board_hook import board_for, last_said
 from requestflow.errors import UserError
 from requestflow.results.database import CONN_ID
 
+# a sweep's tasks in each board's group: the list of the builds its points need (the mapped task's expansion:
+# ``{"build_name", "spec"}`` each, in name order), and the mapped build task (map index i: the list's i-th build)
+NEEDED_TASK, BUILD_TASK = "armcl_needed", "armcl_build"
+
 
 class ArmclBuildFailed(AirflowFailException):
     """The build failed in a way retrying cannot help: a compiler or scons error, a board without compiler or
@@ -37,9 +46,10 @@ class ArmclBuildOperator(BaseOperator):
 
     Put it in the board's pool, once per board and spec, before the points that need the library; ``points``
     (templated) are those points: when the build fails for good they are stored in ``point_failures`` with its
-    reason. With ``build_name`` (a sweep's build task), only the points whose ``armcl_build`` is that name count,
-    and the task skips itself when there are none. Then (unless ``program=False``) it compiles requestflow's
-    MobileNet program against the build (once per build and program source), so the points only run it. Returns
+    reason. With ``build_name`` (a sweep's mapped build task: ``needed_builds``), only the points whose
+    ``armcl_build`` is that name count, and the task skips itself when there are none. Then (unless
+    ``program=False``) it compiles requestflow's MobileNet program against the build (once per build and program
+    source), so the points only run it. Returns
     (XCom) the build's key and folder on the board, whether it was reused, its version, build time, library size
     and the program.
     ``cache_dir`` is the board's build cache (default: the board's ``armcl_cache`` setting, else
@@ -263,6 +273,23 @@ class ArmclBuildOperator(BaseOperator):
 
             self.log.info("stopping the ArmCL build on board %s", self._board.settings.name)
             board_jobs.kill(self._board, self._job_dir)
+
+
+def needed_builds(points: list[dict] | None, specs: dict[str, dict]) -> list[dict]:
+    """The builds ``points`` name, in name order, as the mapped build task's expansion (``build_name`` and
+    ``spec`` of ``ArmclBuildOperator``); a name ``specs`` (``config/armcl.json``) lacks is left out: its points'
+    run tasks fail naming it. Empty for a sweep without armcl points: no build task starts."""
+    names = sorted({p["armcl_build"] for p in points or [] if p.get("armcl_build")})
+    return [{"build_name": name, "spec": specs[name]} for name in names if name in specs]
+
+
+def sweep_builds(ti, group: str) -> dict[str, dict | None]:
+    """name -> what the sweep's build of that name returned (its XCom: ``key``, ``path``, ...) in task group
+    ``group`` (``board_<name>``), None for one that returned nothing (failed, or did not run), for every build the
+    board's points need (``NEEDED_TASK``'s list, whose order is the mapped ``BUILD_TASK``'s map indexes)."""
+    needed = ti.xcom_pull(task_ids=f"{group}.{NEEDED_TASK}") or []
+    return {build["build_name"]: ti.xcom_pull(task_ids=f"{group}.{BUILD_TASK}", map_indexes=index)
+            for index, build in enumerate(needed)}
 
 
 def _board_json(board, command: list[str]) -> dict:

@@ -49,7 +49,7 @@ class RunPointOperator(BaseOperator):
 
     def __init__(self, *, board_conn_id: str, point: dict, sweep_id: str = "{{ run_id }}", resume: bool = False,
                  cooldown_c: float | None = None, cooldown_timeout_s: float = 600,
-                 armcl_build_tasks: dict[str, str] | None = None, provision_task: str | None = None,
+                 armcl_group: str | None = None, provision_task: str | None = None,
                  results_conn_id: str = CONN_ID,
                  mode_caps_s: dict[str, float] | None = None, setup_s: float = SETUP_S,
                  heartbeat_s: float = HEARTBEAT_S, **kwargs) -> None:
@@ -61,7 +61,7 @@ class RunPointOperator(BaseOperator):
                 seconds=self.deadline_s(point) + cooldown_timeout_s + OUTER_MARGIN_S)
         super().__init__(**kwargs)
         self.board_conn_id = board_conn_id
-        self.armcl_build_tasks = armcl_build_tasks or {}
+        self.armcl_group = armcl_group  # the task group whose mapped task made the sweep's ArmCL builds
         self.provision_task = provision_task  # its XCom's failed_runtimes: the runtime specs not installed
         self.point = point
         self.sweep_id = sweep_id
@@ -154,8 +154,8 @@ class RunPointOperator(BaseOperator):
         """A point whose ArmCL build failed does not run: the build's task stored it failed, with the build's error
         (the board's other points run: ``sweep_tasks.builds_done``)."""
         name = self.point.get("armcl_build")
-        if name and name in self.armcl_build_tasks and not (
-                context["ti"].xcom_pull(task_ids=self.armcl_build_tasks[name]) or {}).get("path"):
+        built = self._builds(context) if name else {}
+        if name in built and not (built[name] or {}).get("path"):
             raise AirflowSkipException(f"the ArmCL build {name} of board {self.board_conn_id} failed: the point is "
                                        "stored failed with the build's error (see the build's task)")
         runtime = self.point.get("runtime")  # a runtime spec provisioning could not install (issue #17): likewise
@@ -164,18 +164,24 @@ class RunPointOperator(BaseOperator):
             raise AirflowSkipException(f"runtime {runtime} could not be installed on board {self.board_conn_id}: "
                                        "the point is stored failed with its error (see the provision task)")
 
+    def _builds(self, context) -> dict[str, dict | None]:
+        """The sweep's ArmCL builds on the board: name -> what its build returned (``armcl_build.sweep_builds``)."""
+        from operators.armcl_build import sweep_builds
+
+        return sweep_builds(context["ti"], self.armcl_group) if self.armcl_group else {}
+
     def _armcl_build(self, context) -> str | None:
         """The board's folder of the ArmCL build the point names: what its build task returned (XCom)."""
         name = self.point.get("armcl_build")
         if not name:
             return None
-        if name not in self.armcl_build_tasks:
+        built = self._builds(context)
+        if name not in built:
             raise AirflowFailException(f"the point names the ArmCL build {name!r}, which no task of this sweep makes "
-                                       f"(known: {', '.join(self.armcl_build_tasks) or 'none'})")
-        built = context["ti"].xcom_pull(task_ids=self.armcl_build_tasks[name])
-        if not built or not built.get("path"):
+                                       f"(the board's builds: {', '.join(built) or 'none'})")
+        if not (built[name] or {}).get("path"):
             raise AirflowFailException(f"the ArmCL build {name} of board {self.board_conn_id} did not complete")
-        return built["path"]
+        return built[name]["path"]
 
     def on_kill(self) -> None:
         if self._board is not None and self._job_dir is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from operators import point_data
+from operators.armcl_build import sweep_builds
 from operators.config import inventory
 from operators.results_hook import ResultsHook, user_errors_are_final
 from operators.sweep import plan, refusal
@@ -49,22 +50,22 @@ def prepare_points(board: str, points: list[dict], context) -> list[dict]:
     return prepared.points
 
 
-def builds_done(board: str, build_tasks: dict[str, str], context) -> list[str]:
+def builds_done(board: str, context) -> list[str]:
     """The gate between a board's ArmCL builds and its points (``dags/factory.py``): it waits for every build to end
     however it ends, so that one backend's failure does not block the others. A build that failed stored the points
     that need it as failed, with its error (``ArmclBuildOperator``), and their run tasks skip themselves; every other
-    point runs. Skipped when no point of the board needs a build that failed (the usual case, nothing to say);
-    else it names the failed builds and their points (and returns the builds' names)."""
+    point runs. Never started when no build ran (no point of the board names one: its trigger rule skips it);
+    skipped when every build the board's points need is ready (the usual case, nothing to say); else it names the
+    failed builds and their points (and returns the builds' names)."""
     ti = context["ti"]
     points = ti.xcom_pull(task_ids=f"board_{board}.plan") or []
     if not points:
         raise AirflowSkipException(f"board {board} has no point in this sweep")
-    needed = sorted({p["armcl_build"] for p in points if p.get("armcl_build")})
-    failed = [name for name in needed if name in build_tasks
-              and not (ti.xcom_pull(task_ids=build_tasks[name]) or {}).get("path")]
+    built = sweep_builds(ti, f"board_{board}")
+    failed = [name for name, result in built.items() if not (result or {}).get("path")]
     if not failed:
         raise AirflowSkipException(f"board {board}: every ArmCL build its points need is ready"
-                                   if needed else f"board {board}: no point needs an ArmCL build")
+                                   if built else f"board {board}: no point needs an ArmCL build")
     for name in failed:
         stranded = [point_label(p) for p in points if p.get("armcl_build") == name]
         print(f"board {board}: the ArmCL build {name} failed (its task's log says why): its {len(stranded)} "
@@ -148,17 +149,18 @@ def summarize(context) -> dict:
 
 
 def named_builds(ti, plans: dict[str, list[dict]]) -> dict[str, str] | None:
-    """When the sweep's points name several ArmCL builds: build key -> name, from each board's build task (its XCom's
-    ``key``; a failed build has none: its points are stored failures, which keep their ``armcl_build``), so that the
-    summary labels a stored armcl point with its build as it labels the planned one. None for one build or none."""
+    """When the sweep's points name several ArmCL builds: build key -> name, from each board's builds (their XComs'
+    ``key``, ``operators.armcl_build.sweep_builds``; a failed build has none: its points are stored failures, which
+    keep their ``armcl_build``), so that the summary labels a stored armcl point with its build as it labels the
+    planned one. None for one build or none."""
     named = {(board, p["armcl_build"]) for board, points in plans.items() for p in points if p.get("armcl_build")}
     if len({name for _, name in named}) < 2:
         return None
     keys = {}
-    for board, name in sorted(named):
-        built = ti.xcom_pull(task_ids=f"board_{board}.armcl_{name}") or {}  # the build's task (dags/factory.py)
-        if built.get("key"):
-            keys[built["key"]] = name
+    for board in sorted({board for board, _ in named}):
+        for name, built in sweep_builds(ti, f"board_{board}").items():
+            if (board, name) in named and (built or {}).get("key"):
+                keys[built["key"]] = name
     return keys
 
 

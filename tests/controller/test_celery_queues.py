@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TOUCHING = ("provision", "pin_clocks", "run", "restore_clocks")
+TOUCHING = ("provision", "armcl_build", "pin_clocks", "run", "restore_clocks")  # armcl_build: a sweep's builds
 
 
 @pytest.fixture(scope="module")
@@ -42,4 +42,5 @@ def test_every_task_that_touches_a_board_goes_to_its_sites_queue(dagbag):
 
 def test_what_touches_no_board_stays_on_the_default_queue(dagbag):
     dag = dagbag.dags["mobilenets_sweep"]
-    assert {dag.get_task(t).queue for t in ("summary", "verdict", "board_in_a.plan", "board_in_b.plan")} == {"default"}
+    assert {dag.get_task(t).queue for t in ("summary", "verdict", "board_in_a.plan", "board_in_b.plan",
+                                            "board_in_a.armcl_needed")} == {"default"}

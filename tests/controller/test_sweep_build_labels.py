@@ -45,14 +45,16 @@ def on_build(document: dict, build: str) -> dict:
 
 
 class TI:
-    """The XComs of a sweep on board rpi: its plan, the build tasks' returns, the run tasks' returns."""
+    """The XComs of a sweep on board rpi: its plan, the builds its points need (armcl_needed), the mapped build
+    task's returns (map index i: the i-th build), the run tasks' returns."""
 
     def __init__(self, points: list[dict], built: dict[str, dict | None], runs: list[dict]):
-        self.xcoms = {"board_rpi.plan": points, "board_rpi.run": runs,
-                      **{f"board_rpi.armcl_{name}": value for name, value in built.items()}}
+        self.xcoms = {("board_rpi.plan", None): points, ("board_rpi.run", None): runs,
+                      ("board_rpi.armcl_needed", None): [{"build_name": name, "spec": {}} for name in built],
+                      **{("board_rpi.armcl_build", index): value for index, value in enumerate(built.values())}}
 
-    def xcom_pull(self, task_ids: str):
-        return self.xcoms.get(task_ids)
+    def xcom_pull(self, task_ids: str, map_indexes: int | None = None):
+        return self.xcoms.get((task_ids, map_indexes))
 
 
 @pytest.fixture
