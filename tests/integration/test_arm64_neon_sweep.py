@@ -32,12 +32,16 @@ TIMINGS: dict[str, float] = {}
 
 
 @pytest.fixture(scope="module")
-def farm(tmp_path_factory):
+def farm(tmp_path_factory, arm64_work_dir):
+    """The arm64 farm board, its work dir the session's (tests/integration/conftest.py): with the runner that
+    test_arm64_provision's board_provision installed there, when that module ran first (else the sweep installs it)."""
     require_arm64_board()
     from operators import arm64_runner
 
     userland = arm64_runner.python_userland(ARM64_CACHE, log=lambda line: None)
-    with Farm(1, tmp_path_factory.mktemp("farm"), arm64=[1], arm64_rootfs=userland.path) as farm:
+    with Farm(1, tmp_path_factory.mktemp("farm"), arm64=[1], arm64_rootfs=userland.path,
+              shared=[arm64_work_dir]) as farm:
+        farm.boards[0].work_dir = arm64_work_dir
         yield farm
 
 
@@ -71,7 +75,7 @@ def test_an_armcl_neon_row_on_the_arm64_board_is_checked_ok_against_tf_and_its_t
     run = run_dag(env, {"boards": ["arm64"], "models": [MODEL], "backends": ["armcl", "tflite"],
                         "armcl_targets": ["NEON"], "armcl_build": BUILD, "modes": ["accuracy"],
                         "image_limit": IMAGES})
-    TIMINGS["arm64 sweep (armcl NEON, tflite), cold deploy"] = time.monotonic() - started
+    TIMINGS["arm64 sweep (armcl NEON, tflite), the build shipped"] = time.monotonic() - started
     local, arm = _rows(store, reference["run_id"]), _rows(store, run["run_id"])
     assert sorted(arm) == [("arm64", "armcl"), ("arm64", "tflite")], arm
     tf, neon = local[("local", "tf")], arm[("arm64", "armcl")]
