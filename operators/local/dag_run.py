@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from operators.config import ROOT
@@ -121,16 +122,93 @@ def _failed_tasks(dag_id: str, run_id: str) -> list[dict]:
                 if str(ti.state) not in ("success", "skipped")]
 
 
+def _checked_schemas_once() -> None:
+    """``jsonschema.validate`` checks the schema against its metaschema at every call, and Airflow's
+    ``Param.resolve`` calls it for every Param whenever a ParamsDict is validated, dumped or compared: the sweep's
+    form has dozens of Params, and dag.test serializes the DAG and each task's operator after it ran, each time
+    comparing and printing ParamsDicts (issue #20: 16% of this process's profiled time in a one-point sweep,
+    nearly all of it re-checking the same schemas). In this process a schema that passed the check is not checked
+    again (it is keyed by its JSON text, so a schema changed in place is checked anew); every value is still
+    validated against it, with the same errors as before."""
+    import jsonschema
+    from jsonschema import exceptions, validators
+
+    original = jsonschema.validate
+    checked: set = set()
+
+    def validate(instance, schema, cls=None, *args, **kwargs):
+        try:
+            key = (cls, json.dumps(schema, sort_keys=True))
+        except (TypeError, ValueError):  # not JSON: as before
+            return original(instance, schema, cls, *args, **kwargs)
+        if cls is None:
+            cls = validators.validator_for(schema)
+        if key not in checked:
+            cls.check_schema(schema)  # SchemaError as before
+            checked.add(key)
+        error = exceptions.best_match(cls(schema, *args, **kwargs).iter_errors(instance))
+        if error is not None:
+            raise error
+
+    validate.__wrapped__ = original
+    jsonschema.validate = validate
+
+
+def _quick_polls() -> Callable[[], None]:
+    """dag.test's loop sleeps a whole second whenever no task is runnable: in every sweep at least twice, while
+    the next round of its state update would find the ArmCL builds' empty expansion and the skipped gate resolved.
+    Here its sleeps after a task ran grow from 0.05 s (0.05, 0.1, 0.2, 0.4, 0.8, then 1 s as before), so a task
+    waiting on a retry delay or a deferral is still polled once a second; every other sleep of the process is
+    unchanged (only a call from dag.test's own frame is shortened). Returns what resets the backoff: call it when
+    a task has run."""
+    import inspect
+    import time
+
+    from airflow.sdk.definitions.dag import DAG
+
+    test_code = inspect.unwrap(DAG.test).__code__
+    sleep = time.sleep
+    idle = [0]
+
+    def polling_sleep(seconds: float) -> None:
+        if seconds == 1 and sys._getframe(1).f_code is test_code:
+            seconds = min(1.0, 0.05 * 2 ** idle[0])
+            idle[0] += 1
+        sleep(seconds)
+
+    time.sleep = polling_sleep
+    return lambda: idle.__setitem__(0, 0)
+
+
+def _exit(code: int) -> None:
+    """End this process as the interpreter would, without its final teardown: the run is over and its outcome
+    written; what is left is Python freeing every module and object of Airflow one by one (5 s of a one-point
+    sweep's 65 s on a loaded machine, issue #20). Non-daemon threads are waited for and every atexit handler runs
+    (Airflow's ORM disposal, logging's flush, weakref finalizers such as the in-process API's shutdown), then
+    stdout and stderr are flushed (``exit_now``): what the interpreter would have done before freeing everything."""
+    import atexit
+    import threading
+
+    from requestflow.board.tensorflow_import import exit_now
+
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    exit_now(code)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 4 or argv[0] != "run-dag":
         print("usage: python -m operators.local.dag_run run-dag DAG_ID CONF_JSON OUTCOME_FILE", file=sys.stderr)
         return 2
     dag_id, conf, outcome_file = argv[1], json.loads(argv[2]), Path(argv[3])
-    stopping.make_stoppable(_stop_file(outcome_file))
+    _checked_schemas_once()
+    stopping.make_stoppable(_stop_file(outcome_file), on_task_end=_quick_polls())
     outcome = _run_dag_here(dag_id, conf)
     outcome_file.write_text(json.dumps(outcome) + "\n")
     return 0 if outcome.get("state") == "success" and not outcome.get("failed") else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    _exit(main(sys.argv[1:]))

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 GRACE_S = 300.0  # the run's teardowns after a stop: restoring each board's clocks
@@ -90,9 +91,9 @@ def end_as(signum: int) -> None:
     raise SystemExit(128 + signum)
 
 
-def make_stoppable(stop_file: Path) -> None:
+def make_stoppable(stop_file: Path, on_task_end: Callable[[], None] | None = None) -> None:
     """In the run's process, before ``dag.test()``: a stop (the stop file, or a SIGINT/SIGTERM between tasks)
-    ends the run as the module's docstring says."""
+    ends the run as the module's docstring says. ``on_task_end`` is called after each task that ran."""
     import airflow.sdk.definitions.dag as dag_module
     from airflow.utils.state import TaskInstanceState
 
@@ -113,6 +114,8 @@ def make_stoppable(stop_file: Path) -> None:
             return run_task(ti=ti, task=task, **kwargs)
         finally:
             signal.signal(signal.SIGTERM, on_signal)  # the task runner left its handler of that task
+            if on_task_end is not None:
+                on_task_end()
             if stop_file.exists():
                 ti.refresh_from_db()
                 if ti.state == TaskInstanceState.UP_FOR_RETRY:  # stopped: no retry
