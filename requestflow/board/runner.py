@@ -249,10 +249,8 @@ class Runner:
             timed_region = backend.timed_region
         else:
             beat = self.heartbeat
-            # the collector off every object made so far (imports, weights, the backend), in either isolation: a
-            # forked child's server froze its imports (point_preload), so a fresh process freezes them too, and no
-            # timed run pays for a full collection of objects that live as long as the point (a freeze, no
-            # collection: it costs nothing)
+            # the collector off what was made so far, as a forked child's server froze its imports (point_preload):
+            # no timed run pays for a full collection of the point's lasting objects in either isolation (free)
             gc.freeze()
             self._idle_baseline()
             beat.stage("warmup", config.warmup)
