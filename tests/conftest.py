@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.leftovers import pytest_sessionfinish, pytest_sessionstart  # noqa: F401 - the leftover-process check
+from tests.slow_log import pytest_configure, pytest_runtest_logreport  # noqa: F401 - slow phases printed as they end
 
 ROOT = Path(__file__).resolve().parents[1]
 
