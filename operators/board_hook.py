@@ -8,7 +8,7 @@ Operators call ``run``, ``put`` and ``get`` and never see credentials.
 from __future__ import annotations
 
 import time
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 from airflow.sdk import BaseHook
 
@@ -168,7 +168,8 @@ class LocalBoard:
     def run(self, command: str, *, timeout: float | None = None, warn: bool = False, hide: bool = True):
         from invoke import Context
 
-        return Context().run(command, timeout=timeout, warn=warn, hide=hide, in_stream=False)
+        return Context().run(command, timeout=timeout, warn=warn, hide=hide, in_stream=False,
+                             env=local_board_env(), replace_env=True)
 
     def put(self, local: str, remote: str):
         import shutil
@@ -182,6 +183,39 @@ class LocalBoard:
 
     def close(self) -> None:
         pass
+
+
+@lru_cache(maxsize=1)
+def _finds_itself_without_pythonpath(python: str, package: str) -> bool:
+    import subprocess
+
+    probe = subprocess.run([python, "-c", "import requestflow; print(requestflow.__file__)"], capture_output=True,
+                           text=True, env=_without_pythonpath(), stdin=subprocess.DEVNULL, cwd="/")
+    return probe.returncode == 0 and probe.stdout.strip() == package
+
+
+def _without_pythonpath() -> dict[str, str]:
+    import os
+
+    return {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+
+
+def local_board_env() -> dict[str, str]:
+    """The environment of the local board's commands: the controller's without its ``PYTHONPATH`` whenever the
+    controller's Python imports this same requestflow without it (installed from this checkout, as ``./dev.sh``
+    does). A board's runner venv then imports the requestflow installed in it, as on any board: with the
+    controller's ``PYTHONPATH`` (the checkout, which the local Airflow puts there), pip found the checkout's
+    requestflow "already satisfied", installed none into the venv, and the runner ran the checkout's. Kept when the
+    Python needs it (a checkout run through ``PYTHONPATH`` with another's venv): the local board's default runner
+    is that Python."""
+    import os
+    import sys
+
+    import requestflow
+
+    if "PYTHONPATH" in os.environ and _finds_itself_without_pythonpath(sys.executable, requestflow.__file__):
+        return _without_pythonpath()
+    return dict(os.environ)
 
 
 def board_for(conn_id: str):
