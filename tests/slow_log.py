@@ -11,13 +11,16 @@ _state: dict = {}
 
 
 def pytest_configure(config) -> None:
-    _state["reporter"] = config.pluginmanager.get_plugin("terminalreporter")
+    _state["config"] = config  # the terminal reporter is registered later in this same hook: looked up when needed
     _state["start"] = time.monotonic()
 
 
 def pytest_runtest_logreport(report) -> None:
-    reporter = _state.get("reporter")
-    if reporter is None or report.duration < SLOW_S:
+    if report.duration < SLOW_S or "config" not in _state:
+        return
+    reporter = _state["config"].pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
         return
     at = (time.monotonic() - _state["start"]) / 60
+    reporter.write("\n")  # off the line of progress dots
     reporter.write_line(f"[slow] {report.nodeid} ({report.when}) {report.duration:.0f} s, {at:.1f} min into the run")
