@@ -168,7 +168,9 @@ class RunPointOperator(BaseOperator):
         """The sweep's ArmCL builds on the board: name -> what its build returned (``armcl_build.sweep_builds``)."""
         from operators.armcl_build import sweep_builds
 
-        return sweep_builds(context["ti"], self.armcl_group) if self.armcl_group else {}
+        if getattr(self, "_built", None) is None:  # pulled once per try: the skip check and the command both read it
+            self._built = sweep_builds(context["ti"], self.armcl_group) if self.armcl_group else {}
+        return self._built
 
     def _armcl_build(self, context) -> str | None:
         """The board's folder of the ArmCL build the point names: what its build task returned (XCom)."""
