@@ -151,8 +151,9 @@ run_tests() {
     fi
     cd "$ROOT"
     "$VENV/bin/python" -m ruff check requestflow operators dags plugins tests bench
-    # the 25 slowest tests are listed at the end: what CI time is spent on
-    "$VENV/bin/python" -m pytest --durations=25 "$@"
+    # on REQUESTFLOW_TEST_WORKERS workers (default 2; 0: this process): the board farm's modules in one lane, the
+    # rest spread (tests/lanes.py); the 25 slowest tests are listed at the end: what CI time is spent on
+    "$VENV/bin/python" -m pytest -n "${REQUESTFLOW_TEST_WORKERS:-2}" --durations=25 "$@"
 }
 
 # ./dev.sh bench [ARGS]: bench_runner.py (a few minutes); bench runner|store|sweep|flops [ARGS]: that benchmark;

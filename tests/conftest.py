@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
+from tests.lanes import pytest_collection_modifyitems, pytest_xdist_make_scheduler  # noqa: F401 - workers' lanes
 from tests.leftovers import pytest_sessionfinish, pytest_sessionstart  # noqa: F401 - the leftover-process check
 from tests.slow_log import pytest_configure, pytest_runtest_logreport  # noqa: F401 - slow phases printed as they end
 
@@ -19,6 +21,23 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="rf-airflow-home-"))
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+
+
+def _absl_writes_to_the_real_stderr() -> None:
+    """absl's logging handler (TensorFlow's) keeps the ``sys.stderr`` of the moment absl is imported, under pytest a
+    capture stream, and closes it when logging is configured again (Airflow's first import does: ``dictConfig``
+    closes the existing handlers) unless it is the ``sys.stderr`` of that moment. A test running TensorFlow, then
+    one importing Airflow under ``capsys``: pytest's own stream closed, the process dead ("lost sys.stderr"; seen
+    when the workers' module order put tests/results/test_archive.py before test_quality.py). Its stream is the
+    process's real stderr instead, which absl never closes and pytest's fd capture still captures."""
+    try:
+        import absl.logging
+    except ImportError:
+        return
+    absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
+
+
+_absl_writes_to_the_real_stderr()
 
 
 def _shared_data() -> Path | None:

@@ -30,7 +30,8 @@ def test_a_venv_made_by_the_local_board_imports_its_own_requestflow_not_the_chec
     venv = tmp_path / "venv"
     board = LocalBoard()
     board.run(f"{sys.executable} -m venv --without-pip {venv}")
-    found = board.run(f"cd {tmp_path} && {venv}/bin/python -c 'import requestflow' 2>&1 || echo refused", warn=True).stdout
+    found = board.run(f"cd {tmp_path} && {venv}/bin/python -c 'import requestflow' 2>&1 || echo refused",
+                      warn=True).stdout
     assert "refused" in found and "No module named 'requestflow'" in found  # the checkout is not on its path
 
 

@@ -320,7 +320,9 @@ class TestTheTriggerForm:
                 command = runner_command("/board/venv/bin/python", point,
                                          armcl_build="/board/armcl/build" if point.get("armcl_build") else None)
                 args = shlex.split(command)
-                assert args[:4] == ["/board/venv/bin/python", "-m", "requestflow.cli", "run"]
+                # the sweep's isolation fork: a child of the board's point server, with the same arguments
+                module = "requestflow.board.point_client" if point.get("isolation") == "fork" else "requestflow.cli"
+                assert args[:4] == ["/board/venv/bin/python", "-m", module, "run"]
                 _runner_accepts(args[4:])
 
 
