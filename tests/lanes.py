@@ -23,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FARM = "farm"
 STARTS_A_FARM = re.compile(r"\bfarm_fixture\b|\bFarm\(|\brequire_arm64_board\b|\bCeleryStack\b|"
-                           r"^from tests\.stack_cli import", re.M)
+                           r"^from tests\.celery_stack import .*\bavailable\b", re.M)  # the last: ./dev.sh stack
 
 
 @cache
