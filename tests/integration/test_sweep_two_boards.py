@@ -4,28 +4,15 @@ its copy of the data, cooled down by the board's (fake) sysfs, its platform stor
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-import pytest
-
 from requestflow.results.query import read_only
-from tests.airflow_run import airflow_databases, farm_connections, run_dag
+from tests.airflow_run import farm_connections, run_dag
+from tests.controller import test_dags
 from tests.fake_sysfs import hikey960_tree
 from tests.farm import farm_fixture
 
 farm = farm_fixture(2, scope="module")
-
-
-@pytest.fixture(scope="module")
-def airflow_env(tmp_path_factory):
-    with airflow_databases(tmp_path_factory.mktemp("airflow-home")) as env_and_store:
-        yield env_and_store
-
-
-def result_documents(root: Path, run_id: str) -> list[dict]:
-    slug = "".join(c if c.isalnum() or c in "_.-" else "_" for c in run_id)
-    return [json.loads(p.read_text()) for p in root.glob(f"**/runs/{slug}_*/result.json")]
+airflow_env = test_dags.airflow_env  # the same module fixture: an Airflow metadata and a results database
+result_documents = test_dags.result_documents
 
 
 def test_a_sweep_across_two_sshd_boards(airflow_env, farm, board_work_root, tmp_path):
