@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 
 from tests.controller.test_local_airflow import RF, ROOT, databases  # noqa: F401 - databases is a fixture
-from tests.leftovers import snapshot
+from tests.leftovers import describe, snapshot
 from tests.processes import commands_under
 
 MODEL = "mobilenet-v1-0.25-128"
+GRACE_S = 30  # for processes that are ending to be gone (10 s were too few once, on two busy test workers)
 
 
 def in_session(sid: int, folder: Path | None = None) -> list[int]:
@@ -45,10 +46,11 @@ def test_a_sigterm_stops_the_run_and_leaves_nothing_running(databases):  # noqa:
         assert "board local: the runner exited 143 without a result" in output  # its job killed by on_kill
         for task in ("board_local.restore_clocks", "summary"):  # the teardown and the summary still ran
             assert f"[DAG TEST] end task task_id={task} " in output, output[-4000:]
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + GRACE_S
         while (in_session(command.pid) or commands_under(board)) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert in_session(command.pid) == [], "a process of the command (its Airflow run) was left running"
+        left = in_session(command.pid)
+        assert left == [], "a process of the command (its Airflow run) was left running:\n" + described(left)
         assert commands_under(board) == [], "the point's runner was left running"
     finally:
         for pid in in_session(command.pid, board):  # what a failed test left
@@ -72,10 +74,11 @@ def test_timeout_20_on_a_long_point_leaves_no_process(databases):  # noqa: F811 
     try:
         output, _ = command.communicate(timeout=400)
         assert command.returncode == 124, output[-4000:]  # timeout's own code: it had to stop the command
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + GRACE_S
         while (in_session(command.pid, board) or mentioning(state)) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert in_session(command.pid, board) == [], "a process of the command or its runner was left running"
+        left = in_session(command.pid, board)
+        assert left == [], "a process of the command or its runner was left running:\n" + described(left)
         assert mentioning(state) == [], "a process working for the run was left running"
     finally:
         for pid in in_session(command.pid, board) + mentioning(state):  # what a failed test left
@@ -83,6 +86,11 @@ def test_timeout_20_on_a_long_point_leaves_no_process(databases):  # noqa: F811 
         if command.poll() is None:
             command.kill()
             command.wait()
+
+
+def described(pids: list[int]) -> str:
+    processes = snapshot()
+    return describe([processes[pid] for pid in pids if pid in processes])
 
 
 def mentioning(folder: Path) -> list[int]:
